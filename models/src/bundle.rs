@@ -1,0 +1,466 @@
+//! Opening and validating a model bundle folder, and loading its ONNX graphs with tract.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use crate::manifest::{FileRef, Manifest, FORMAT_VERSION};
+use crate::BundleError;
+
+/// Name of the manifest file inside a bundle folder.
+pub const MANIFEST_FILE: &str = "bundle.toml";
+
+/// A validated bundle: manifest, folder, and the label-embedding matrix.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    /// Row-major `[labels, embedding_dim]` label embeddings, each row L2-normalised.
+    label_embeddings: Vec<f32>,
+}
+
+/// An optimised tract plan for a fixed input shape, plus the facts of its outputs.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The runnable plan; spawn one state per thread.
+    pub plan: Arc<TypedSimplePlan>,
+    /// Concrete output shapes, in the order requested.
+    pub output_shapes: Vec<Vec<usize>>,
+    /// The file the model came from (for error messages).
+    pub path: PathBuf,
+}
+
+impl Bundle {
+    /// Open `dir/bundle.toml`, check every field and every file checksum, and read the label
+    /// embeddings. ONNX graphs are parsed later by [`Bundle::load_encoder`] and friends.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::ManifestRead {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::ManifestParse {
+            path: manifest_path.clone(),
+            message: e.to_string(),
+        })?;
+        let bundle = Self::from_manifest(dir, manifest)?;
+        log::info!(
+            "bundle {} {} from {}: {} labels, embedding {}, q-former {}",
+            bundle.manifest.name,
+            bundle.manifest.version,
+            bundle.dir.display(),
+            bundle.manifest.labels.len(),
+            bundle.manifest.encoder.embedding_dim,
+            if bundle.manifest.qformer.is_some() { "yes" } else { "no" }
+        );
+        Ok(bundle)
+    }
+
+    /// Validate an in-memory manifest against the files of `dir`.
+    pub fn from_manifest(dir: PathBuf, manifest: Manifest) -> Result<Self, BundleError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let field_err = |field: &str, message: String| BundleError::Field {
+            path: manifest_path.clone(),
+            field: field.to_string(),
+            message,
+        };
+        validate_fields(&manifest, &field_err)?;
+        let m = &manifest;
+        verify_file(&dir, &m.encoder.model, "encoder.file")?;
+        if let Some(q) = &m.qformer {
+            verify_file(&dir, &q.model, "qformer.file")?;
+        }
+        if let Some(t) = &m.text_encoder {
+            verify_file(&dir, &t.model, "text_encoder.file")?;
+        }
+        let raw = verify_file(&dir, &m.text_embeddings.data, "text_embeddings.file")?;
+        let dim = m.encoder.embedding_dim;
+        let path = dir.join(&m.text_embeddings.data.file);
+        if raw.len() % 4 != 0 || raw.len() / 4 % dim != 0 {
+            return Err(BundleError::Shape {
+                path,
+                field: "text_embeddings.file".into(),
+                message: format!(
+                    "{} bytes is not a whole number of f32 rows of encoder.embedding_dim = {dim}; \
+                     the label-embedding width must equal the encoder's embedding width",
+                    raw.len()
+                ),
+            });
+        }
+        let rows = raw.len() / 4 / dim;
+        if rows != m.labels.len() {
+            return Err(BundleError::Shape {
+                path,
+                field: "labels".into(),
+                message: format!(
+                    "the embedding file has {rows} rows of width {dim} but the manifest lists {} labels; \
+                     re-run `edgefuse labels` or the exporter to regenerate it",
+                    m.labels.len()
+                ),
+            });
+        }
+        let mut label_embeddings: Vec<f32> =
+            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        for (i, row) in label_embeddings.chunks_exact_mut(dim).enumerate() {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if !norm.is_finite() || norm == 0.0 {
+                return Err(BundleError::Shape {
+                    path: path.clone(),
+                    field: format!("labels[{i}]"),
+                    message: format!("embedding row {i} (label `{}`) is zero or not finite", m.labels[i].name),
+                });
+            }
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        Ok(Self { dir, manifest, label_embeddings })
+    }
+
+    /// The bundle folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Label names in row order.
+    pub fn label_names(&self) -> impl Iterator<Item = &str> {
+        self.manifest.labels.iter().map(|l| l.name.as_str())
+    }
+
+    /// L2-normalised label embeddings, row-major `[labels, embedding_dim]`.
+    pub fn label_embeddings(&self) -> &[f32] {
+        &self.label_embeddings
+    }
+
+    /// Load the image encoder for input `[1, 3, height, width]` and check its outputs:
+    /// the pooled embedding `[1, embedding_dim]` and, when requested, the token sequence
+    /// `[1, tokens, width]` (returned second).
+    pub fn load_encoder(&self) -> Result<LoadedModel, BundleError> {
+        let e = &self.manifest.encoder;
+        let [w, h] = self.manifest.preprocess.image_size;
+        let mut outputs = vec![e.embedding_output.clone()];
+        if self.manifest.qformer.is_some() {
+            if let Some(t) = &e.tokens_output {
+                outputs.push(t.clone());
+            }
+        }
+        let input_shape = [1usize, 3, h as usize, w as usize];
+        let model = load_onnx(
+            &self.dir,
+            &e.model.file,
+            "encoder",
+            &e.input,
+            InputSpec::F32(&input_shape),
+            &outputs,
+        )?;
+        let emb = &model.output_shapes[0];
+        if emb.len() != 2 || emb[0] != 1 || emb[1] != e.embedding_dim {
+            return Err(BundleError::Shape {
+                path: model.path.clone(),
+                field: "encoder.embedding_output".into(),
+                message: format!(
+                    "output `{}` has shape {emb:?}, expected [1, {}] (encoder.embedding_dim, the label-embedding width)",
+                    e.embedding_output, e.embedding_dim
+                ),
+            });
+        }
+        if let Some(tok) = model.output_shapes.get(1) {
+            if tok.len() != 3 || tok[0] != 1 {
+                return Err(BundleError::Shape {
+                    path: model.path.clone(),
+                    field: "encoder.tokens_output".into(),
+                    message: format!("output has shape {tok:?}, expected [1, tokens, width]"),
+                });
+            }
+        }
+        Ok(model)
+    }
+
+    /// Load the Q-Former for the encoder's token shape `[1, tokens, width]` and check its output
+    /// `[1, queries, embedding_dim]`. `None` when the bundle has no Q-Former.
+    pub fn load_qformer(&self, token_shape: &[usize]) -> Result<Option<LoadedModel>, BundleError> {
+        let Some(q) = &self.manifest.qformer else { return Ok(None) };
+        let model =
+            load_onnx(&self.dir, &q.model.file, "qformer", &q.input, InputSpec::F32(token_shape), &[q.output.clone()])?;
+        let out = &model.output_shapes[0];
+        let dim = self.manifest.encoder.embedding_dim;
+        if out.len() != 3 || out[0] != 1 || out[1] != q.queries || out[2] != dim {
+            return Err(BundleError::Shape {
+                path: model.path.clone(),
+                field: "qformer.output".into(),
+                message: format!(
+                    "output `{}` has shape {out:?}, expected [1, {} (qformer.queries), {dim} (encoder.embedding_dim)]",
+                    q.output, q.queries
+                ),
+            });
+        }
+        Ok(Some(model))
+    }
+
+    /// Load the text tower (`[1, context_length]` i64 tokens → `[1, embedding_dim]`).
+    pub fn load_text_encoder(&self) -> Result<LoadedModel, BundleError> {
+        let Some(t) = &self.manifest.text_encoder else {
+            return Err(BundleError::Field {
+                path: self.dir.join(MANIFEST_FILE),
+                field: "text_encoder".into(),
+                message: "this bundle has no text tower, so labels cannot be embedded on the device; \
+                          re-export it with the text tower"
+                    .into(),
+            });
+        };
+        let model = load_onnx(
+            &self.dir,
+            &t.model.file,
+            "text_encoder",
+            &t.input,
+            InputSpec::I64(&[1, t.context_length]),
+            &[t.output.clone()],
+        )?;
+        let out = &model.output_shapes[0];
+        let dim = self.manifest.encoder.embedding_dim;
+        if out != &[1, dim] {
+            return Err(BundleError::Shape {
+                path: model.path.clone(),
+                field: "text_encoder.output".into(),
+                message: format!(
+                    "output has shape {out:?}, expected [1, {dim}]: the text width must equal encoder.embedding_dim"
+                ),
+            });
+        }
+        Ok(model)
+    }
+
+    /// Replace the labels and their (unnormalised) embedding rows, rewrite the embedding file and
+    /// the manifest with fresh checksums. Used by `edgefuse labels add/remove`.
+    pub fn write_labels(&mut self, labels: Vec<crate::manifest::Label>, rows: &[f32]) -> Result<(), BundleError> {
+        let dim = self.manifest.encoder.embedding_dim;
+        assert_eq!(rows.len(), labels.len() * dim, "one embedding row per label");
+        let mut bytes = Vec::with_capacity(rows.len() * 4);
+        rows.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+        let mut manifest = self.manifest.clone();
+        manifest.labels = labels;
+        manifest.text_embeddings.data.sha256 = sha256_hex(&bytes);
+        let emb_path = self.dir.join(&manifest.text_embeddings.data.file);
+        write_atomic(&emb_path, &bytes)?;
+        let text = toml::to_string_pretty(&manifest).map_err(|e| BundleError::ManifestParse {
+            path: self.dir.join(MANIFEST_FILE),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.dir.join(MANIFEST_FILE), text.as_bytes())?;
+        *self = Self::from_manifest(self.dir.clone(), manifest)?;
+        Ok(())
+    }
+
+    /// Raw (normalised) embedding rows — what `write_labels` expects when keeping labels.
+    pub fn label_rows(&self) -> &[f32] {
+        &self.label_embeddings
+    }
+}
+
+fn validate_fields(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> Result<(), BundleError> {
+    if m.format_version != FORMAT_VERSION {
+        return Err(err(
+            "format_version",
+            format!("is {}, this edgefuse reads version {FORMAT_VERSION}; upgrade edgefuse or re-export the bundle", m.format_version),
+        ));
+    }
+    let p = &m.preprocess;
+    if p.image_size[0] == 0 || p.image_size[1] == 0 || p.image_size[0] > 4096 || p.image_size[1] > 4096 {
+        return Err(err("preprocess.image_size", format!("{:?} must be 1..=4096 pixels per side", p.image_size)));
+    }
+    for (i, s) in p.std.iter().enumerate() {
+        if !(s.is_finite() && *s > 0.0) {
+            return Err(err(&format!("preprocess.std[{i}]"), format!("{s} must be a positive number")));
+        }
+    }
+    if p.mean.iter().any(|v| !v.is_finite()) {
+        return Err(err("preprocess.mean", format!("{:?} must be finite", p.mean)));
+    }
+    if m.encoder.embedding_dim == 0 {
+        return Err(err("encoder.embedding_dim", "must be > 0".into()));
+    }
+    if m.labels.is_empty() {
+        return Err(err("labels", "the bundle lists no labels; add some with `edgefuse labels add`".into()));
+    }
+    for (i, l) in m.labels.iter().enumerate() {
+        if l.name.trim().is_empty() {
+            return Err(err(&format!("labels[{i}].name"), "is empty".into()));
+        }
+        if m.labels[..i].iter().any(|o| o.name == l.name) {
+            return Err(err(&format!("labels[{i}].name"), format!("`{}` appears twice", l.name)));
+        }
+    }
+    check_head(&m.fusion.clip, "fusion.clip", err)?;
+    match (&m.qformer, &m.fusion.qformer) {
+        (Some(q), Some(h)) => {
+            check_head(h, "fusion.qformer", err)?;
+            if m.encoder.tokens_output.is_none() {
+                return Err(err("encoder.tokens_output", "is required when the bundle has a [qformer]".into()));
+            }
+            if q.queries == 0 {
+                return Err(err("qformer.queries", "must be > 0".into()));
+            }
+        }
+        (Some(_), None) => return Err(err("fusion.qformer", "is required when the bundle has a [qformer]".into())),
+        (None, Some(_)) => return Err(err("fusion.qformer", "is set but the bundle has no [qformer] section".into())),
+        (None, None) => {}
+    }
+    if let Some(t) = &m.text_encoder {
+        if t.tokenizer != "clip-bpe" {
+            return Err(err("text_encoder.tokenizer", format!("`{}` is not supported; use `clip-bpe`", t.tokenizer)));
+        }
+        if !(3..=1024).contains(&t.context_length) {
+            return Err(err("text_encoder.context_length", format!("{} must be 3..=1024", t.context_length)));
+        }
+    }
+    Ok(())
+}
+
+fn check_head(
+    h: &crate::manifest::HeadParams,
+    field: &str,
+    err: &dyn Fn(&str, String) -> BundleError,
+) -> Result<(), BundleError> {
+    if !(h.logit_scale.is_finite() && h.logit_scale > 0.0) {
+        return Err(err(&format!("{field}.logit_scale"), format!("{} must be a positive number", h.logit_scale)));
+    }
+    if !(h.weight.is_finite() && h.weight >= 0.0) {
+        return Err(err(&format!("{field}.weight"), format!("{} must be >= 0", h.weight)));
+    }
+    Ok(())
+}
+
+/// Read a bundle file and check its sha256; returns its bytes.
+fn verify_file(dir: &Path, f: &FileRef, field: &str) -> Result<Vec<u8>, BundleError> {
+    let path = dir.join(&f.file);
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::MissingFile {
+        path: path.clone(),
+        field: field.to_string(),
+        source,
+    })?;
+    let actual = sha256_hex(&bytes);
+    if !actual.eq_ignore_ascii_case(f.sha256.trim()) {
+        return Err(BundleError::Checksum {
+            path,
+            field: field.to_string(),
+            expected: f.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let tmp = path.with_extension("tmp-edgefuse");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| BundleError::Write { path: path.to_path_buf(), source })
+}
+
+enum InputSpec<'a> {
+    F32(&'a [usize]),
+    I64(&'a [usize]),
+}
+
+fn load_onnx(
+    dir: &Path,
+    file: &str,
+    section: &str,
+    input: &str,
+    spec: InputSpec,
+    outputs: &[String],
+) -> Result<LoadedModel, BundleError> {
+    let path = dir.join(file);
+    let field = format!("{section}.file");
+    let corrupt = |message: String| BundleError::CorruptModel { path: path.clone(), field: field.clone(), message };
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::MissingFile {
+        path: path.clone(),
+        field: field.clone(),
+        source,
+    })?;
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .map_err(|e| corrupt(format!("{e:#}")))?;
+    let inputs = model.input_outlets().map_err(|e| corrupt(format!("{e:#}")))?.to_vec();
+    let names: Vec<String> = inputs.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let Some(ix) = names.iter().position(|n| n == input) else {
+        return Err(BundleError::Shape {
+            path: path.clone(),
+            field: format!("{section}.input"),
+            message: format!("the model has no input `{input}`; its inputs are {names:?}"),
+        });
+    };
+    if inputs.len() != 1 {
+        return Err(BundleError::Shape {
+            path: path.clone(),
+            field: format!("{section}.input"),
+            message: format!("the model has {} inputs {names:?}; edgefuse feeds exactly one", inputs.len()),
+        });
+    }
+    let (shape, fact) = match spec {
+        InputSpec::F32(s) => (s, f32::fact(s)),
+        InputSpec::I64(s) => (s, i64::fact(s)),
+    };
+    // A declared concrete input shape must match what the manifest will feed.
+    if let Ok(declared) = model.input_fact(ix) {
+        if let Some(dims) = declared.shape.as_concrete_finite().ok().flatten() {
+            if dims.as_slice() != shape {
+                return Err(BundleError::Shape {
+                    path: path.clone(),
+                    field: format!("{section}.input"),
+                    message: format!(
+                        "input `{input}` is declared {:?} in the ONNX file but the manifest feeds {shape:?} \
+                         (check preprocess.image_size / the encoder's token shape)",
+                        dims.as_slice()
+                    ),
+                });
+            }
+        }
+    }
+    model.set_input_fact(ix, fact.into()).map_err(|e| corrupt(format!("{e:#}")))?;
+    model.select_outputs_by_name(outputs).map_err(|e| BundleError::Shape {
+        path: path.clone(),
+        field: format!("{section} outputs"),
+        message: format!("cannot select outputs {outputs:?}: {e:#}"),
+    })?;
+    let typed = model.into_optimized().map_err(|e| BundleError::Shape {
+        path: path.clone(),
+        field: format!("{section}.input"),
+        message: format!("the model does not accept input {shape:?}: {e:#}"),
+    })?;
+    let mut output_shapes = Vec::with_capacity(outputs.len());
+    for i in 0..outputs.len() {
+        let fact = typed.output_fact(i).map_err(|e| corrupt(format!("{e:#}")))?;
+        if fact.datum_type != f32::datum_type() {
+            return Err(BundleError::Shape {
+                path: path.clone(),
+                field: format!("{section} outputs"),
+                message: format!("output `{}` is {:?}, expected f32", outputs[i], fact.datum_type),
+            });
+        }
+        let dims = fact
+            .shape
+            .as_concrete()
+            .ok_or_else(|| corrupt(format!("output `{}` has no concrete shape: {:?}", outputs[i], fact.shape)))?;
+        output_shapes.push(dims.to_vec());
+    }
+    let plan = typed.into_runnable().map_err(|e| corrupt(format!("{e:#}")))?;
+    Ok(LoadedModel { plan, output_shapes, path })
+}

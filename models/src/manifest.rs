@@ -1,0 +1,197 @@
+//! The `bundle.toml` manifest: what a model bundle folder contains and how to feed it.
+//!
+//! Every field is documented with its unit and layout; unknown keys are rejected so a typo never
+//! silently falls back to a default.
+
+use serde::{Deserialize, Serialize};
+
+/// Manifest format understood by this version of edgefuse.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The whole `bundle.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format; must equal [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Bundle name, e.g. `edgefuse-mnist-clip`.
+    pub name: String,
+    /// Bundle version (free text, semver recommended).
+    pub version: String,
+    /// One line on what the bundle recognises.
+    #[serde(default)]
+    pub description: String,
+    /// Licence and attribution of the weights and training data.
+    #[serde(default)]
+    pub license: String,
+    /// How a camera frame becomes the encoder's input tensor.
+    pub preprocess: Preprocess,
+    /// The CLIP image tower.
+    pub encoder: Encoder,
+    /// Optional Q-Former reading the encoder's token sequence.
+    #[serde(default)]
+    pub qformer: Option<QFormer>,
+    /// Optional text tower, needed only to add labels on the device.
+    #[serde(default)]
+    pub text_encoder: Option<TextEncoder>,
+    /// Label text embeddings, one row per entry of `labels`.
+    pub text_embeddings: TextEmbeddings,
+    /// How the heads' scores are combined.
+    pub fusion: Fusion,
+    /// Accuracy figures recorded when the bundle was built (name → fraction in 0..=1).
+    #[serde(default)]
+    pub accuracy: std::collections::BTreeMap<String, f64>,
+    /// The labels, in the row order of the text-embedding matrix.
+    pub labels: Vec<Label>,
+}
+
+/// Preprocessing specification.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Encoder input `[width, height]` in pixels.
+    pub image_size: [u32; 2],
+    /// Resize policy.
+    pub resize: ResizePolicy,
+    /// Per-channel mean subtracted after scaling pixels to 0..=1, in `channel_order`.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided after subtracting `mean`.
+    pub std: [f32; 3],
+    /// Channel order of the encoder input tensor.
+    pub channel_order: ChannelOrder,
+}
+
+/// How a frame of arbitrary size is brought to `image_size`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizePolicy {
+    /// CLIP: scale so the shortest side matches, then crop the centre.
+    ShortestSideCenterCrop,
+    /// Scale both axes independently (aspect ratio not kept).
+    Stretch,
+}
+
+/// Channel order of the input tensor.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue planes.
+    Rgb,
+    /// Blue, green, red planes.
+    Bgr,
+}
+
+/// A file of the bundle with its checksum.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    /// Path relative to the bundle folder.
+    pub file: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// The image encoder section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Encoder {
+    /// ONNX file and checksum.
+    #[serde(flatten)]
+    pub model: FileRef,
+    /// Name of the image input (`[1, 3, height, width]`, f32).
+    pub input: String,
+    /// Name of the pooled, projected embedding output (`[1, embedding_dim]`).
+    pub embedding_output: String,
+    /// Name of the token-sequence output (`[1, tokens, width]`), required with a Q-Former.
+    #[serde(default)]
+    pub tokens_output: Option<String>,
+    /// Width of the pooled embedding.
+    pub embedding_dim: usize,
+}
+
+/// The Q-Former section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QFormer {
+    /// ONNX file and checksum.
+    #[serde(flatten)]
+    pub model: FileRef,
+    /// Name of the image-token input.
+    pub input: String,
+    /// Name of the projected query output (`[1, queries, embedding_dim]`).
+    pub output: String,
+    /// Number of learned queries.
+    pub queries: usize,
+}
+
+/// The text tower section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoder {
+    /// ONNX file and checksum; input `tokens` (`[1, context_length]`, i64), output `[1, embedding_dim]`.
+    #[serde(flatten)]
+    pub model: FileRef,
+    /// Name of the token-id input.
+    pub input: String,
+    /// Name of the embedding output.
+    pub output: String,
+    /// Token context length, start and end tokens included.
+    pub context_length: usize,
+    /// Tokenizer: only `clip-bpe` (the OpenAI CLIP BPE vocabulary) is supported.
+    pub tokenizer: String,
+}
+
+/// The text-embedding matrix section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TextEmbeddings {
+    /// Raw little-endian f32 file, `[labels, embedding_dim]` row-major, and its checksum.
+    #[serde(flatten)]
+    pub data: FileRef,
+}
+
+/// How the zero-shot heads are combined.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fusion {
+    /// Combination of the heads' outputs.
+    pub method: FusionMethod,
+    /// CLIP head (pooled image embedding vs label embeddings).
+    pub clip: HeadParams,
+    /// Q-Former head (max over queries); required when the bundle has a Q-Former.
+    #[serde(default)]
+    pub qformer: Option<HeadParams>,
+}
+
+/// Late-fusion method.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMethod {
+    /// Softmax of the weighted sum of the heads' logits.
+    WeightedLogits,
+    /// Weighted average of the heads' probabilities.
+    WeightedProbabilities,
+    /// Element-wise maximum of the heads' probabilities, renormalised.
+    Max,
+}
+
+/// Parameters of one head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeadParams {
+    /// Multiplier of the cosine similarity (CLIP's `exp(logit_scale)`), > 0.
+    pub logit_scale: f32,
+    /// Weight of this head in the fusion, >= 0.
+    pub weight: f32,
+}
+
+/// One label.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    /// Name reported in results and events.
+    pub name: String,
+    /// Prompts whose normalised text embeddings were averaged into this label's row.
+    #[serde(default)]
+    pub prompts: Vec<String>,
+}

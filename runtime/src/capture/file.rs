@@ -1,0 +1,247 @@
+//! `file://PATH`: one image, or a folder of PNG/JPEG/PGM/PPM images replayed in name order.
+//!
+//! Options: `loop` (start again at the end), `fps=N` (pace the replay; a paced replay is a live
+//! source and may drop frames when inference is slower). Images are decoded once when the source
+//! opens (up to [`PRELOAD_BUDGET`] bytes of pixels) so replay does not allocate; larger sets are
+//! decoded on the fly. A non-image file is skipped with a warning; an image that cannot be decoded
+//! is reported by name and skipped.
+
+use std::path::{Path, PathBuf};
+
+use super::{CaptureError, FrameSource, Pacer, SourceStats, Uri};
+use crate::frame::{Frame, PixelFormat};
+
+/// Decoded pixels kept in memory at most; beyond this, images are decoded while replaying.
+pub const PRELOAD_BUDGET: usize = 512 << 20;
+
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "pgm", "ppm", "pnm"];
+
+struct Decoded {
+    width: u32,
+    height: u32,
+    format: PixelFormat,
+    data: Vec<u8>,
+}
+
+/// Replays image files.
+pub struct FileSource {
+    uri: String,
+    files: Vec<PathBuf>,
+    names: Vec<String>,
+    preloaded: Option<Vec<Option<Decoded>>>,
+    next: usize,
+    seq: u64,
+    looping: bool,
+    live: bool,
+    pacer: Pacer,
+    stats: SourceStats,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource").field("uri", &self.uri).field("files", &self.files.len()).finish()
+    }
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Decode one image file into packed GREY (for single-channel images) or RGB.
+pub fn decode_image(path: &Path) -> Result<(u32, u32, PixelFormat, Vec<u8>), String> {
+    let reader = image::ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let reader = reader.with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
+    let img = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err("image has no pixels".into());
+    }
+    Ok(match img {
+        image::DynamicImage::ImageLuma8(g) => (w, h, PixelFormat::Grey, g.into_raw()),
+        image::DynamicImage::ImageLuma16(_) | image::DynamicImage::ImageLumaA8(_) => {
+            (w, h, PixelFormat::Grey, img.to_luma8().into_raw())
+        }
+        other => (w, h, PixelFormat::Rgb, other.to_rgb8().into_raw()),
+    })
+}
+
+impl FileSource {
+    /// Open `file://PATH[?loop][&fps=N]`.
+    pub fn open(uri: &Uri) -> Result<Self, CaptureError> {
+        uri.check_known(&["loop", "fps"])?;
+        let looping = uri.flag("loop")?;
+        let fps = uri.fps()?;
+        let root = PathBuf::from(&uri.path);
+        let meta = std::fs::metadata(&root).map_err(|e| CaptureError::Path {
+            path: root.clone(),
+            message: format!("cannot open ({e}); give an image file or a folder of PNG/JPEG/PGM/PPM images"),
+        })?;
+        let mut stats = SourceStats::default();
+        let files = if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&root)
+                .map_err(|e| CaptureError::Path { path: root.clone(), message: format!("cannot list folder ({e})") })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            let (images, others): (Vec<_>, Vec<_>) = entries.into_iter().partition(|p| is_image(p));
+            for o in &others {
+                log::warn!("{}: not a PNG/JPEG/PGM/PPM image, skipped", o.display());
+            }
+            stats.skipped_non_images = others.len() as u64;
+            images
+        } else {
+            vec![root.clone()]
+        };
+        if files.is_empty() {
+            return Err(CaptureError::Path {
+                path: root,
+                message: "the folder holds no PNG/JPEG/PGM/PPM images".into(),
+            });
+        }
+        let names = files.iter().map(|p| p.display().to_string()).collect();
+        let mut src = Self {
+            uri: uri.raw.clone(),
+            files,
+            names,
+            preloaded: None,
+            next: 0,
+            seq: 0,
+            looping,
+            live: fps.is_some(),
+            pacer: Pacer::new(fps),
+            stats,
+            max_bytes: 0,
+        };
+        src.preload()?;
+        Ok(src)
+    }
+
+    /// Decode every image up front while the total stays within [`PRELOAD_BUDGET`].
+    fn preload(&mut self) -> Result<(), CaptureError> {
+        let mut decoded = Vec::with_capacity(self.files.len());
+        let mut total = 0usize;
+        for path in &self.files {
+            match decode_image(path) {
+                Ok((width, height, format, data)) => {
+                    total += data.len();
+                    self.max_bytes = self.max_bytes.max(data.len());
+                    decoded.push(Some(Decoded { width, height, format, data }));
+                }
+                Err(msg) => {
+                    log::warn!("{}: {msg}; skipped", path.display());
+                    self.stats.skipped_broken += 1;
+                    decoded.push(None);
+                }
+            }
+            if total > PRELOAD_BUDGET {
+                log::info!("{}: images exceed {} MiB, decoding while replaying", self.uri, PRELOAD_BUDGET >> 20);
+                self.stats.skipped_broken = 0;
+                // Keep only the sizes seen so far; decoding happens again on replay.
+                return Ok(());
+            }
+        }
+        if decoded.iter().all(Option::is_none) {
+            return Err(CaptureError::Unsupported {
+                uri: self.uri.clone(),
+                message: format!("none of the {} image(s) could be decoded (see the warnings above)", self.files.len()),
+            });
+        }
+        self.preloaded = Some(decoded);
+        Ok(())
+    }
+
+    /// Number of image files (including ones that failed to decode).
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// `true` when there are no image files (never after a successful `open`).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+impl FrameSource for FileSource {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn is_live(&self) -> bool {
+        self.live
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
+        let mut attempts = 0;
+        loop {
+            if self.next >= self.files.len() {
+                if !self.looping {
+                    return Ok(false);
+                }
+                self.next = 0;
+            }
+            attempts += 1;
+            if attempts > self.files.len() + 1 {
+                return Err(CaptureError::Unsupported {
+                    uri: self.uri.clone(),
+                    message: "no image could be decoded".into(),
+                });
+            }
+            let i = self.next;
+            self.next += 1;
+            let ok = match &self.preloaded {
+                Some(pre) => match &pre[i] {
+                    Some(d) => {
+                        frame.reshape(d.width, d.height, d.format);
+                        frame.data.copy_from_slice(&d.data);
+                        true
+                    }
+                    None => false,
+                },
+                None => match decode_image(&self.files[i]) {
+                    Ok((w, h, format, data)) => {
+                        frame.reshape(w, h, format);
+                        frame.data.copy_from_slice(&data);
+                        true
+                    }
+                    Err(msg) => {
+                        log::warn!("{}: {msg}; skipped", self.files[i].display());
+                        self.stats.skipped_broken += 1;
+                        false
+                    }
+                },
+            };
+            if !ok {
+                continue;
+            }
+            self.pacer.wait();
+            frame.seq = self.seq;
+            self.seq += 1;
+            frame.captured_at = std::time::Instant::now();
+            frame.set_source(&self.names[i]);
+            return Ok(true);
+        }
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} image(s){}{})",
+            self.uri,
+            self.files.len(),
+            if self.looping { ", looping" } else { "" },
+            if self.preloaded.is_some() { ", preloaded" } else { "" }
+        )
+    }
+}

@@ -1,0 +1,260 @@
+//! Frame sources behind one trait, chosen by URI.
+//!
+//! | URI | source |
+//! |---|---|
+//! | `v4l2:///dev/videoN?width=640&height=480&fps=30&format=yuyv` | [`v4l2::V4l2Source`] (feature `v4l`) |
+//! | `file://PATH?loop=1&fps=10` | [`file::FileSource`]: one image or a folder replayed in name order |
+//! | `synthetic://?width=640&height=480&format=yuyv&fps=0&frames=0` | [`synthetic::SyntheticSource`] |
+
+pub mod file;
+pub mod synthetic;
+#[cfg(feature = "v4l")]
+pub mod v4l2;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::frame::Frame;
+
+/// Errors of frame sources. Each names the URI, file or device and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The URI scheme is not one edgefuse knows.
+    #[error("unknown source URI `{uri}`: use v4l2:///dev/videoN, file://PATH or synthetic://")]
+    UnknownScheme {
+        /// The URI given.
+        uri: String,
+    },
+    /// A URI option has a bad value or is unknown.
+    #[error("source `{uri}`: option `{key}={value}`: {expected}")]
+    BadOption {
+        /// The URI given.
+        uri: String,
+        /// Option name.
+        key: String,
+        /// Option value.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A file or folder does not exist or cannot be listed.
+    #[error("{}: {message}", path.display())]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// A camera device problem (missing, busy, vanished, no usable format).
+    #[error("camera {device}: {message}")]
+    Device {
+        /// The device path.
+        device: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// The source cannot produce frames the pipeline can use.
+    #[error("source `{uri}`: {message}")]
+    Unsupported {
+        /// The URI.
+        uri: String,
+        /// What is unsupported and what to do.
+        message: String,
+    },
+}
+
+/// Counters a source keeps about input it could not use (reported in the run summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Files skipped because they are not images.
+    pub skipped_non_images: u64,
+    /// Images skipped because they could not be decoded (truncated, corrupt, unreadable).
+    pub skipped_broken: u64,
+}
+
+/// A producer of frames.
+pub trait FrameSource: Send {
+    /// The URI the source was opened from.
+    fn uri(&self) -> &str;
+    /// `true` for sources whose frames arrive on their own clock (cameras, paced replays):
+    /// when inference falls behind, the oldest queued frame is dropped. Unpaced sources are
+    /// replayed losslessly instead.
+    fn is_live(&self) -> bool;
+    /// Largest frame this source will produce, in bytes (for preallocating the ring).
+    fn max_frame_bytes(&self) -> usize;
+    /// Overwrite `frame` with the next frame. `Ok(false)` at the end of input.
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError>;
+    /// Counters of unusable input so far.
+    fn stats(&self) -> SourceStats {
+        SourceStats::default()
+    }
+    /// Human-readable description of the negotiated format (for `info` and logs).
+    fn describe(&self) -> String {
+        self.uri().to_string()
+    }
+}
+
+/// Open a source from its URI.
+pub fn open(uri: &str) -> Result<Box<dyn FrameSource>, CaptureError> {
+    let parsed = Uri::parse(uri)?;
+    match parsed.scheme.as_str() {
+        "file" => Ok(Box::new(file::FileSource::open(&parsed)?)),
+        "synthetic" => Ok(Box::new(synthetic::SyntheticSource::open(&parsed)?)),
+        "v4l2" => open_v4l2(&parsed),
+        _ => Err(CaptureError::UnknownScheme { uri: uri.to_string() }),
+    }
+}
+
+#[cfg(feature = "v4l")]
+fn open_v4l2(uri: &Uri) -> Result<Box<dyn FrameSource>, CaptureError> {
+    Ok(Box::new(v4l2::V4l2Source::open(uri)?))
+}
+
+#[cfg(not(feature = "v4l"))]
+fn open_v4l2(uri: &Uri) -> Result<Box<dyn FrameSource>, CaptureError> {
+    Err(CaptureError::Unsupported {
+        uri: uri.raw.clone(),
+        message: "this edgefuse was built without V4L2 support; rebuild with `--features v4l`".into(),
+    })
+}
+
+/// A parsed source URI: `scheme://path?key=value&…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uri {
+    /// The URI as given.
+    pub raw: String,
+    /// Lower-case scheme.
+    pub scheme: String,
+    /// Everything between `://` and `?`.
+    pub path: String,
+    /// Options in order.
+    pub options: Vec<(String, String)>,
+}
+
+impl Uri {
+    /// Split a URI; options without `=` get the value `1`.
+    pub fn parse(uri: &str) -> Result<Self, CaptureError> {
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return Err(CaptureError::UnknownScheme { uri: uri.to_string() });
+        };
+        let (path, query) = match rest.rsplit_once('?') {
+            Some((p, q)) => (p, q),
+            None => (rest, ""),
+        };
+        let options = query
+            .split('&')
+            .filter(|s| !s.is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_ascii_lowercase(), v.to_string()),
+                None => (kv.to_ascii_lowercase(), "1".to_string()),
+            })
+            .collect();
+        Ok(Self { raw: uri.to_string(), scheme: scheme.to_ascii_lowercase(), path: path.to_string(), options })
+    }
+
+    /// Fail on options not in `known`.
+    pub fn check_known(&self, known: &[&str]) -> Result<(), CaptureError> {
+        for (k, v) in &self.options {
+            if !known.contains(&k.as_str()) {
+                return Err(self.bad(k, v, &format!("unknown option; this source accepts {}", known.join(", "))));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of option `key`, parsed, or `default`.
+    pub fn get<T: std::str::FromStr>(&self, key: &str, default: T, expected: &str) -> Result<T, CaptureError> {
+        match self.options.iter().rev().find(|(k, _)| k == key) {
+            None => Ok(default),
+            Some((k, v)) => v.parse().map_err(|_| self.bad(k, v, expected)),
+        }
+    }
+
+    /// A boolean option (`1/0/true/false/yes/no`).
+    pub fn flag(&self, key: &str) -> Result<bool, CaptureError> {
+        match self.options.iter().rev().find(|(k, _)| k == key) {
+            None => Ok(false),
+            Some((k, v)) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(self.bad(k, v, "expected true or false")),
+            },
+        }
+    }
+
+    /// A `BadOption` error for this URI.
+    pub fn bad(&self, key: &str, value: &str, expected: &str) -> CaptureError {
+        CaptureError::BadOption {
+            uri: self.raw.clone(),
+            key: key.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// The `fps` option: `None` (unpaced) when absent or 0.
+    pub fn fps(&self) -> Result<Option<f64>, CaptureError> {
+        let fps: f64 = self.get("fps", 0.0, "expected a frame rate in frames per second, e.g. fps=30")?;
+        if !fps.is_finite() || fps < 0.0 || fps > 10_000.0 {
+            return Err(self.bad("fps", &fps.to_string(), "expected 0 (unpaced) to 10000"));
+        }
+        Ok((fps > 0.0).then_some(fps))
+    }
+}
+
+/// Sleeps so that successive frames are released at a fixed rate.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    period: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    /// A pacer at `fps` frames per second; `None` never waits.
+    pub fn new(fps: Option<f64>) -> Self {
+        Self { period: fps.map(|f| Duration::from_secs_f64(1.0 / f)), next: None }
+    }
+
+    /// Wait until the next frame is due.
+    pub fn wait(&mut self) {
+        let Some(period) = self.period else { return };
+        let now = Instant::now();
+        let due = self.next.unwrap_or(now);
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        // If we are late by more than a period, resynchronise instead of bursting.
+        let base = if now > due + period { now } else { due };
+        self.next = Some(base + period);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris() {
+        let u = Uri::parse("file:///tmp/x?loop&fps=5").unwrap();
+        assert_eq!(u.scheme, "file");
+        assert_eq!(u.path, "/tmp/x");
+        assert!(u.flag("loop").unwrap());
+        assert_eq!(u.fps().unwrap(), Some(5.0));
+        assert!(matches!(Uri::parse("/dev/video0"), Err(CaptureError::UnknownScheme { .. })));
+        let e = Uri::parse("synthetic://?fps=abc").unwrap().fps().unwrap_err();
+        assert!(e.to_string().contains("fps=abc"), "{e}");
+    }
+
+    #[test]
+    fn unknown_scheme_is_named() {
+        let e = open("rtsp://cam").err().unwrap();
+        assert!(e.to_string().contains("rtsp://cam"), "{e}");
+        assert!(e.to_string().contains("v4l2://"), "{e}");
+    }
+
+    #[test]
+    fn unknown_option_is_refused() {
+        let e = open("synthetic://?colour=red").err().unwrap();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,188 @@
+//! `synthetic://?width=W&height=H&format=F&fps=N&frames=N&variants=N`: deterministic generated
+//! frames for tests and benchmarks.
+//!
+//! `variants` distinct frames (a shifted colour gradient with a moving dark square, like ink on
+//! paper) are rendered once when the source opens; replay copies them, so capture costs one
+//! `memcpy` and never allocates. `frames=0` (the default) never ends.
+
+use super::{CaptureError, FrameSource, Pacer, Uri};
+use crate::frame::{Frame, PixelFormat};
+
+/// Generated frames.
+#[derive(Debug)]
+pub struct SyntheticSource {
+    uri: String,
+    frames: Vec<Frame>,
+    limit: u64,
+    seq: u64,
+    live: bool,
+    pacer: Pacer,
+}
+
+impl SyntheticSource {
+    /// Open from a parsed `synthetic://` URI.
+    pub fn open(uri: &Uri) -> Result<Self, CaptureError> {
+        uri.check_known(&["width", "height", "format", "fps", "frames", "variants"])?;
+        let width: u32 = uri.get("width", 640, "expected a width in pixels, 2..=8192")?;
+        let height: u32 = uri.get("height", 480, "expected a height in pixels, 2..=8192")?;
+        if !(2..=8192).contains(&width) {
+            return Err(uri.bad("width", &width.to_string(), "expected 2..=8192"));
+        }
+        if !(2..=8192).contains(&height) {
+            return Err(uri.bad("height", &height.to_string(), "expected 2..=8192"));
+        }
+        let fname: String = uri.get("format", "yuyv".to_string(), "")?;
+        let format = PixelFormat::parse(&fname)
+            .ok_or_else(|| uri.bad("format", &fname, "expected yuyv, nv12, grey, rgb or bgr"))?;
+        if format.frame_len(width, height).is_none() {
+            return Err(uri.bad("width", &width.to_string(), &format!("{} needs an even width and height", format.name())));
+        }
+        let limit: u64 = uri.get("frames", 0, "expected a frame count (0 = endless)")?;
+        let variants: usize = uri.get("variants", 8, "expected 1..=64 distinct frames")?;
+        if !(1..=64).contains(&variants) {
+            return Err(uri.bad("variants", &variants.to_string(), "expected 1..=64"));
+        }
+        let fps = uri.fps()?;
+        let frames = (0..variants).map(|i| render(width, height, format, i as u32, &uri.raw)).collect();
+        Ok(Self { uri: uri.raw.clone(), frames, limit, seq: 0, live: fps.is_some(), pacer: Pacer::new(fps) })
+    }
+
+    /// A source straight from parameters (for benchmarks and tests).
+    pub fn new(width: u32, height: u32, format: PixelFormat) -> Result<Self, CaptureError> {
+        let uri = format!("synthetic://?width={width}&height={height}&format={}", format.name());
+        Self::open(&Uri::parse(&uri)?)
+    }
+}
+
+/// Render variant `i`: light tinted paper with a vertical gradient and a dark square that
+/// moves with `i`, then pack it in `format`.
+pub fn render(width: u32, height: u32, format: PixelFormat, i: u32, uri: &str) -> Frame {
+    let (w, h) = (width as usize, height as usize);
+    let mut rgb = vec![0u8; w * h * 3];
+    let side = (w.min(h) / 4).max(1);
+    let x0 = (i as usize * w / 9 + w / 8) % (w - side).max(1);
+    let y0 = (i as usize * h / 7 + h / 6) % (h - side).max(1);
+    for y in 0..h {
+        for x in 0..w {
+            let p = &mut rgb[(y * w + x) * 3..][..3];
+            let g = (160 + (y * 80 / h) as u32 + (x * 15 / w) as u32 + i * 3).min(255) as u8;
+            p.copy_from_slice(&[g, g.saturating_sub(10), g.saturating_sub(30)]);
+            if (x0..x0 + side).contains(&x) && (y0..y0 + side).contains(&y) {
+                p.copy_from_slice(&[30, 30, 40]);
+            }
+        }
+    }
+    let mut f = Frame::with_capacity(format.frame_len(width, height).unwrap_or(0));
+    f.reshape(width, height, format);
+    pack_rgb(&rgb, w, h, format, &mut f.data);
+    f.set_source(uri);
+    f
+}
+
+/// Pack tightly packed RGB into `format` (BT.601 limited range for YUV formats).
+pub fn pack_rgb(rgb: &[u8], w: usize, h: usize, format: PixelFormat, out: &mut [u8]) {
+    let yuv = |p: &[u8]| {
+        let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
+        let y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b;
+        let u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b;
+        let v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b;
+        (y.round().clamp(0.0, 255.0) as u8, u.round().clamp(0.0, 255.0) as u8, v.round().clamp(0.0, 255.0) as u8)
+    };
+    match format {
+        PixelFormat::Rgb => out.copy_from_slice(rgb),
+        PixelFormat::Bgr => {
+            for (o, p) in out.chunks_exact_mut(3).zip(rgb.chunks_exact(3)) {
+                o.copy_from_slice(&[p[2], p[1], p[0]]);
+            }
+        }
+        PixelFormat::Grey => {
+            for (o, p) in out.iter_mut().zip(rgb.chunks_exact(3)) {
+                *o = ((77 * p[0] as u32 + 150 * p[1] as u32 + 29 * p[2] as u32) >> 8) as u8;
+            }
+        }
+        PixelFormat::Yuyv => {
+            for (o, p) in out.chunks_exact_mut(4).zip(rgb.chunks_exact(6)) {
+                let (y0, u0, v0) = yuv(&p[..3]);
+                let (y1, u1, v1) = yuv(&p[3..]);
+                o.copy_from_slice(&[y0, ((u0 as u16 + u1 as u16) / 2) as u8, y1, ((v0 as u16 + v1 as u16) / 2) as u8]);
+            }
+        }
+        PixelFormat::Nv12 => {
+            let (yp, uv) = out.split_at_mut(w * h);
+            for (o, p) in yp.iter_mut().zip(rgb.chunks_exact(3)) {
+                *o = yuv(p).0;
+            }
+            for cy in 0..h / 2 {
+                for cx in 0..w / 2 {
+                    let mut su = 0u32;
+                    let mut sv = 0u32;
+                    for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let (_, u, v) = yuv(&rgb[((2 * cy + dy) * w + 2 * cx + dx) * 3..][..3]);
+                        su += u as u32;
+                        sv += v as u32;
+                    }
+                    uv[(cy * (w / 2) + cx) * 2] = (su / 4) as u8;
+                    uv[(cy * (w / 2) + cx) * 2 + 1] = (sv / 4) as u8;
+                }
+            }
+        }
+    }
+}
+
+impl FrameSource for SyntheticSource {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn is_live(&self) -> bool {
+        self.live
+    }
+
+    fn max_frame_bytes(&self) -> usize {
+        self.frames[0].data.len()
+    }
+
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
+        if self.limit != 0 && self.seq >= self.limit {
+            return Ok(false);
+        }
+        self.pacer.wait();
+        let src = &self.frames[(self.seq % self.frames.len() as u64) as usize];
+        frame.copy_from(src);
+        frame.seq = self.seq;
+        frame.captured_at = std::time::Instant::now();
+        self.seq += 1;
+        Ok(true)
+    }
+
+    fn describe(&self) -> String {
+        let f = &self.frames[0];
+        format!("{} ({}x{} {})", self.uri, f.width, f.height, f.format.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_bounded() {
+        let mut a = SyntheticSource::open(&Uri::parse("synthetic://?width=64&height=48&frames=3").unwrap()).unwrap();
+        let mut b = SyntheticSource::open(&Uri::parse("synthetic://?width=64&height=48&frames=3").unwrap()).unwrap();
+        let mut fa = Frame::with_capacity(0);
+        let mut fb = Frame::with_capacity(0);
+        for _ in 0..3 {
+            assert!(a.next_frame(&mut fa).unwrap());
+            assert!(b.next_frame(&mut fb).unwrap());
+            assert_eq!(fa.data, fb.data);
+            assert_eq!(fa.data.len(), 64 * 48 * 2);
+        }
+        assert!(!a.next_frame(&mut fa).unwrap());
+    }
+
+    #[test]
+    fn odd_width_refused_for_yuyv() {
+        let e = SyntheticSource::open(&Uri::parse("synthetic://?width=63&format=yuyv").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("even"), "{e}");
+    }
+}

@@ -1,0 +1,598 @@
+//! Command-line interface.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use edgefuse_models::text::LabelEmbedder;
+use edgefuse_models::Bundle;
+use edgefuse_runtime::capture::{self, CaptureError};
+use edgefuse_runtime::decision::{DecisionConfig, EventKind};
+use edgefuse_runtime::pipeline::{FrameResult, Pipeline, PipelineConfig, RunLimits, RunSummary, STAGES};
+use edgefuse_runtime::trigger::{Trigger, TriggerSpec};
+
+/// A usage error (exit code 2): the command line asks for something that cannot work.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgefuse",
+    version,
+    about = "Camera-triggered vision-language classifier: CLIP image encoder + Q-Former + zero-shot fusion on tract",
+    propagate_version = true
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Classify frames from a source and emit results and events.
+    Run(RunArgs),
+    /// Measure per-stage latency, throughput and allocations; prints one JSON object.
+    Bench(BenchArgs),
+    /// Show the bundle, the backends and (with --camera) a camera's formats.
+    Info(InfoArgs),
+    /// List, add or remove labels of a bundle (runs the text tower on this machine).
+    Labels(LabelsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ModelArg {
+    /// Model bundle folder [default: $EDGEFUSE_MODEL, else the bundled default model].
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Frame source: v4l2:///dev/videoN, file://PATH (image or folder), synthetic:// [default: the bundled sample frames].
+    #[arg(long, value_name = "URI")]
+    source: Option<String>,
+    /// continuous, interval:<ms>, motion[:threshold=T,area=A].
+    #[arg(long, default_value = "continuous", value_parser = parse_trigger)]
+    trigger: TriggerSpec,
+    /// Labels reported per frame.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    top_k: u16,
+    /// Minimum probability for a label to win a frame.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_unit)]
+    threshold: f32,
+    /// Per-label threshold, LABEL=X (repeatable).
+    #[arg(long = "label-threshold", value_name = "LABEL=X")]
+    label_thresholds: Vec<String>,
+    /// A label fires after winning N of the last --window frames.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    fire_wins: u32,
+    /// Hysteresis window in frames.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    window: u32,
+    /// An active label is released after losing this many frames in a row.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    release: u32,
+    /// Minimum milliseconds between two firings of the same label.
+    #[arg(long, default_value_t = 0)]
+    cooldown_ms: u64,
+    /// Stop after N classified frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// One JSON object per classified frame on stdout (summary on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Frame source [default: synthetic 640x480 YUYV].
+    #[arg(long, value_name = "URI")]
+    source: Option<String>,
+    /// Frames measured after warm-up.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    frames: u64,
+    /// Frames run before measuring.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// Accepted for symmetry with `run`; bench always prints JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// A camera device to list the formats of, e.g. /dev/video0.
+    #[arg(long, value_name = "DEVICE")]
+    camera: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct LabelsArgs {
+    #[command(subcommand)]
+    action: LabelsAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum LabelsAction {
+    /// Print the labels and their prompts.
+    List {
+        #[command(flatten)]
+        model: ModelArg,
+    },
+    /// Embed PROMPT(s) with the text tower and add them to label NAME (created if new).
+    Add {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Prompts describing the label, e.g. "a photo of a cat".
+        #[arg(required = true)]
+        prompts: Vec<String>,
+        /// The label's name.
+        #[arg(long)]
+        label: String,
+    },
+    /// Remove label NAME.
+    Remove {
+        #[command(flatten)]
+        model: ModelArg,
+        /// The label's name.
+        #[arg(long)]
+        label: String,
+    },
+}
+
+fn parse_trigger(s: &str) -> Result<TriggerSpec, String> {
+    s.parse()
+}
+
+fn parse_unit(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be between 0 and 1"))
+    }
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("edgefuse: {e:#}");
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<UsageError>().is_some()
+                    || matches!(
+                        c.downcast_ref::<CaptureError>(),
+                        Some(CaptureError::UnknownScheme { .. } | CaptureError::BadOption { .. })
+                    )
+            });
+            if usage {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Run(a) => run(a),
+        Command::Bench(a) => bench(a),
+        Command::Info(a) => info(a),
+        Command::Labels(a) => labels(a),
+    }
+}
+
+/// Where data files live: next to an installed binary (`../share/edgefuse`), the Debian
+/// location, or the source tree this binary was built from.
+fn data_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(prefix) = exe.parent().and_then(Path::parent) {
+            dirs.push(prefix.join("share/edgefuse"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/share/edgefuse"));
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    dirs
+}
+
+fn find_data(rel: &str) -> Option<PathBuf> {
+    data_dirs().into_iter().map(|d| d.join(rel)).find(|p| p.exists())
+}
+
+fn model_dir(arg: &ModelArg) -> Result<PathBuf> {
+    if let Some(m) = &arg.model {
+        return Ok(m.clone());
+    }
+    if let Some(m) = std::env::var_os("EDGEFUSE_MODEL") {
+        return Ok(PathBuf::from(m));
+    }
+    find_data("default").ok_or_else(|| {
+        anyhow!(UsageError(
+            "no default model bundle found (looked in ../share/edgefuse, /usr/share/edgefuse and the source tree); pass --model DIR".into()
+        ))
+    })
+}
+
+fn open_bundle(arg: &ModelArg) -> Result<Bundle> {
+    let dir = model_dir(arg)?;
+    Bundle::open(&dir).with_context(|| format!("cannot use model bundle {}", dir.display()))
+}
+
+fn default_samples() -> Result<String> {
+    let dir = find_data("samples/mnist")
+        .ok_or_else(|| anyhow!(UsageError("no bundled sample frames found; pass --source URI".into())))?;
+    Ok(format!("file://{}", dir.display()))
+}
+
+fn install_ctrlc(stop: &Arc<AtomicBool>) {
+    let s = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::Relaxed)) {
+        log::warn!("cannot install the Ctrl-C handler ({e}); stop with SIGKILL");
+    }
+}
+
+fn decision_config(a: &RunArgs, labels: &[String]) -> Result<DecisionConfig> {
+    let mut label_thresholds = Vec::new();
+    for spec in &a.label_thresholds {
+        let (name, v) = spec
+            .rsplit_once('=')
+            .ok_or_else(|| anyhow!(UsageError(format!("--label-threshold `{spec}`: expected LABEL=X"))))?;
+        let idx = labels.iter().position(|l| l == name).ok_or_else(|| {
+            anyhow!(UsageError(format!("--label-threshold `{spec}`: no label `{name}`; labels are {labels:?}")))
+        })?;
+        let v = parse_unit(v).map_err(|e| anyhow!(UsageError(format!("--label-threshold `{spec}`: {e}"))))?;
+        label_thresholds.push((idx as u16, v));
+    }
+    if a.fire_wins > a.window {
+        return Err(anyhow!(UsageError(format!(
+            "--fire-wins {} is larger than --window {}: a label can win at most --window frames of the window",
+            a.fire_wins, a.window
+        ))));
+    }
+    Ok(DecisionConfig {
+        threshold: a.threshold,
+        label_thresholds,
+        fire_wins: a.fire_wins,
+        window: a.window,
+        release_losses: a.release,
+        cooldown: Duration::from_millis(a.cooldown_ms),
+    })
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let bundle = open_bundle(&a.model)?;
+    let uri = match &a.source {
+        Some(s) => s.clone(),
+        None => default_samples()?,
+    };
+    let mut source = capture::open(&uri)?;
+    log::info!("source {}", source.describe());
+    let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
+    let cfg = PipelineConfig { top_k: a.top_k as usize, decision: decision_config(&a, &labels)?, ..Default::default() };
+    let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
+    let mut trigger = Trigger::new(&a.trigger, None).map_err(|e| anyhow!(UsageError(e)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_ctrlc(&stop);
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let json = a.json;
+    let limits = RunLimits { max_frames: a.frames, warmup: 0 };
+    let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
+        if json {
+            write_json(&mut out, r, &labels, &uri)?;
+        } else {
+            write_text(&mut out, r, &labels)?;
+        }
+        // Flush per frame so events reach consumers (pipes, the journal) without delay.
+        out.flush()
+    });
+    drop(out);
+    print_summary(&summary, json);
+    result.with_context(|| format!("run on {uri} stopped"))
+}
+
+fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(b"\"")?;
+    for c in s.chars() {
+        match c {
+            '"' => w.write_all(b"\\\"")?,
+            '\\' => w.write_all(b"\\\\")?,
+            '\n' => w.write_all(b"\\n")?,
+            '\r' => w.write_all(b"\\r")?,
+            '\t' => w.write_all(b"\\t")?,
+            c if (c as u32) < 0x20 => write!(w, "\\u{:04x}", c as u32)?,
+            c => write!(w, "{c}")?,
+        }
+    }
+    w.write_all(b"\"")
+}
+
+fn write_json(w: &mut impl Write, r: &FrameResult<'_>, labels: &[String], uri: &str) -> std::io::Result<()> {
+    write!(w, "{{\"frame\":{},\"source\":", r.frame.seq)?;
+    let source = if r.frame.source.is_empty() { uri } else { r.frame.source.as_str() };
+    write_json_str(w, source)?;
+    w.write_all(b",\"top\":[")?;
+    for (i, (l, p)) in r.top.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        w.write_all(b"[")?;
+        write_json_str(w, &labels[*l as usize])?;
+        write!(w, ",{p:.6}]")?;
+    }
+    w.write_all(b"],\"event\":")?;
+    match r.events.iter().find(|e| e.kind == EventKind::Fire) {
+        Some(e) => {
+            w.write_all(b"{\"label\":")?;
+            write_json_str(w, &labels[e.label as usize])?;
+            write!(w, ",\"score\":{:.6}}}", e.score)?;
+        }
+        None => w.write_all(b"null")?,
+    }
+    w.write_all(b",\"released\":[")?;
+    for (i, e) in r.events.iter().filter(|e| e.kind == EventKind::Release).enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write_json_str(w, &labels[e.label as usize])?;
+    }
+    w.write_all(b"],\"heads\":{\"clip\":")?;
+    write_json_str(w, &labels[r.heads.clip as usize])?;
+    w.write_all(b",\"qformer\":")?;
+    match r.heads.qformer {
+        Some(q) => write_json_str(w, &labels[q as usize])?,
+        None => w.write_all(b"null")?,
+    }
+    w.write_all(b"},\"latency_ms\":{")?;
+    for (i, name) in STAGES.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write!(w, "\"{name}\":{:.3}", r.times.ms(i))?;
+    }
+    w.write_all(b"}}\n")
+}
+
+fn write_text(w: &mut impl Write, r: &FrameResult<'_>, labels: &[String]) -> std::io::Result<()> {
+    write!(w, "frame {:>6}  {}  ", r.frame.seq, r.frame.source)?;
+    for (i, (l, p)) in r.top.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b", ")?;
+        }
+        write!(w, "{} {:.3}", labels[*l as usize], p)?;
+    }
+    for e in r.events.iter() {
+        match e.kind {
+            EventKind::Fire => write!(w, "  FIRE {} ({:.3})", labels[e.label as usize], e.score)?,
+            EventKind::Release => write!(w, "  release {}", labels[e.label as usize])?,
+        }
+    }
+    writeln!(w, "  [{:.1} ms]", r.times.ms(6))
+}
+
+fn print_summary(s: &RunSummary, to_stderr: bool) {
+    let mut text = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "summary: {} frames classified, {} not triggered, {} dropped (inference behind capture), {} broken frames, \
+         {} files skipped as non-images, {} images undecodable, {} events",
+        s.frames,
+        s.not_triggered,
+        s.dropped,
+        s.broken,
+        s.source.skipped_non_images,
+        s.source.skipped_broken,
+        s.events
+    );
+    for (name, h) in STAGES.iter().zip(&s.stages) {
+        let _ = writeln!(text, "  {name:<11} p50 {:>8.3} ms   p99 {:>8.3} ms", h.quantile_ms(0.5), h.quantile_ms(0.99));
+    }
+    if to_stderr {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let bundle = open_bundle(&a.model)?;
+    let uri = a.source.clone().unwrap_or_else(|| "synthetic://?width=640&height=480&format=yuyv".to_string());
+    let mut source = capture::open(&uri)?;
+    let mut pipeline = Pipeline::new(&bundle, PipelineConfig::default()).context("cannot build the pipeline")?;
+    let mut trigger = Trigger::Continuous;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_ctrlc(&stop);
+    let limits = RunLimits { max_frames: Some(a.frames), warmup: a.warmup };
+    let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |_| Ok(()));
+    result.with_context(|| format!("bench on {uri} stopped"))?;
+    if s.frames == 0 {
+        return Err(anyhow!("{uri} produced no frames after {} warm-up frames; give a longer source", a.warmup));
+    }
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = write!(out, "{{\"source\":");
+    let mut buf = Vec::new();
+    write_json_str(&mut buf, &uri)?;
+    out.push_str(&String::from_utf8_lossy(&buf));
+    let _ = write!(out, ",\"frames\":{},\"stages\":{{", s.frames);
+    for (i, (name, h)) in STAGES.iter().zip(&s.stages).enumerate().take(STAGES.len() - 1) {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":{{\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}", h.quantile_ms(0.5), h.quantile_ms(0.99));
+    }
+    let e2e = &s.stages[STAGES.len() - 1];
+    let _ = write!(
+        out,
+        "}},\"end_to_end\":{{\"p50_ms\":{:.4},\"p99_ms\":{:.4}}},\"fps\":{:.2},\"allocations_per_frame\":{{\"pipeline\":{},\"engine\":{}}},\"peak_rss_mb\":{:.1}}}",
+        e2e.quantile_ms(0.5),
+        e2e.quantile_ms(0.99),
+        s.frames as f64 / s.wall.as_secs_f64().max(1e-9),
+        s.allocations.0 as f64 / s.frames as f64,
+        s.allocations.1 as f64 / s.frames as f64,
+        peak_rss_mb()
+    );
+    println!("{out}");
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let bundle = open_bundle(&a.model)?;
+    let m = bundle.manifest();
+    println!("bundle      {} {} ({})", m.name, m.version, bundle.dir().display());
+    if !m.description.is_empty() {
+        println!("            {}", m.description);
+    }
+    println!(
+        "input       {}x{} {:?}, mean {:?}, std {:?}, {:?}",
+        m.preprocess.image_size[0],
+        m.preprocess.image_size[1],
+        m.preprocess.resize,
+        m.preprocess.mean,
+        m.preprocess.std,
+        m.preprocess.channel_order
+    );
+    println!("encoder     {} → embedding {}", m.encoder.model.file, m.encoder.embedding_dim);
+    match &m.qformer {
+        Some(q) => println!("q-former    {} ({} queries)", q.model.file, q.queries),
+        None => println!("q-former    none"),
+    }
+    println!("fusion      {:?}", m.fusion.method);
+    println!("labels      {}: {}", m.labels.len(), bundle.label_names().collect::<Vec<_>>().join(", "));
+    for (k, v) in &m.accuracy {
+        println!("accuracy    {k}: {:.2}%", v * 100.0);
+    }
+    println!("backends    cpu: tract-onnx (available); cuda: not built into this binary");
+    if !m.license.is_empty() {
+        println!("license     {}", m.license);
+    }
+    if let Some(cam) = a.camera {
+        camera_info(&cam)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "v4l")]
+fn camera_info(cam: &str) -> Result<()> {
+    let formats = edgefuse_runtime::capture::v4l2::list_formats(cam)?;
+    println!("camera      {cam}");
+    for f in formats {
+        println!("            {f}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "v4l"))]
+fn camera_info(cam: &str) -> Result<()> {
+    Err(anyhow!("cannot list {cam}: this edgefuse was built without V4L2 support (feature `v4l`)"))
+}
+
+fn labels(a: LabelsArgs) -> Result<()> {
+    match a.action {
+        LabelsAction::List { model } => {
+            let b = open_bundle(&model)?;
+            for l in &b.manifest().labels {
+                println!("{}\t{}", l.name, l.prompts.join(" | "));
+            }
+            Ok(())
+        }
+        LabelsAction::Add { model, prompts, label } => {
+            if label.trim().is_empty() {
+                return Err(anyhow!(UsageError("--label must not be empty".into())));
+            }
+            let mut b = open_bundle(&model)?;
+            let embedder = LabelEmbedder::new(&b)?;
+            let mut labels = b.manifest().labels.clone();
+            let mut rows = b.label_rows().to_vec();
+            let dim = b.manifest().encoder.embedding_dim;
+            let idx = match labels.iter().position(|l| l.name == label) {
+                Some(i) => i,
+                None => {
+                    labels.push(edgefuse_models::manifest::Label { name: label.clone(), prompts: Vec::new() });
+                    rows.extend(std::iter::repeat_n(0.0, dim));
+                    labels.len() - 1
+                }
+            };
+            labels[idx].prompts.extend(prompts);
+            let row = embedder.embed_label(&labels[idx].prompts)?;
+            rows[idx * dim..(idx + 1) * dim].copy_from_slice(&row);
+            b.write_labels(labels, &rows)?;
+            println!("label `{label}` now has {} prompt(s); the bundle has {} labels", b.manifest().labels[idx].prompts.len(), b.manifest().labels.len());
+            Ok(())
+        }
+        LabelsAction::Remove { model, label } => {
+            let mut b = open_bundle(&model)?;
+            let dim = b.manifest().encoder.embedding_dim;
+            let mut labels = b.manifest().labels.clone();
+            let idx = labels.iter().position(|l| l.name == label).ok_or_else(|| {
+                anyhow!(UsageError(format!(
+                    "no label `{label}`; labels are {:?}",
+                    labels.iter().map(|l| &l.name).collect::<Vec<_>>()
+                )))
+            })?;
+            if labels.len() == 1 {
+                return Err(anyhow!(UsageError(format!("`{label}` is the last label; a bundle needs at least one"))));
+            }
+            labels.remove(idx);
+            let mut rows = b.label_rows().to_vec();
+            rows.drain(idx * dim..(idx + 1) * dim);
+            b.write_labels(labels, &rows)?;
+            println!("removed `{label}`; {} labels remain", b.manifest().labels.len());
+            Ok(())
+        }
+    }
+}

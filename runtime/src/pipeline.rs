@@ -1,0 +1,294 @@
+//! The frame pipeline: capture thread → ring → trigger → preprocess → encoder → Q-Former →
+//! fusion → decision → caller's sink, with per-stage timing.
+//!
+//! Every buffer is sized when the pipeline is built; after warm-up a frame causes no heap
+//! allocation in this code (the engine's own allocations are counted separately).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use edgefuse_models::Bundle;
+
+use crate::alloc;
+use crate::capture::{CaptureError, FrameSource, SourceStats};
+use crate::decision::{Decision, DecisionConfig, Events};
+use crate::engine::{EngineError, TractEngine};
+use crate::frame::Frame;
+use crate::fusion::{FusionHead, HeadTop1, TopK};
+use crate::preprocess::Preprocessor;
+use crate::ring::FrameRing;
+use crate::stats::Histogram;
+use crate::trigger::Trigger;
+
+/// Pipeline stages, in order, as reported in timings.
+pub const STAGES: [&str; 7] = ["queue", "preprocess", "encoder", "qformer", "fusion", "decision", "end_to_end"];
+
+/// Per-stage latency of one frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes(pub [Duration; 7]);
+
+impl StageTimes {
+    /// Milliseconds of stage `i` (see [`STAGES`]).
+    pub fn ms(&self, i: usize) -> f64 {
+        self.0[i].as_secs_f64() * 1000.0
+    }
+}
+
+/// What the sink receives for each classified frame.
+#[derive(Debug)]
+pub struct FrameResult<'a> {
+    /// The frame (geometry, sequence number, source name).
+    pub frame: &'a Frame,
+    /// Best labels, best first: `(label index, probability)`.
+    pub top: &'a TopK,
+    /// Events this frame caused.
+    pub events: &'a Events,
+    /// Stage latencies.
+    pub times: StageTimes,
+    /// Top-1 label of each head before fusion.
+    pub heads: HeadTop1,
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Labels reported per frame (1..=16).
+    pub top_k: usize,
+    /// Thresholds and hysteresis.
+    pub decision: DecisionConfig,
+    /// Ring slots between capture and inference.
+    pub ring_slots: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { top_k: 3, decision: DecisionConfig::default(), ring_slots: 4 }
+    }
+}
+
+/// How long to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunLimits {
+    /// Stop after this many classified frames (after warm-up); `None` = until the source ends.
+    pub max_frames: Option<u64>,
+    /// Frames classified before statistics and allocation counts start.
+    pub warmup: u64,
+}
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The source failed (camera vanished, …).
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    /// The sink failed (e.g. stdout closed).
+    #[error("output failed: {0}")]
+    Sink(String),
+}
+
+/// Summary of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Frames classified (after warm-up).
+    pub frames: u64,
+    /// Frames the trigger did not select.
+    pub not_triggered: u64,
+    /// Frames dropped by the ring because inference was slower than capture.
+    pub dropped: u64,
+    /// Frames that could not be preprocessed (broken), skipped.
+    pub broken: u64,
+    /// Fire events.
+    pub events: u64,
+    /// Per-stage latency histograms (see [`STAGES`]).
+    pub stages: Vec<Histogram>,
+    /// Allocations after warm-up: `(pipeline, engine)`.
+    pub allocations: (u64, u64),
+    /// Wall time after warm-up.
+    pub wall: Duration,
+    /// Source counters.
+    pub source: SourceStats,
+}
+
+/// A built pipeline for one bundle.
+pub struct Pipeline {
+    labels: Vec<String>,
+    pre: Preprocessor,
+    input: Vec<f32>,
+    engine: TractEngine,
+    embedding: Vec<f32>,
+    queries: Vec<f32>,
+    head: FusionHead,
+    decision: Decision,
+    top: TopK,
+    events: Events,
+    cfg: PipelineConfig,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("labels", &self.labels.len()).field("engine", &self.engine).finish()
+    }
+}
+
+impl Pipeline {
+    /// Load the bundle's models and size every buffer.
+    pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, EngineError> {
+        let engine = TractEngine::new(bundle)?;
+        let m = bundle.manifest();
+        let pre = Preprocessor::new(&m.preprocess);
+        let head =
+            FusionHead::new(bundle.label_embeddings(), m.encoder.embedding_dim, &m.fusion, engine.has_qformer());
+        let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
+        let decision = Decision::new(cfg.decision.clone(), labels.len());
+        Ok(Self {
+            input: vec![0.0; pre.output_len()],
+            embedding: vec![0.0; engine.embedding_dim()],
+            queries: vec![0.0; engine.queries_len()],
+            labels,
+            pre,
+            engine,
+            head,
+            decision,
+            top: TopK::new(),
+            events: Events::new(),
+            cfg,
+        })
+    }
+
+    /// Label names in index order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Fused probabilities of the last classified frame.
+    pub fn probabilities(&self) -> &[f32] {
+        self.head.probabilities()
+    }
+
+    /// Classify one frame synchronously. `Ok(None)` when the frame is broken (logged, skipped).
+    pub fn process(&mut self, frame: &Frame) -> Result<Option<FrameResult<'_>>, EngineError> {
+        let t0 = Instant::now();
+        let mut times = StageTimes::default();
+        times.0[0] = t0.saturating_duration_since(frame.captured_at);
+        if let Err(e) = self.pre.run(frame, &mut self.input) {
+            log::warn!("{e}; frame skipped");
+            return Ok(None);
+        }
+        let t1 = Instant::now();
+        self.engine.run_encoder(&self.input, &mut self.embedding)?;
+        let t2 = Instant::now();
+        let queries = if self.engine.has_qformer() {
+            self.engine.run_qformer(&mut self.queries)?;
+            Some(self.queries.as_slice())
+        } else {
+            None
+        };
+        let t3 = Instant::now();
+        let heads = self.head.run(&self.embedding, queries, self.cfg.top_k, &mut self.top);
+        let t4 = Instant::now();
+        self.decision.update(frame.seq, &self.top, self.head.probabilities(), t4, &mut self.events);
+        let t5 = Instant::now();
+        times.0[1] = t1 - t0;
+        times.0[2] = t2 - t1;
+        times.0[3] = t3 - t2;
+        times.0[4] = t4 - t3;
+        times.0[5] = t5 - t4;
+        times.0[6] = t5.saturating_duration_since(frame.captured_at);
+        log::trace!("frame {} top {:?}", frame.seq, self.top.first());
+        Ok(Some(FrameResult { frame, top: &self.top, events: &self.events, times, heads }))
+    }
+
+    /// Run `source` to the end (or `limits`, or until `stop` is set), capturing on a second
+    /// thread into the ring and handing each classified frame to `sink`. The summary covers what
+    /// ran even when the run stops on an error (a vanished camera, a closed stdout).
+    pub fn run<S>(
+        &mut self,
+        source: &mut dyn FrameSource,
+        trigger: &mut Trigger,
+        limits: RunLimits,
+        stop: &AtomicBool,
+        mut sink: S,
+    ) -> (RunSummary, Result<(), PipelineError>)
+    where
+        S: FnMut(&FrameResult<'_>) -> std::io::Result<()>,
+    {
+        let ring = FrameRing::new(self.cfg.ring_slots, source.max_frame_bytes());
+        let live = source.is_live();
+        let capture_error: Mutex<Option<CaptureError>> = Mutex::new(None);
+        let mut summary = RunSummary { stages: vec![Histogram::default(); STAGES.len()], ..Default::default() };
+        let mut seen = 0u64;
+        let mut started = Instant::now();
+        let mut alloc0 = alloc::counts();
+        let result = std::thread::scope(|s| {
+            let ring_ref = &ring;
+            let err_ref = &capture_error;
+            let capture = s.spawn(move || {
+                loop {
+                    let Some(mut slot) = ring_ref.begin_write(live) else { break };
+                    match source.next_frame(&mut slot) {
+                        Ok(true) => slot.commit(),
+                        Ok(false) => break,
+                        Err(e) => {
+                            *err_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            break;
+                        }
+                    }
+                }
+                ring_ref.close();
+                source.stats()
+            });
+            let out = (|| -> Result<(), PipelineError> {
+                while let Some(frame) = ring.next() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if !trigger.accept(&frame) {
+                        summary.not_triggered += 1;
+                        continue;
+                    }
+                    let Some(r) = self.process(&frame)? else {
+                        summary.broken += 1;
+                        continue;
+                    };
+                    seen += 1;
+                    if seen == limits.warmup {
+                        started = Instant::now();
+                        alloc0 = alloc::counts();
+                    }
+                    if seen > limits.warmup {
+                        summary.frames += 1;
+                        for (h, d) in summary.stages.iter_mut().zip(r.times.0) {
+                            h.record(d);
+                        }
+                        summary.events +=
+                            r.events.iter().filter(|e| e.kind == crate::decision::EventKind::Fire).count() as u64;
+                    }
+                    sink(&r).map_err(|e| PipelineError::Sink(e.to_string()))?;
+                    if limits.max_frames.is_some_and(|m| summary.frames >= m) {
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            let alloc1 = alloc::counts();
+            summary.allocations = (alloc1.0 - alloc0.0, alloc1.1 - alloc0.1);
+            summary.wall = started.elapsed();
+            ring.close();
+            summary.source = capture.join().unwrap_or_else(|_| {
+                log::error!("the capture thread panicked; input after that point was not read");
+                SourceStats::default()
+            });
+            out
+        });
+        summary.dropped = ring.dropped();
+        let result = result.and_then(|()| match capture_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        });
+        (summary, result)
+    }
+}

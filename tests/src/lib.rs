@@ -1,0 +1,52 @@
+//! Shared helpers for the edgefuse cross-crate tests: where the bundled model, samples and
+//! fixtures live, and ground-truth label files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The bundled default model.
+pub fn default_bundle() -> PathBuf {
+    repo().join("models/default")
+}
+
+/// A folder of bundled sample frames (`mnist` or `camera`).
+pub fn samples(name: &str) -> PathBuf {
+    repo().join("models/samples").join(name)
+}
+
+/// A test fixture file.
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// `file -> label` from a samples folder's `labels.csv`.
+pub fn ground_truth(dir: &std::path::Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(dir.join("labels.csv")).expect("labels.csv");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .map(|(f, l)| (f.to_string(), l.trim().to_string()))
+        .collect()
+}
+
+/// Copy a bundle folder into a fresh temporary folder (for tests that damage it).
+pub fn copy_bundle() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(default_bundle()).expect("bundle") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
+    }
+    dir
+}
+
+/// Replace `field = ...` line values in a bundle's manifest text.
+pub fn edit_manifest(dir: &std::path::Path, edit: impl FnOnce(String) -> String) {
+    let p = dir.join("bundle.toml");
+    let text = std::fs::read_to_string(&p).expect("manifest");
+    std::fs::write(&p, edit(text)).expect("write manifest");
+}
