@@ -46,7 +46,15 @@ pub struct TriggerInput<P> {
 impl<P: InputPin> TriggerInput<P> {
     /// Take ownership of `pin`.
     pub fn new(pin: P, edge: Edge, debounce_ms: u32) -> Self {
-        Self { pin, edge, debounce_ms, stable: false, candidate: false, since_ms: 0, primed: false }
+        Self {
+            pin,
+            edge,
+            debounce_ms,
+            stable: false,
+            candidate: false,
+            since_ms: 0,
+            primed: false,
+        }
     }
 
     /// Sample the pin at `now_ms`; `Ok(true)` exactly once per debounced matching edge.
@@ -63,7 +71,9 @@ impl<P: InputPin> TriggerInput<P> {
             self.candidate = level;
             self.since_ms = now_ms;
         }
-        if self.candidate != self.stable && now_ms.saturating_sub(self.since_ms) >= u64::from(self.debounce_ms) {
+        if self.candidate != self.stable
+            && now_ms.saturating_sub(self.since_ms) >= u64::from(self.debounce_ms)
+        {
             self.stable = self.candidate;
             let rising = self.stable;
             return Ok(match self.edge {
@@ -103,7 +113,13 @@ pub struct Actuator<P> {
 impl<P: OutputPin> Actuator<P> {
     /// Take ownership of `pin` and drive it inactive.
     pub fn new(pin: P, mode: ActuatorMode, active_low: bool) -> Result<Self, Error<P::Error>> {
-        let mut a = Self { pin, mode, active_low, on_until: None, on: true };
+        let mut a = Self {
+            pin,
+            mode,
+            active_low,
+            on_until: None,
+            on: true,
+        };
         a.drive(false)?;
         Ok(a)
     }
@@ -182,7 +198,10 @@ mod tests {
         let mut pin = Mock::new(&seq);
         let mut t = TriggerInput::new(pin.clone(), Edge::Rising, 20);
         let got: [bool; 9] = [0u64, 1, 3, 5, 15, 25, 40, 50, 80].map(|now| t.poll(now).unwrap());
-        assert_eq!(got, [false, false, false, false, false, true, false, false, false]);
+        assert_eq!(
+            got,
+            [false, false, false, false, false, true, false, false, false]
+        );
         t.release();
         pin.done();
     }
@@ -192,12 +211,18 @@ mod tests {
         let seq = [T::get(State::High), T::get(State::Low), T::get(State::High)];
         let mut pin = Mock::new(&seq);
         let mut t = TriggerInput::new(pin.clone(), Edge::Falling, 0);
-        assert_eq!([0u64, 1, 2].map(|n| t.poll(n).unwrap()), [false, true, false]);
+        assert_eq!(
+            [0u64, 1, 2].map(|n| t.poll(n).unwrap()),
+            [false, true, false]
+        );
         t.release();
         pin.done();
         let mut pin = Mock::new(&seq);
         let mut t = TriggerInput::new(pin.clone(), Edge::Both, 0);
-        assert_eq!([0u64, 1, 2].map(|n| t.poll(n).unwrap()), [false, true, true]);
+        assert_eq!(
+            [0u64, 1, 2].map(|n| t.poll(n).unwrap()),
+            [false, true, true]
+        );
         t.release();
         pin.done();
     }

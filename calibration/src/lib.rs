@@ -73,14 +73,22 @@ pub struct AbsHistogram {
 
 impl Default for AbsHistogram {
     fn default() -> Self {
-        Self { counts: vec![0.0; BINS], width: 0.0, max: 0.0, total: 0 }
+        Self {
+            counts: vec![0.0; BINS],
+            width: 0.0,
+            max: 0.0,
+            total: 0,
+        }
     }
 }
 
 impl AbsHistogram {
     /// Add a batch of activations (non-finite values are ignored).
     pub fn add(&mut self, xs: &[f32]) {
-        let batch_max = xs.iter().filter(|x| x.is_finite()).fold(0.0f64, |m, x| m.max(x.abs() as f64));
+        let batch_max = xs
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0f64, |m, x| m.max(x.abs() as f64));
         if self.width == 0.0 {
             if batch_max == 0.0 {
                 self.total += xs.iter().filter(|x| x.is_finite()).count() as u64;
@@ -145,9 +153,11 @@ impl AbsHistogram {
 
     /// TensorRT entropy calibration 2 (see the crate docs of `FACTS.md`).
     fn entropy(&self) -> f64 {
-        let hist = &self.counts;
-        let mut best = (f64::INFINITY, BINS);
-        for i in LEVELS..=BINS {
+        // Only the bins up to the largest value hold data (the range grows by doubling).
+        let used = ((self.max / self.width).ceil() as usize).clamp(LEVELS, BINS);
+        let hist = &self.counts[..used];
+        let mut best = (f64::INFINITY, used);
+        for i in LEVELS..=used {
             let mut p: Vec<f64> = hist[..i].to_vec();
             p[i - 1] += hist[i..].iter().sum::<f64>();
             // Quantise the first i bins into LEVELS levels and expand back over non-empty bins.
@@ -155,7 +165,9 @@ impl AbsHistogram {
             let per = i as f64 / LEVELS as f64;
             for l in 0..LEVELS {
                 let start = (l as f64 * per).floor() as usize;
-                let end = (((l + 1) as f64 * per).floor() as usize).min(i).max(start + 1);
+                let end = (((l + 1) as f64 * per).floor() as usize)
+                    .min(i)
+                    .max(start + 1);
                 let sum: f64 = hist[start..end].iter().sum();
                 let nonzero = hist[start..end].iter().filter(|c| **c > 0.0).count();
                 if nonzero > 0 {
@@ -236,11 +248,15 @@ mod tests {
         // Box–Muller on a small LCG: deterministic, no dependency.
         let mut s = seed;
         let mut next = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
         (0..n)
-            .map(|_| ((-2.0 * next().ln()).sqrt() * (2.0 * std::f64::consts::PI * next()).cos()) as f32)
+            .map(|_| {
+                ((-2.0 * next().ln()).sqrt() * (2.0 * std::f64::consts::PI * next()).cos()) as f32
+            })
             .collect()
     }
 
@@ -256,7 +272,10 @@ mod tests {
         let e = h.amax(Method::Entropy, "t").unwrap();
         let m = h.amax(Method::Mse, "t").unwrap();
         assert!((mm - h.max()).abs() < 1e-12);
-        assert!((3.0..3.6).contains(&p), "99.9th percentile of |N(0,1)| ≈ 3.29, got {p}");
+        assert!(
+            (3.0..3.6).contains(&p),
+            "99.9th percentile of |N(0,1)| ≈ 3.29, got {p}"
+        );
         assert!(e < mm && e > 1.5, "entropy threshold {e} (max {mm})");
         assert!(m < mm && m > 1.5, "mse threshold {m} (max {mm})");
     }
@@ -282,8 +301,14 @@ mod tests {
     fn trt_cache_format() {
         // FACTS.md example: 0x4000890a is the float32 2.0083642.
         assert_eq!(trt_cache_line("x", 2.008_364_2 * 127.0), "x: 4000890a");
-        assert_eq!(trt_cache_header("8601", Method::Entropy), "TRT-8601-EntropyCalibration2");
-        assert_eq!("percentile:99.9".parse::<Method>().unwrap(), Method::Percentile(99.9));
+        assert_eq!(
+            trt_cache_header("8601", Method::Entropy),
+            "TRT-8601-EntropyCalibration2"
+        );
+        assert_eq!(
+            "percentile:99.9".parse::<Method>().unwrap(),
+            Method::Percentile(99.9)
+        );
         assert!("kl".parse::<Method>().is_err());
     }
 }

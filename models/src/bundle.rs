@@ -39,9 +39,11 @@ impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::ManifestRead {
-            path: manifest_path.clone(),
-            source,
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| {
+            BundleError::ManifestRead {
+                path: manifest_path.clone(),
+                source,
+            }
         })?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::ManifestParse {
             path: manifest_path.clone(),
@@ -55,7 +57,11 @@ impl Bundle {
             bundle.dir.display(),
             bundle.manifest.labels.len(),
             bundle.manifest.encoder.embedding_dim,
-            if bundle.manifest.qformer.is_some() { "yes" } else { "no" }
+            if bundle.manifest.qformer.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
         );
         Ok(bundle)
     }
@@ -103,20 +109,29 @@ impl Bundle {
                 ),
             });
         }
-        let mut label_embeddings: Vec<f32> =
-            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut label_embeddings: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         for (i, row) in label_embeddings.chunks_exact_mut(dim).enumerate() {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             if !norm.is_finite() || norm == 0.0 {
                 return Err(BundleError::Shape {
                     path: path.clone(),
                     field: format!("labels[{i}]"),
-                    message: format!("embedding row {i} (label `{}`) is zero or not finite", m.labels[i].name),
+                    message: format!(
+                        "embedding row {i} (label `{}`) is zero or not finite",
+                        m.labels[i].name
+                    ),
                 });
             }
             row.iter_mut().for_each(|v| *v /= norm);
         }
-        Ok(Self { dir, manifest, label_embeddings })
+        Ok(Self {
+            dir,
+            manifest,
+            label_embeddings,
+        })
     }
 
     /// The bundle folder.
@@ -186,9 +201,17 @@ impl Bundle {
     /// Load the Q-Former for the encoder's token shape `[1, tokens, width]` and check its output
     /// `[1, queries, embedding_dim]`. `None` when the bundle has no Q-Former.
     pub fn load_qformer(&self, token_shape: &[usize]) -> Result<Option<LoadedModel>, BundleError> {
-        let Some(q) = &self.manifest.qformer else { return Ok(None) };
-        let model =
-            load_onnx(&self.dir, &q.model.file, "qformer", &q.input, InputSpec::F32(token_shape), &[q.output.clone()])?;
+        let Some(q) = &self.manifest.qformer else {
+            return Ok(None);
+        };
+        let model = load_onnx(
+            &self.dir,
+            &q.model.file,
+            "qformer",
+            &q.input,
+            InputSpec::F32(token_shape),
+            std::slice::from_ref(&q.output),
+        )?;
         let out = &model.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
         if out.len() != 3 || out[0] != 1 || out[1] != q.queries || out[2] != dim {
@@ -210,9 +233,10 @@ impl Bundle {
             return Err(BundleError::Field {
                 path: self.dir.join(MANIFEST_FILE),
                 field: "text_encoder".into(),
-                message: "this bundle has no text tower, so labels cannot be embedded on the device; \
+                message:
+                    "this bundle has no text tower, so labels cannot be embedded on the device; \
                           re-export it with the text tower"
-                    .into(),
+                        .into(),
             });
         };
         let model = load_onnx(
@@ -221,7 +245,7 @@ impl Bundle {
             "text_encoder",
             &t.input,
             InputSpec::I64(&[1, t.context_length]),
-            &[t.output.clone()],
+            std::slice::from_ref(&t.output),
         )?;
         let out = &model.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
@@ -239,11 +263,20 @@ impl Bundle {
 
     /// Replace the labels and their (unnormalised) embedding rows, rewrite the embedding file and
     /// the manifest with fresh checksums. Used by `edgefuse labels add/remove`.
-    pub fn write_labels(&mut self, labels: Vec<crate::manifest::Label>, rows: &[f32]) -> Result<(), BundleError> {
+    pub fn write_labels(
+        &mut self,
+        labels: Vec<crate::manifest::Label>,
+        rows: &[f32],
+    ) -> Result<(), BundleError> {
         let dim = self.manifest.encoder.embedding_dim;
-        assert_eq!(rows.len(), labels.len() * dim, "one embedding row per label");
+        assert_eq!(
+            rows.len(),
+            labels.len() * dim,
+            "one embedding row per label"
+        );
         let mut bytes = Vec::with_capacity(rows.len() * 4);
-        rows.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+        rows.iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
         let mut manifest = self.manifest.clone();
         manifest.labels = labels;
         manifest.text_embeddings.data.sha256 = sha256_hex(&bytes);
@@ -264,7 +297,10 @@ impl Bundle {
     }
 }
 
-fn validate_fields(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> Result<(), BundleError> {
+fn validate_fields(
+    m: &Manifest,
+    err: &dyn Fn(&str, String) -> BundleError,
+) -> Result<(), BundleError> {
     if m.format_version != FORMAT_VERSION {
         return Err(err(
             "format_version",
@@ -272,29 +308,48 @@ fn validate_fields(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> R
         ));
     }
     let p = &m.preprocess;
-    if p.image_size[0] == 0 || p.image_size[1] == 0 || p.image_size[0] > 4096 || p.image_size[1] > 4096 {
-        return Err(err("preprocess.image_size", format!("{:?} must be 1..=4096 pixels per side", p.image_size)));
+    if p.image_size[0] == 0
+        || p.image_size[1] == 0
+        || p.image_size[0] > 4096
+        || p.image_size[1] > 4096
+    {
+        return Err(err(
+            "preprocess.image_size",
+            format!("{:?} must be 1..=4096 pixels per side", p.image_size),
+        ));
     }
     for (i, s) in p.std.iter().enumerate() {
         if !(s.is_finite() && *s > 0.0) {
-            return Err(err(&format!("preprocess.std[{i}]"), format!("{s} must be a positive number")));
+            return Err(err(
+                &format!("preprocess.std[{i}]"),
+                format!("{s} must be a positive number"),
+            ));
         }
     }
     if p.mean.iter().any(|v| !v.is_finite()) {
-        return Err(err("preprocess.mean", format!("{:?} must be finite", p.mean)));
+        return Err(err(
+            "preprocess.mean",
+            format!("{:?} must be finite", p.mean),
+        ));
     }
     if m.encoder.embedding_dim == 0 {
         return Err(err("encoder.embedding_dim", "must be > 0".into()));
     }
     if m.labels.is_empty() {
-        return Err(err("labels", "the bundle lists no labels; add some with `edgefuse labels add`".into()));
+        return Err(err(
+            "labels",
+            "the bundle lists no labels; add some with `edgefuse labels add`".into(),
+        ));
     }
     for (i, l) in m.labels.iter().enumerate() {
         if l.name.trim().is_empty() {
             return Err(err(&format!("labels[{i}].name"), "is empty".into()));
         }
         if m.labels[..i].iter().any(|o| o.name == l.name) {
-            return Err(err(&format!("labels[{i}].name"), format!("`{}` appears twice", l.name)));
+            return Err(err(
+                &format!("labels[{i}].name"),
+                format!("`{}` appears twice", l.name),
+            ));
         }
     }
     check_head(&m.fusion.clip, "fusion.clip", err)?;
@@ -302,22 +357,41 @@ fn validate_fields(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> R
         (Some(q), Some(h)) => {
             check_head(h, "fusion.qformer", err)?;
             if m.encoder.tokens_output.is_none() {
-                return Err(err("encoder.tokens_output", "is required when the bundle has a [qformer]".into()));
+                return Err(err(
+                    "encoder.tokens_output",
+                    "is required when the bundle has a [qformer]".into(),
+                ));
             }
             if q.queries == 0 {
                 return Err(err("qformer.queries", "must be > 0".into()));
             }
         }
-        (Some(_), None) => return Err(err("fusion.qformer", "is required when the bundle has a [qformer]".into())),
-        (None, Some(_)) => return Err(err("fusion.qformer", "is set but the bundle has no [qformer] section".into())),
+        (Some(_), None) => {
+            return Err(err(
+                "fusion.qformer",
+                "is required when the bundle has a [qformer]".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "fusion.qformer",
+                "is set but the bundle has no [qformer] section".into(),
+            ))
+        }
         (None, None) => {}
     }
     if let Some(t) = &m.text_encoder {
         if t.tokenizer != "clip-bpe" {
-            return Err(err("text_encoder.tokenizer", format!("`{}` is not supported; use `clip-bpe`", t.tokenizer)));
+            return Err(err(
+                "text_encoder.tokenizer",
+                format!("`{}` is not supported; use `clip-bpe`", t.tokenizer),
+            ));
         }
         if !(3..=1024).contains(&t.context_length) {
-            return Err(err("text_encoder.context_length", format!("{} must be 3..=1024", t.context_length)));
+            return Err(err(
+                "text_encoder.context_length",
+                format!("{} must be 3..=1024", t.context_length),
+            ));
         }
     }
     Ok(())
@@ -329,10 +403,16 @@ fn check_head(
     err: &dyn Fn(&str, String) -> BundleError,
 ) -> Result<(), BundleError> {
     if !(h.logit_scale.is_finite() && h.logit_scale > 0.0) {
-        return Err(err(&format!("{field}.logit_scale"), format!("{} must be a positive number", h.logit_scale)));
+        return Err(err(
+            &format!("{field}.logit_scale"),
+            format!("{} must be a positive number", h.logit_scale),
+        ));
     }
     if !(h.weight.is_finite() && h.weight >= 0.0) {
-        return Err(err(&format!("{field}.weight"), format!("{} must be >= 0", h.weight)));
+        return Err(err(
+            &format!("{field}.weight"),
+            format!("{} must be >= 0", h.weight),
+        ));
     }
     Ok(())
 }
@@ -371,7 +451,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let tmp = path.with_extension("tmp-edgefuse");
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| BundleError::Write { path: path.to_path_buf(), source })
+        .map_err(|source| BundleError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 enum InputSpec<'a> {
@@ -389,7 +472,11 @@ fn load_onnx(
 ) -> Result<LoadedModel, BundleError> {
     let path = dir.join(file);
     let field = format!("{section}.file");
-    let corrupt = |message: String| BundleError::CorruptModel { path: path.clone(), field: field.clone(), message };
+    let corrupt = |message: String| BundleError::CorruptModel {
+        path: path.clone(),
+        field: field.clone(),
+        message,
+    };
     let bytes = std::fs::read(&path).map_err(|source| BundleError::MissingFile {
         path: path.clone(),
         field: field.clone(),
@@ -398,8 +485,14 @@ fn load_onnx(
     let mut model = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())
         .map_err(|e| corrupt(format!("{e:#}")))?;
-    let inputs = model.input_outlets().map_err(|e| corrupt(format!("{e:#}")))?.to_vec();
-    let names: Vec<String> = inputs.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let inputs = model
+        .input_outlets()
+        .map_err(|e| corrupt(format!("{e:#}")))?
+        .to_vec();
+    let names: Vec<String> = inputs
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
     let Some(ix) = names.iter().position(|n| n == input) else {
         return Err(BundleError::Shape {
             path: path.clone(),
@@ -411,7 +504,10 @@ fn load_onnx(
         return Err(BundleError::Shape {
             path: path.clone(),
             field: format!("{section}.input"),
-            message: format!("the model has {} inputs {names:?}; edgefuse feeds exactly one", inputs.len()),
+            message: format!(
+                "the model has {} inputs {names:?}; edgefuse feeds exactly one",
+                inputs.len()
+            ),
         });
     }
     let (shape, fact) = match spec {
@@ -434,33 +530,47 @@ fn load_onnx(
             }
         }
     }
-    model.set_input_fact(ix, fact.into()).map_err(|e| corrupt(format!("{e:#}")))?;
-    model.select_outputs_by_name(outputs).map_err(|e| BundleError::Shape {
-        path: path.clone(),
-        field: format!("{section} outputs"),
-        message: format!("cannot select outputs {outputs:?}: {e:#}"),
-    })?;
+    model
+        .set_input_fact(ix, fact.into())
+        .map_err(|e| corrupt(format!("{e:#}")))?;
+    model
+        .select_outputs_by_name(outputs)
+        .map_err(|e| BundleError::Shape {
+            path: path.clone(),
+            field: format!("{section} outputs"),
+            message: format!("cannot select outputs {outputs:?}: {e:#}"),
+        })?;
     let typed = model.into_optimized().map_err(|e| BundleError::Shape {
         path: path.clone(),
         field: format!("{section}.input"),
         message: format!("the model does not accept input {shape:?}: {e:#}"),
     })?;
     let mut output_shapes = Vec::with_capacity(outputs.len());
-    for i in 0..outputs.len() {
-        let fact = typed.output_fact(i).map_err(|e| corrupt(format!("{e:#}")))?;
+    for (i, name) in outputs.iter().enumerate() {
+        let fact = typed
+            .output_fact(i)
+            .map_err(|e| corrupt(format!("{e:#}")))?;
         if fact.datum_type != f32::datum_type() {
             return Err(BundleError::Shape {
                 path: path.clone(),
                 field: format!("{section} outputs"),
-                message: format!("output `{}` is {:?}, expected f32", outputs[i], fact.datum_type),
+                message: format!("output `{name}` is {:?}, expected f32", fact.datum_type),
             });
         }
-        let dims = fact
-            .shape
-            .as_concrete()
-            .ok_or_else(|| corrupt(format!("output `{}` has no concrete shape: {:?}", outputs[i], fact.shape)))?;
+        let dims = fact.shape.as_concrete().ok_or_else(|| {
+            corrupt(format!(
+                "output `{name}` has no concrete shape: {:?}",
+                fact.shape
+            ))
+        })?;
         output_shapes.push(dims.to_vec());
     }
-    let plan = typed.into_runnable().map_err(|e| corrupt(format!("{e:#}")))?;
-    Ok(LoadedModel { plan, output_shapes, path })
+    let plan = typed
+        .into_runnable()
+        .map_err(|e| corrupt(format!("{e:#}")))?;
+    Ok(LoadedModel {
+        plan,
+        output_shapes,
+        path,
+    })
 }

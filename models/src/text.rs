@@ -13,7 +13,10 @@ pub struct LabelEmbedder {
 
 impl std::fmt::Debug for LabelEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LabelEmbedder").field("model", &self.model.path).field("context", &self.context).finish()
+        f.debug_struct("LabelEmbedder")
+            .field("model", &self.model.path)
+            .field("context", &self.context)
+            .finish()
     }
 }
 
@@ -21,15 +24,27 @@ impl LabelEmbedder {
     /// Load the bundle's text tower; fails when the bundle has none.
     pub fn new(bundle: &Bundle) -> Result<Self, BundleError> {
         let model = bundle.load_text_encoder()?;
-        let context = bundle.manifest().text_encoder.as_ref().map(|t| t.context_length).unwrap_or(0);
-        Ok(Self { tokenizer: instant_clip_tokenizer::Tokenizer::new(), model, context })
+        let context = bundle
+            .manifest()
+            .text_encoder
+            .as_ref()
+            .map(|t| t.context_length)
+            .unwrap_or(0);
+        Ok(Self {
+            tokenizer: instant_clip_tokenizer::Tokenizer::new(),
+            model,
+            context,
+        })
     }
 
     /// Token ids `[start, bpe…, end, 0…]` of length `context_length`. Empty prompts and prompts
     /// longer than the context are refused with the limit in the message.
     pub fn tokenize(&self, prompt: &str) -> Result<Vec<i64>, BundleError> {
         if prompt.trim().is_empty() {
-            return Err(BundleError::Prompt { prompt: prompt.into(), message: "is empty; give a short description such as \"a photo of a cat\"".into() });
+            return Err(BundleError::Prompt {
+                prompt: prompt.into(),
+                message: "is empty; give a short description such as \"a photo of a cat\"".into(),
+            });
         }
         let mut toks = Vec::new();
         self.tokenizer.encode(prompt, &mut toks);
@@ -55,17 +70,26 @@ impl LabelEmbedder {
     /// The text tower's raw (unnormalised) embedding of one prompt.
     pub fn embed(&self, prompt: &str) -> Result<Vec<f32>, BundleError> {
         let ids = self.tokenize(prompt)?;
-        let input = Tensor::from_shape(&[1, self.context], &ids)
-            .map_err(|e| BundleError::Inference { path: self.model.path.clone(), message: format!("{e:#}") })?;
+        let input =
+            Tensor::from_shape(&[1, self.context], &ids).map_err(|e| BundleError::Inference {
+                path: self.model.path.clone(),
+                message: format!("{e:#}"),
+            })?;
         let out = self
             .model
             .plan
             .run(tvec!(input.into_tvalue()))
-            .map_err(|e| BundleError::Inference { path: self.model.path.clone(), message: format!("{e:#}") })?;
+            .map_err(|e| BundleError::Inference {
+                path: self.model.path.clone(),
+                message: format!("{e:#}"),
+            })?;
         let view = out[0]
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>())
-            .map_err(|e| BundleError::Inference { path: self.model.path.clone(), message: format!("{e:#}") })?;
+            .map_err(|e| BundleError::Inference {
+                path: self.model.path.clone(),
+                message: format!("{e:#}"),
+            })?;
         Ok(view.to_vec())
     }
 
@@ -81,7 +105,10 @@ impl LabelEmbedder {
             }
         }
         if acc.is_empty() {
-            return Err(BundleError::Prompt { prompt: String::new(), message: "a label needs at least one prompt".into() });
+            return Err(BundleError::Prompt {
+                prompt: String::new(),
+                message: "a label needs at least one prompt".into(),
+            });
         }
         Ok(normalized(acc))
     }

@@ -61,7 +61,10 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
 /// Allocation counts so far: `(pipeline, engine)`.
 pub fn counts() -> (u64, u64) {
-    (COUNTS[0].load(Ordering::Relaxed), COUNTS[1].load(Ordering::Relaxed))
+    (
+        COUNTS[0].load(Ordering::Relaxed),
+        COUNTS[1].load(Ordering::Relaxed),
+    )
 }
 
 /// Restores the previous scope when dropped.

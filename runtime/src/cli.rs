@@ -13,7 +13,9 @@ use edgefuse_models::text::LabelEmbedder;
 use edgefuse_models::Bundle;
 use edgefuse_runtime::capture::{self, CaptureError};
 use edgefuse_runtime::decision::{DecisionConfig, EventKind};
-use edgefuse_runtime::pipeline::{FrameResult, Pipeline, PipelineConfig, RunLimits, RunSummary, STAGES};
+use edgefuse_runtime::pipeline::{
+    FrameResult, Pipeline, PipelineConfig, RunLimits, RunSummary, STAGES,
+};
 use edgefuse_runtime::trigger::{Trigger, TriggerSpec};
 
 /// A usage error (exit code 2): the command line asks for something that cannot work.
@@ -236,7 +238,10 @@ fn data_dirs() -> Vec<PathBuf> {
 }
 
 fn find_data(rel: &str) -> Option<PathBuf> {
-    data_dirs().into_iter().map(|d| d.join(rel)).find(|p| p.exists())
+    data_dirs()
+        .into_iter()
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
 }
 
 fn model_dir(arg: &ModelArg) -> Result<PathBuf> {
@@ -259,8 +264,11 @@ fn open_bundle(arg: &ModelArg) -> Result<Bundle> {
 }
 
 fn default_samples() -> Result<String> {
-    let dir = find_data("samples/mnist")
-        .ok_or_else(|| anyhow!(UsageError("no bundled sample frames found; pass --source URI".into())))?;
+    let dir = find_data("samples/mnist").ok_or_else(|| {
+        anyhow!(UsageError(
+            "no bundled sample frames found; pass --source URI".into()
+        ))
+    })?;
     Ok(format!("file://{}", dir.display()))
 }
 
@@ -274,13 +282,18 @@ fn install_ctrlc(stop: &Arc<AtomicBool>) {
 fn decision_config(a: &RunArgs, labels: &[String]) -> Result<DecisionConfig> {
     let mut label_thresholds = Vec::new();
     for spec in &a.label_thresholds {
-        let (name, v) = spec
-            .rsplit_once('=')
-            .ok_or_else(|| anyhow!(UsageError(format!("--label-threshold `{spec}`: expected LABEL=X"))))?;
-        let idx = labels.iter().position(|l| l == name).ok_or_else(|| {
-            anyhow!(UsageError(format!("--label-threshold `{spec}`: no label `{name}`; labels are {labels:?}")))
+        let (name, v) = spec.rsplit_once('=').ok_or_else(|| {
+            anyhow!(UsageError(format!(
+                "--label-threshold `{spec}`: expected LABEL=X"
+            )))
         })?;
-        let v = parse_unit(v).map_err(|e| anyhow!(UsageError(format!("--label-threshold `{spec}`: {e}"))))?;
+        let idx = labels.iter().position(|l| l == name).ok_or_else(|| {
+            anyhow!(UsageError(format!(
+                "--label-threshold `{spec}`: no label `{name}`; labels are {labels:?}"
+            )))
+        })?;
+        let v = parse_unit(v)
+            .map_err(|e| anyhow!(UsageError(format!("--label-threshold `{spec}`: {e}"))))?;
         label_thresholds.push((idx as u16, v));
     }
     if a.fire_wins > a.window {
@@ -308,7 +321,11 @@ fn run(a: RunArgs) -> Result<()> {
     let mut source = capture::open(&uri)?;
     log::info!("source {}", source.describe());
     let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
-    let cfg = PipelineConfig { top_k: a.top_k as usize, decision: decision_config(&a, &labels)?, ..Default::default() };
+    let cfg = PipelineConfig {
+        top_k: a.top_k as usize,
+        decision: decision_config(&a, &labels)?,
+        ..Default::default()
+    };
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
     let mut trigger = Trigger::new(&a.trigger, None).map_err(|e| anyhow!(UsageError(e)))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -316,7 +333,10 @@ fn run(a: RunArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let json = a.json;
-    let limits = RunLimits { max_frames: a.frames, warmup: 0 };
+    let limits = RunLimits {
+        max_frames: a.frames,
+        warmup: 0,
+    };
     let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
         if json {
             write_json(&mut out, r, &labels, &uri)?;
@@ -347,9 +367,18 @@ fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
     w.write_all(b"\"")
 }
 
-fn write_json(w: &mut impl Write, r: &FrameResult<'_>, labels: &[String], uri: &str) -> std::io::Result<()> {
+fn write_json(
+    w: &mut impl Write,
+    r: &FrameResult<'_>,
+    labels: &[String],
+    uri: &str,
+) -> std::io::Result<()> {
     write!(w, "{{\"frame\":{},\"source\":", r.frame.seq)?;
-    let source = if r.frame.source.is_empty() { uri } else { r.frame.source.as_str() };
+    let source = if r.frame.source.is_empty() {
+        uri
+    } else {
+        r.frame.source.as_str()
+    };
     write_json_str(w, source)?;
     w.write_all(b",\"top\":[")?;
     for (i, (l, p)) in r.top.iter().enumerate() {
@@ -370,7 +399,12 @@ fn write_json(w: &mut impl Write, r: &FrameResult<'_>, labels: &[String], uri: &
         None => w.write_all(b"null")?,
     }
     w.write_all(b",\"released\":[")?;
-    for (i, e) in r.events.iter().filter(|e| e.kind == EventKind::Release).enumerate() {
+    for (i, e) in r
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Release)
+        .enumerate()
+    {
         if i > 0 {
             w.write_all(b",")?;
         }
@@ -426,7 +460,12 @@ fn print_summary(s: &RunSummary, to_stderr: bool) {
         s.events
     );
     for (name, h) in STAGES.iter().zip(&s.stages) {
-        let _ = writeln!(text, "  {name:<11} p50 {:>8.3} ms   p99 {:>8.3} ms", h.quantile_ms(0.5), h.quantile_ms(0.99));
+        let _ = writeln!(
+            text,
+            "  {name:<11} p50 {:>8.3} ms   p99 {:>8.3} ms",
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.99)
+        );
     }
     if to_stderr {
         eprint!("{text}");
@@ -450,17 +489,27 @@ fn peak_rss_mb() -> f64 {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let bundle = open_bundle(&a.model)?;
-    let uri = a.source.clone().unwrap_or_else(|| "synthetic://?width=640&height=480&format=yuyv".to_string());
+    let uri = a
+        .source
+        .clone()
+        .unwrap_or_else(|| "synthetic://?width=640&height=480&format=yuyv".to_string());
     let mut source = capture::open(&uri)?;
-    let mut pipeline = Pipeline::new(&bundle, PipelineConfig::default()).context("cannot build the pipeline")?;
+    let mut pipeline =
+        Pipeline::new(&bundle, PipelineConfig::default()).context("cannot build the pipeline")?;
     let mut trigger = Trigger::Continuous;
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrlc(&stop);
-    let limits = RunLimits { max_frames: Some(a.frames), warmup: a.warmup };
+    let limits = RunLimits {
+        max_frames: Some(a.frames),
+        warmup: a.warmup,
+    };
     let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |_| Ok(()));
     result.with_context(|| format!("bench on {uri} stopped"))?;
     if s.frames == 0 {
-        return Err(anyhow!("{uri} produced no frames after {} warm-up frames; give a longer source", a.warmup));
+        return Err(anyhow!(
+            "{uri} produced no frames after {} warm-up frames; give a longer source",
+            a.warmup
+        ));
     }
     let mut out = String::new();
     use std::fmt::Write as _;
@@ -469,11 +518,21 @@ fn bench(a: BenchArgs) -> Result<()> {
     write_json_str(&mut buf, &uri)?;
     out.push_str(&String::from_utf8_lossy(&buf));
     let _ = write!(out, ",\"frames\":{},\"stages\":{{", s.frames);
-    for (i, (name, h)) in STAGES.iter().zip(&s.stages).enumerate().take(STAGES.len() - 1) {
+    for (i, (name, h)) in STAGES
+        .iter()
+        .zip(&s.stages)
+        .enumerate()
+        .take(STAGES.len() - 1)
+    {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "\"{name}\":{{\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}", h.quantile_ms(0.5), h.quantile_ms(0.99));
+        let _ = write!(
+            out,
+            "\"{name}\":{{\"p50_ms\":{:.4},\"p99_ms\":{:.4}}}",
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.99)
+        );
     }
     let e2e = &s.stages[STAGES.len() - 1];
     let _ = write!(
@@ -493,7 +552,12 @@ fn bench(a: BenchArgs) -> Result<()> {
 fn info(a: InfoArgs) -> Result<()> {
     let bundle = open_bundle(&a.model)?;
     let m = bundle.manifest();
-    println!("bundle      {} {} ({})", m.name, m.version, bundle.dir().display());
+    println!(
+        "bundle      {} {} ({})",
+        m.name,
+        m.version,
+        bundle.dir().display()
+    );
     if !m.description.is_empty() {
         println!("            {}", m.description);
     }
@@ -506,13 +570,20 @@ fn info(a: InfoArgs) -> Result<()> {
         m.preprocess.std,
         m.preprocess.channel_order
     );
-    println!("encoder     {} → embedding {}", m.encoder.model.file, m.encoder.embedding_dim);
+    println!(
+        "encoder     {} → embedding {}",
+        m.encoder.model.file, m.encoder.embedding_dim
+    );
     match &m.qformer {
         Some(q) => println!("q-former    {} ({} queries)", q.model.file, q.queries),
         None => println!("q-former    none"),
     }
     println!("fusion      {:?}", m.fusion.method);
-    println!("labels      {}: {}", m.labels.len(), bundle.label_names().collect::<Vec<_>>().join(", "));
+    println!(
+        "labels      {}: {}",
+        m.labels.len(),
+        bundle.label_names().collect::<Vec<_>>().join(", ")
+    );
     for (k, v) in &m.accuracy {
         println!("accuracy    {k}: {:.2}%", v * 100.0);
     }
@@ -538,7 +609,9 @@ fn camera_info(cam: &str) -> Result<()> {
 
 #[cfg(not(feature = "v4l"))]
 fn camera_info(cam: &str) -> Result<()> {
-    Err(anyhow!("cannot list {cam}: this edgefuse was built without V4L2 support (feature `v4l`)"))
+    Err(anyhow!(
+        "cannot list {cam}: this edgefuse was built without V4L2 support (feature `v4l`)"
+    ))
 }
 
 fn labels(a: LabelsArgs) -> Result<()> {
@@ -550,7 +623,11 @@ fn labels(a: LabelsArgs) -> Result<()> {
             }
             Ok(())
         }
-        LabelsAction::Add { model, prompts, label } => {
+        LabelsAction::Add {
+            model,
+            prompts,
+            label,
+        } => {
             if label.trim().is_empty() {
                 return Err(anyhow!(UsageError("--label must not be empty".into())));
             }
@@ -562,7 +639,10 @@ fn labels(a: LabelsArgs) -> Result<()> {
             let idx = match labels.iter().position(|l| l.name == label) {
                 Some(i) => i,
                 None => {
-                    labels.push(edgefuse_models::manifest::Label { name: label.clone(), prompts: Vec::new() });
+                    labels.push(edgefuse_models::manifest::Label {
+                        name: label.clone(),
+                        prompts: Vec::new(),
+                    });
                     rows.extend(std::iter::repeat_n(0.0, dim));
                     labels.len() - 1
                 }
@@ -571,7 +651,11 @@ fn labels(a: LabelsArgs) -> Result<()> {
             let row = embedder.embed_label(&labels[idx].prompts)?;
             rows[idx * dim..(idx + 1) * dim].copy_from_slice(&row);
             b.write_labels(labels, &rows)?;
-            println!("label `{label}` now has {} prompt(s); the bundle has {} labels", b.manifest().labels[idx].prompts.len(), b.manifest().labels.len());
+            println!(
+                "label `{label}` now has {} prompt(s); the bundle has {} labels",
+                b.manifest().labels[idx].prompts.len(),
+                b.manifest().labels.len()
+            );
             Ok(())
         }
         LabelsAction::Remove { model, label } => {
@@ -585,13 +669,18 @@ fn labels(a: LabelsArgs) -> Result<()> {
                 )))
             })?;
             if labels.len() == 1 {
-                return Err(anyhow!(UsageError(format!("`{label}` is the last label; a bundle needs at least one"))));
+                return Err(anyhow!(UsageError(format!(
+                    "`{label}` is the last label; a bundle needs at least one"
+                ))));
             }
             labels.remove(idx);
             let mut rows = b.label_rows().to_vec();
             rows.drain(idx * dim..(idx + 1) * dim);
             b.write_labels(labels, &rows)?;
-            println!("removed `{label}`; {} labels remain", b.manifest().labels.len());
+            println!(
+                "removed `{label}`; {} labels remain",
+                b.manifest().labels.len()
+            );
             Ok(())
         }
     }

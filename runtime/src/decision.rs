@@ -95,8 +95,17 @@ impl Decision {
                 *x = t;
             }
         }
-        let mask = if cfg.window == 32 { u32::MAX } else { (1u32 << cfg.window) - 1 };
-        Self { cfg, thresholds, state: vec![LabelState::default(); labels], mask }
+        let mask = if cfg.window == 32 {
+            u32::MAX
+        } else {
+            (1u32 << cfg.window) - 1
+        };
+        Self {
+            cfg,
+            thresholds,
+            state: vec![LabelState::default(); labels],
+            mask,
+        }
     }
 
     /// The winner of a frame: top-1 when above its threshold.
@@ -106,7 +115,14 @@ impl Decision {
     }
 
     /// Feed one frame's top-k; returns the events it causes.
-    pub fn update(&mut self, frame: u64, top: &TopK, probs: &[f32], now: Instant, events: &mut Events) {
+    pub fn update(
+        &mut self,
+        frame: u64,
+        top: &TopK,
+        probs: &[f32],
+        now: Instant,
+        events: &mut Events,
+    ) {
         events.clear();
         let winner = self.winner(top).map(|w| w.0);
         for (i, st) in self.state.iter_mut().enumerate() {
@@ -117,15 +133,29 @@ impl Decision {
                 if st.losses >= self.cfg.release_losses {
                     st.active = false;
                     st.losses = 0;
-                    let _ = events.push(Event { kind: EventKind::Release, label: i as u16, score: probs[i], frame, at: now });
+                    let _ = events.push(Event {
+                        kind: EventKind::Release,
+                        label: i as u16,
+                        score: probs[i],
+                        frame,
+                        at: now,
+                    });
                 }
             } else if st.wins.count_ones() >= self.cfg.fire_wins {
-                let cooled = st.last_fire.is_none_or(|t| now.duration_since(t) >= self.cfg.cooldown);
+                let cooled = st
+                    .last_fire
+                    .is_none_or(|t| now.duration_since(t) >= self.cfg.cooldown);
                 if cooled {
                     st.active = true;
                     st.losses = 0;
                     st.last_fire = Some(now);
-                    let _ = events.push(Event { kind: EventKind::Fire, label: i as u16, score: probs[i], frame, at: now });
+                    let _ = events.push(Event {
+                        kind: EventKind::Fire,
+                        label: i as u16,
+                        score: probs[i],
+                        frame,
+                        at: now,
+                    });
                 }
             }
         }
@@ -147,7 +177,12 @@ mod tests {
         t
     }
 
-    fn run(d: &mut Decision, seq: &[(u16, f32)], t0: Instant, step: Duration) -> Vec<(u64, EventKind, u16)> {
+    fn run(
+        d: &mut Decision,
+        seq: &[(u16, f32)],
+        t0: Instant,
+        step: Duration,
+    ) -> Vec<(u64, EventKind, u16)> {
         let mut out = Vec::new();
         let mut ev = Events::new();
         for (i, &(l, p)) in seq.iter().enumerate() {
@@ -161,30 +196,68 @@ mod tests {
 
     #[test]
     fn hysteresis_n_of_m_and_release_after_k() {
-        let cfg = DecisionConfig { threshold: 0.5, fire_wins: 2, window: 3, release_losses: 2, ..Default::default() };
+        let cfg = DecisionConfig {
+            threshold: 0.5,
+            fire_wins: 2,
+            window: 3,
+            release_losses: 2,
+            ..Default::default()
+        };
         let mut d = Decision::new(cfg, 3);
-        let seq = [(1, 0.9), (0, 0.9), (1, 0.9), (1, 0.9), (0, 0.9), (1, 0.9), (0, 0.9), (0, 0.9)];
+        let seq = [
+            (1, 0.9),
+            (0, 0.9),
+            (1, 0.9),
+            (1, 0.9),
+            (0, 0.9),
+            (1, 0.9),
+            (0, 0.9),
+            (0, 0.9),
+        ];
         let ev = run(&mut d, &seq, Instant::now(), Duration::from_millis(10));
         // label 1 wins frames 0 and 2 (2 of 3) -> fires at 2; loses 6 and 7 -> released at 7.
         // label 0 wins frames 4 and 6 (2 of the window 4..=6) -> fires at 6.
-        assert_eq!(ev, vec![(2, EventKind::Fire, 1), (6, EventKind::Fire, 0), (7, EventKind::Release, 1)]);
+        assert_eq!(
+            ev,
+            vec![
+                (2, EventKind::Fire, 1),
+                (6, EventKind::Fire, 0),
+                (7, EventKind::Release, 1)
+            ]
+        );
     }
 
     #[test]
     fn threshold_and_per_label_threshold() {
-        let cfg = DecisionConfig { threshold: 0.5, label_thresholds: vec![(2, 0.95)], ..Default::default() };
+        let cfg = DecisionConfig {
+            threshold: 0.5,
+            label_thresholds: vec![(2, 0.95)],
+            ..Default::default()
+        };
         let mut d = Decision::new(cfg, 3);
-        let ev = run(&mut d, &[(0, 0.4), (2, 0.9), (2, 0.96)], Instant::now(), Duration::from_millis(1));
+        let ev = run(
+            &mut d,
+            &[(0, 0.4), (2, 0.9), (2, 0.96)],
+            Instant::now(),
+            Duration::from_millis(1),
+        );
         assert_eq!(ev, vec![(2, EventKind::Fire, 2)]);
     }
 
     #[test]
     fn cooldown_blocks_refire() {
-        let cfg = DecisionConfig { cooldown: Duration::from_millis(100), ..Default::default() };
+        let cfg = DecisionConfig {
+            cooldown: Duration::from_millis(100),
+            ..Default::default()
+        };
         let mut d = Decision::new(cfg, 3);
         let seq = [(1, 0.9), (0, 0.9), (1, 0.9), (0, 0.9), (0, 0.9), (1, 0.9)];
         let ev = run(&mut d, &seq, Instant::now(), Duration::from_millis(30));
-        let fires1: Vec<u64> = ev.iter().filter(|e| e.1 == EventKind::Fire && e.2 == 1).map(|e| e.0).collect();
+        let fires1: Vec<u64> = ev
+            .iter()
+            .filter(|e| e.1 == EventKind::Fire && e.2 == 1)
+            .map(|e| e.0)
+            .collect();
         // fired at frame 0 (t=0); frame 2 (t=60ms) is inside the cooldown; frame 5 (t=150ms) is not.
         assert_eq!(fires1, vec![0, 5]);
     }

@@ -29,7 +29,10 @@ pub enum EngineError {
 }
 
 fn run_err(model: &'static str) -> impl Fn(TractError) -> EngineError {
-    move |e| EngineError::Run { model, message: format!("{e:#}") }
+    move |e| EngineError::Run {
+        model,
+        message: format!("{e:#}"),
+    }
 }
 
 fn f32s(t: &TValue) -> TractResult<&[f32]> {
@@ -67,12 +70,16 @@ impl TractEngine {
             None => None,
         };
         let [w, h] = bundle.manifest().preprocess.image_size;
-        let input = Tensor::zero::<f32>(&[1, 3, h as usize, w as usize]).map_err(run_err("encoder"))?;
+        let input =
+            Tensor::zero::<f32>(&[1, 3, h as usize, w as usize]).map_err(run_err("encoder"))?;
         let tokens_in = match &token_shape {
             Some(s) if qf.is_some() => Some(Tensor::zero::<f32>(s).map_err(run_err("qformer"))?),
             _ => None,
         };
-        let queries_len = qf.as_ref().map(|m| m.output_shapes[0].iter().product()).unwrap_or(0);
+        let queries_len = qf
+            .as_ref()
+            .map(|m| m.output_shapes[0].iter().product())
+            .unwrap_or(0);
         let encoder = enc.plan.spawn().map_err(run_err("encoder"))?;
         let qformer = match qf {
             Some(m) => Some(m.plan.spawn().map_err(run_err("qformer"))?),
@@ -118,7 +125,10 @@ impl TractEngine {
             .try_as_plain_ram_mut()
             .and_then(|mut v| v.as_slice_mut::<f32>().map(|s| s.copy_from_slice(image)))
             .map_err(run_err("encoder"))?;
-        let out = self.encoder.run(tvec!(self.input.clone().into_tvalue())).map_err(run_err("encoder"))?;
+        let out = self
+            .encoder
+            .run(tvec!(self.input.clone().into_tvalue()))
+            .map_err(run_err("encoder"))?;
         embedding.copy_from_slice(f32s(&out[0]).map_err(run_err("encoder"))?);
         if let (Some(t), Some(tok)) = (self.tokens_in.as_mut(), out.get(1)) {
             let src = f32s(tok).map_err(run_err("encoder"))?;
@@ -135,7 +145,9 @@ impl TractEngine {
         let (Some(state), Some(tokens)) = (self.qformer.as_mut(), self.tokens_in.as_ref()) else {
             return Ok(());
         };
-        let out = state.run(tvec!(tokens.clone().into_tvalue())).map_err(run_err("qformer"))?;
+        let out = state
+            .run(tvec!(tokens.clone().into_tvalue()))
+            .map_err(run_err("qformer"))?;
         queries.copy_from_slice(f32s(&out[0]).map_err(run_err("qformer"))?);
         Ok(())
     }

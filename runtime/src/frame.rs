@@ -95,7 +95,9 @@ impl Frame {
     /// Size `data` for `width × height` in `format` (reusing capacity) and set the geometry.
     /// Returns `false` when the geometry is invalid for the format.
     pub fn reshape(&mut self, width: u32, height: u32, format: PixelFormat) -> bool {
-        let Some(len) = format.frame_len(width, height) else { return false };
+        let Some(len) = format.frame_len(width, height) else {
+            return false;
+        };
         self.data.resize(len, 0);
         self.width = width;
         self.height = height;

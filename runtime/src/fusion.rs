@@ -49,7 +49,11 @@ impl FusionHead {
     /// `label_embeddings` row-major `[labels, dim]`, rows L2-normalised.
     pub fn new(label_embeddings: &[f32], dim: usize, fusion: &Fusion, with_qformer: bool) -> Self {
         let n = label_embeddings.len() / dim;
-        let qf = if with_qformer { fusion.qformer.as_ref().map(|h| (h.logit_scale, h.weight)) } else { None };
+        let qf = if with_qformer {
+            fusion.qformer.as_ref().map(|h| (h.logit_scale, h.weight))
+        } else {
+            None
+        };
         Self {
             labels: label_embeddings.to_vec(),
             dim,
@@ -88,9 +92,19 @@ impl FusionHead {
 
     /// Score one frame: `embedding` is `[dim]`, `queries` is `[queries, dim]` when the bundle has
     /// a Q-Former. Writes the best `k` labels into `top`.
-    pub fn run(&mut self, embedding: &[f32], queries: Option<&[f32]>, k: usize, top: &mut TopK) -> HeadTop1 {
+    pub fn run(
+        &mut self,
+        embedding: &[f32],
+        queries: Option<&[f32]>,
+        k: usize,
+        top: &mut TopK,
+    ) -> HeadTop1 {
         let inv = 1.0 / norm(embedding).max(1e-12);
-        for (l, row) in self.clip_logits.iter_mut().zip(self.labels.chunks_exact(self.dim)) {
+        for (l, row) in self
+            .clip_logits
+            .iter_mut()
+            .zip(self.labels.chunks_exact(self.dim))
+        {
             *l = self.clip_scale * inv * dot(embedding, row);
         }
         let clip_best = argmax(&self.clip_logits);
@@ -100,8 +114,15 @@ impl FusionHead {
                 self.qf_logits.fill(f32::NEG_INFINITY);
                 for query in q.chunks_exact(self.dim) {
                     let qi = 1.0 / norm(query).max(1e-12);
-                    self.query_norm.iter_mut().zip(query).for_each(|(o, v)| *o = v * qi);
-                    for (l, row) in self.qf_logits.iter_mut().zip(self.labels.chunks_exact(self.dim)) {
+                    self.query_norm
+                        .iter_mut()
+                        .zip(query)
+                        .for_each(|(o, v)| *o = v * qi);
+                    for (l, row) in self
+                        .qf_logits
+                        .iter_mut()
+                        .zip(self.labels.chunks_exact(self.dim))
+                    {
                         *l = l.max(scale * dot(&self.query_norm, row));
                     }
                 }
@@ -109,7 +130,12 @@ impl FusionHead {
                 let cw = self.clip_weight;
                 match self.method {
                     FusionMethod::WeightedLogits => {
-                        for ((p, a), b) in self.probs.iter_mut().zip(&self.clip_logits).zip(&self.qf_logits) {
+                        for ((p, a), b) in self
+                            .probs
+                            .iter_mut()
+                            .zip(&self.clip_logits)
+                            .zip(&self.qf_logits)
+                        {
                             *p = cw * a + qw * b;
                         }
                         softmax(&mut self.probs);
@@ -121,7 +147,11 @@ impl FusionHead {
                         softmax(&mut self.tmp);
                         let total = (cw + qw).max(1e-12);
                         for (p, t) in self.probs.iter_mut().zip(&self.tmp) {
-                            *p = if self.method == FusionMethod::Max { p.max(*t) } else { (cw * *p + qw * t) / total };
+                            *p = if self.method == FusionMethod::Max {
+                                p.max(*t)
+                            } else {
+                                (cw * *p + qw * t) / total
+                            };
                         }
                         let s: f32 = self.probs.iter().sum();
                         self.probs.iter_mut().for_each(|p| *p /= s);
@@ -134,7 +164,10 @@ impl FusionHead {
             }
         }
         top_k(&self.probs, k, top);
-        HeadTop1 { clip: clip_best as u16, qformer: qf_best.map(|b| b as u16) }
+        HeadTop1 {
+            clip: clip_best as u16,
+            qformer: qf_best.map(|b| b as u16),
+        }
     }
 }
 
@@ -193,8 +226,14 @@ mod tests {
     fn fusion(method: FusionMethod) -> Fusion {
         Fusion {
             method,
-            clip: HeadParams { logit_scale: 10.0, weight: 0.5 },
-            qformer: Some(HeadParams { logit_scale: 10.0, weight: 0.5 }),
+            clip: HeadParams {
+                logit_scale: 10.0,
+                weight: 0.5,
+            },
+            qformer: Some(HeadParams {
+                logit_scale: 10.0,
+                weight: 0.5,
+            }),
         }
     }
 
@@ -224,14 +263,21 @@ mod tests {
     #[test]
     fn qformer_head_takes_max_over_queries_and_fuses() {
         let labels = [1.0, 0.0, 0.0, 1.0];
-        for method in [FusionMethod::WeightedLogits, FusionMethod::WeightedProbabilities, FusionMethod::Max] {
+        for method in [
+            FusionMethod::WeightedLogits,
+            FusionMethod::WeightedProbabilities,
+            FusionMethod::Max,
+        ] {
             let mut h = FusionHead::new(&labels, 2, &fusion(method), true);
             let mut t = TopK::new();
             // image embedding mildly label 0; one query strongly label 1.
             let r = h.run(&[1.0, 0.9], Some(&[0.0, 5.0, 1.0, 1.0]), 2, &mut t);
             assert_eq!(r.clip, 0);
             assert_eq!(r.qformer, Some(1));
-            assert!((h.qformer_logits()[1] - 10.0).abs() < 1e-5, "max over queries");
+            assert!(
+                (h.qformer_logits()[1] - 10.0).abs() < 1e-5,
+                "max over queries"
+            );
             assert_eq!(t[0].0, 1, "{method:?}");
             let s: f32 = h.probabilities().iter().sum();
             assert!((s - 1.0).abs() < 1e-5);

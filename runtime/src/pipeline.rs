@@ -22,7 +22,15 @@ use crate::stats::Histogram;
 use crate::trigger::Trigger;
 
 /// Pipeline stages, in order, as reported in timings.
-pub const STAGES: [&str; 7] = ["queue", "preprocess", "encoder", "qformer", "fusion", "decision", "end_to_end"];
+pub const STAGES: [&str; 7] = [
+    "queue",
+    "preprocess",
+    "encoder",
+    "qformer",
+    "fusion",
+    "decision",
+    "end_to_end",
+];
 
 /// Per-stage latency of one frame.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,7 +71,11 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { top_k: 3, decision: DecisionConfig::default(), ring_slots: 4 }
+        Self {
+            top_k: 3,
+            decision: DecisionConfig::default(),
+            ring_slots: 4,
+        }
     }
 }
 
@@ -130,7 +142,10 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("labels", &self.labels.len()).field("engine", &self.engine).finish()
+        f.debug_struct("Pipeline")
+            .field("labels", &self.labels.len())
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
@@ -140,8 +155,12 @@ impl Pipeline {
         let engine = TractEngine::new(bundle)?;
         let m = bundle.manifest();
         let pre = Preprocessor::new(&m.preprocess);
-        let head =
-            FusionHead::new(bundle.label_embeddings(), m.encoder.embedding_dim, &m.fusion, engine.has_qformer());
+        let head = FusionHead::new(
+            bundle.label_embeddings(),
+            m.encoder.embedding_dim,
+            &m.fusion,
+            engine.has_qformer(),
+        );
         let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
         let decision = Decision::new(cfg.decision.clone(), labels.len());
         Ok(Self {
@@ -170,7 +189,10 @@ impl Pipeline {
     }
 
     /// Classify one frame synchronously. `Ok(None)` when the frame is broken (logged, skipped).
-    pub fn process(&mut self, frame: &Frame) -> Result<Option<FrameResult<'_>>, EngineError> {
+    pub fn process<'a>(
+        &'a mut self,
+        frame: &'a Frame,
+    ) -> Result<Option<FrameResult<'a>>, EngineError> {
         let t0 = Instant::now();
         let mut times = StageTimes::default();
         times.0[0] = t0.saturating_duration_since(frame.captured_at);
@@ -188,9 +210,17 @@ impl Pipeline {
             None
         };
         let t3 = Instant::now();
-        let heads = self.head.run(&self.embedding, queries, self.cfg.top_k, &mut self.top);
+        let heads = self
+            .head
+            .run(&self.embedding, queries, self.cfg.top_k, &mut self.top);
         let t4 = Instant::now();
-        self.decision.update(frame.seq, &self.top, self.head.probabilities(), t4, &mut self.events);
+        self.decision.update(
+            frame.seq,
+            &self.top,
+            self.head.probabilities(),
+            t4,
+            &mut self.events,
+        );
         let t5 = Instant::now();
         times.0[1] = t1 - t0;
         times.0[2] = t2 - t1;
@@ -199,7 +229,13 @@ impl Pipeline {
         times.0[5] = t5 - t4;
         times.0[6] = t5.saturating_duration_since(frame.captured_at);
         log::trace!("frame {} top {:?}", frame.seq, self.top.first());
-        Ok(Some(FrameResult { frame, top: &self.top, events: &self.events, times, heads }))
+        Ok(Some(FrameResult {
+            frame,
+            top: &self.top,
+            events: &self.events,
+            times,
+            heads,
+        }))
     }
 
     /// Run `source` to the end (or `limits`, or until `stop` is set), capturing on a second
@@ -219,7 +255,10 @@ impl Pipeline {
         let ring = FrameRing::new(self.cfg.ring_slots, source.max_frame_bytes());
         let live = source.is_live();
         let capture_error: Mutex<Option<CaptureError>> = Mutex::new(None);
-        let mut summary = RunSummary { stages: vec![Histogram::default(); STAGES.len()], ..Default::default() };
+        let mut summary = RunSummary {
+            stages: vec![Histogram::default(); STAGES.len()],
+            ..Default::default()
+        };
         let mut seen = 0u64;
         let mut started = Instant::now();
         let mut alloc0 = alloc::counts();
@@ -228,7 +267,9 @@ impl Pipeline {
             let err_ref = &capture_error;
             let capture = s.spawn(move || {
                 loop {
-                    let Some(mut slot) = ring_ref.begin_write(live) else { break };
+                    let Some(mut slot) = ring_ref.begin_write(live) else {
+                        break;
+                    };
                     match source.next_frame(&mut slot) {
                         Ok(true) => slot.commit(),
                         Ok(false) => break,
@@ -264,8 +305,11 @@ impl Pipeline {
                         for (h, d) in summary.stages.iter_mut().zip(r.times.0) {
                             h.record(d);
                         }
-                        summary.events +=
-                            r.events.iter().filter(|e| e.kind == crate::decision::EventKind::Fire).count() as u64;
+                        summary.events += r
+                            .events
+                            .iter()
+                            .filter(|e| e.kind == crate::decision::EventKind::Fire)
+                            .count() as u64;
                     }
                     sink(&r).map_err(|e| PipelineError::Sink(e.to_string()))?;
                     if limits.max_frames.is_some_and(|m| summary.frames >= m) {
@@ -285,9 +329,14 @@ impl Pipeline {
             out
         });
         summary.dropped = ring.dropped();
-        let result = result.and_then(|()| match capture_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
+        let result = result.and_then(|()| {
+            match capture_error
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+            {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
         });
         (summary, result)
     }

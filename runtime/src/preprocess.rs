@@ -119,7 +119,13 @@ impl Taps {
 }
 
 /// Resize geometry: resized size and crop offsets for a source of `w × h`.
-pub fn geometry(w: u32, h: u32, out_w: u32, out_h: u32, policy: ResizePolicy) -> (u32, u32, u32, u32) {
+pub fn geometry(
+    w: u32,
+    h: u32,
+    out_w: u32,
+    out_h: u32,
+    policy: ResizePolicy,
+) -> (u32, u32, u32, u32) {
     match policy {
         ResizePolicy::Stretch => (out_w, out_h, 0, 0),
         ResizePolicy::ShortestSideCenterCrop => {
@@ -187,8 +193,10 @@ impl Preprocessor {
             return;
         }
         let (rw, rh, ox, oy) = geometry(w, h, self.out_w as u32, self.out_h as u32, self.policy);
-        self.xt.compute(w as usize, rw as usize, ox as usize, self.out_w);
-        self.yt.compute(h as usize, rh as usize, oy as usize, self.out_h);
+        self.xt
+            .compute(w as usize, rw as usize, ox as usize, self.out_w);
+        self.yt
+            .compute(h as usize, rh as usize, oy as usize, self.out_h);
         let cols = self.xt.max - self.xt.min;
         let rows = self.yt.max - self.yt.min;
         self.row.resize(cols * 3, 0.0);
@@ -198,7 +206,10 @@ impl Preprocessor {
 
     /// Preprocess `frame` into `out` (`[3, height, width]`, channel order of the spec).
     pub fn run(&mut self, frame: &Frame, out: &mut [f32]) -> Result<(), PreprocessError> {
-        let expected = frame.format.frame_len(frame.width, frame.height).unwrap_or(0);
+        let expected = frame
+            .format
+            .frame_len(frame.width, frame.height)
+            .unwrap_or(0);
         if expected == 0 || frame.data.len() != expected {
             return Err(PreprocessError::BadLength {
                 seq: frame.seq,
@@ -211,7 +222,10 @@ impl Preprocessor {
             });
         }
         if out.len() != self.output_len() {
-            return Err(PreprocessError::BadOutput { got: out.len(), expected: self.output_len() });
+            return Err(PreprocessError::BadOutput {
+                got: out.len(),
+                expected: self.output_len(),
+            });
         }
         self.plan(frame.width, frame.height);
         let (x0, x1) = (self.xt.min, self.xt.max);
@@ -243,7 +257,11 @@ impl Preprocessor {
             let wts = &self.yt.w[self.yt.off[oy]..self.yt.off[oy] + self.yt.len[oy]];
             let (p0, rest) = out.split_at_mut(plane);
             let (p1, p2) = rest.split_at_mut(plane);
-            let rows = [&mut p0[oy * ow..(oy + 1) * ow], &mut p1[oy * ow..(oy + 1) * ow], &mut p2[oy * ow..(oy + 1) * ow]];
+            let rows = [
+                &mut p0[oy * ow..(oy + 1) * ow],
+                &mut p1[oy * ow..(oy + 1) * ow],
+                &mut p2[oy * ow..(oy + 1) * ow],
+            ];
             let [r0, r1, r2] = rows;
             let (c0, c1, c2) = (self.chan[0], self.chan[1], self.chan[2]);
             for ox in 0..ow {
@@ -336,7 +354,12 @@ pub fn reference(frame: &Frame, spec: &Preprocess) -> Vec<f32> {
         let fs = scale.min(1.0);
         let center = (i as f64 + off as f64 + 0.5) / scale;
         let taps: Vec<(usize, f32)> = (0..src)
-            .map(|j| (j, (1.0 - ((j as f64 + 0.5 - center) * fs).abs()).max(0.0) as f32))
+            .map(|j| {
+                (
+                    j,
+                    (1.0 - ((j as f64 + 0.5 - center) * fs).abs()).max(0.0) as f32,
+                )
+            })
             .filter(|(_, wt)| *wt > 0.0)
             .collect();
         let sum: f32 = taps.iter().map(|t| t.1).sum();
@@ -378,18 +401,27 @@ mod tests {
             image_size: [w, h],
             resize,
             mean: [0.48145466, 0.4578275, 0.40821073],
-            std: [0.26862954, 0.26130258, 0.27577711],
+            std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
             channel_order: order,
         }
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
     fn matches_reference_for_every_format_and_policy() {
-        for format in [PixelFormat::Yuyv, PixelFormat::Nv12, PixelFormat::Grey, PixelFormat::Rgb, PixelFormat::Bgr] {
+        for format in [
+            PixelFormat::Yuyv,
+            PixelFormat::Nv12,
+            PixelFormat::Grey,
+            PixelFormat::Rgb,
+            PixelFormat::Bgr,
+        ] {
             for (sw, sh) in [(64, 48), (40, 60), (32, 32), (20, 14)] {
                 for (resize, order) in [
                     (ResizePolicy::ShortestSideCenterCrop, ChannelOrder::Rgb),
@@ -434,15 +466,26 @@ mod tests {
     #[test]
     fn centre_crop_geometry_matches_clip() {
         // 640x480 -> shortest side 224 -> 299x224 -> crop offset 38 (torchvision rounding).
-        assert_eq!(geometry(640, 480, 224, 224, ResizePolicy::ShortestSideCenterCrop), (299, 224, 38, 0));
-        assert_eq!(geometry(28, 28, 32, 32, ResizePolicy::ShortestSideCenterCrop), (32, 32, 0, 0));
+        assert_eq!(
+            geometry(640, 480, 224, 224, ResizePolicy::ShortestSideCenterCrop),
+            (299, 224, 38, 0)
+        );
+        assert_eq!(
+            geometry(28, 28, 32, 32, ResizePolicy::ShortestSideCenterCrop),
+            (32, 32, 0, 0)
+        );
     }
 
     #[test]
     fn broken_frame_is_an_error_not_a_panic() {
         let mut frame = render(16, 16, PixelFormat::Yuyv, 0, "cam");
         frame.data.truncate(100);
-        let s = spec(8, 8, ResizePolicy::ShortestSideCenterCrop, ChannelOrder::Rgb);
+        let s = spec(
+            8,
+            8,
+            ResizePolicy::ShortestSideCenterCrop,
+            ChannelOrder::Rgb,
+        );
         let mut p = Preprocessor::new(&s);
         let mut out = vec![0.0; p.output_len()];
         let e = p.run(&frame, &mut out).unwrap_err();

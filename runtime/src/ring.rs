@@ -45,8 +45,15 @@ impl FrameRing {
             let _ = free.push(i);
         }
         Self {
-            slots: (0..n).map(|_| Mutex::new(Frame::with_capacity(frame_bytes))).collect(),
-            state: Mutex::new(State { ready: Deque::new(), free, closed: false, dropped: 0 }),
+            slots: (0..n)
+                .map(|_| Mutex::new(Frame::with_capacity(frame_bytes)))
+                .collect(),
+            state: Mutex::new(State {
+                ready: Deque::new(),
+                free,
+                closed: false,
+                dropped: 0,
+            }),
             changed: Condvar::new(),
         }
     }
@@ -78,10 +85,18 @@ impl FrameRing {
                     break i;
                 }
             }
-            st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         };
         drop(st);
-        Some(WriteSlot { ring: self, idx, frame: Some(lock(&self.slots[idx])), committed: false })
+        Some(WriteSlot {
+            ring: self,
+            idx,
+            frame: Some(lock(&self.slots[idx])),
+            committed: false,
+        })
     }
 
     /// Take the oldest committed frame, waiting for one. `None` when closed and drained.
@@ -94,10 +109,17 @@ impl FrameRing {
             if st.closed {
                 return None;
             }
-            st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         };
         drop(st);
-        Some(ReadSlot { ring: self, idx, frame: Some(lock(&self.slots[idx])) })
+        Some(ReadSlot {
+            ring: self,
+            idx,
+            frame: Some(lock(&self.slots[idx])),
+        })
     }
 
     /// No more frames will be written; wakes a waiting reader and writer.

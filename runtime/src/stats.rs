@@ -16,7 +16,12 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: vec![0; BUCKETS].into_boxed_slice(), count: 0, max: Duration::ZERO, sum: Duration::ZERO }
+        Self {
+            buckets: vec![0; BUCKETS].into_boxed_slice(),
+            count: 0,
+            max: Duration::ZERO,
+            sum: Duration::ZERO,
+        }
     }
 }
 
@@ -72,7 +77,11 @@ mod tests {
         for ms in 1..=100 {
             h.record(Duration::from_millis(ms));
         }
-        assert!((h.quantile_ms(0.5) - 50.0).abs() <= 0.011, "{}", h.quantile_ms(0.5));
+        assert!(
+            (h.quantile_ms(0.5) - 50.0).abs() <= 0.011,
+            "{}",
+            h.quantile_ms(0.5)
+        );
         assert!((h.quantile_ms(0.99) - 99.0).abs() <= 0.011);
         assert_eq!(h.count(), 100);
         assert!((h.mean_ms() - 50.5).abs() < 1e-9);

@@ -83,7 +83,7 @@ pub enum Trigger {
         last: Option<Instant>,
     },
     /// See [`TriggerSpec::Motion`].
-    Motion(MotionDetector),
+    Motion(Box<MotionDetector>),
     /// See [`TriggerSpec::External`].
     External(Box<dyn ExternalTrigger>),
 }
@@ -101,14 +101,22 @@ impl std::fmt::Debug for Trigger {
 
 impl Trigger {
     /// Build from a spec; `external` needs the caller's trigger.
-    pub fn new(spec: &TriggerSpec, external: Option<Box<dyn ExternalTrigger>>) -> Result<Self, String> {
+    pub fn new(
+        spec: &TriggerSpec,
+        external: Option<Box<dyn ExternalTrigger>>,
+    ) -> Result<Self, String> {
         Ok(match spec {
             TriggerSpec::Continuous => Trigger::Continuous,
-            TriggerSpec::Interval(p) => Trigger::Interval { period: *p, last: None },
-            TriggerSpec::Motion { threshold, area } => Trigger::Motion(MotionDetector::new(*threshold, *area)),
-            TriggerSpec::External => Trigger::External(
-                external.ok_or("the external trigger needs an input: give --trigger gpio:pin=N on a board")?,
-            ),
+            TriggerSpec::Interval(p) => Trigger::Interval {
+                period: *p,
+                last: None,
+            },
+            TriggerSpec::Motion { threshold, area } => {
+                Trigger::Motion(Box::new(MotionDetector::new(*threshold, *area)))
+            }
+            TriggerSpec::External => Trigger::External(external.ok_or(
+                "the external trigger needs an input: give --trigger gpio:pin=N on a board",
+            )?),
         })
     }
 
@@ -226,14 +234,28 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!("continuous".parse::<TriggerSpec>().unwrap(), TriggerSpec::Continuous);
-        assert_eq!("interval:250".parse::<TriggerSpec>().unwrap(), TriggerSpec::Interval(Duration::from_millis(250)));
         assert_eq!(
-            "motion:threshold=20,area=0.1".parse::<TriggerSpec>().unwrap(),
-            TriggerSpec::Motion { threshold: 20.0, area: 0.1 }
+            "continuous".parse::<TriggerSpec>().unwrap(),
+            TriggerSpec::Continuous
+        );
+        assert_eq!(
+            "interval:250".parse::<TriggerSpec>().unwrap(),
+            TriggerSpec::Interval(Duration::from_millis(250))
+        );
+        assert_eq!(
+            "motion:threshold=20,area=0.1"
+                .parse::<TriggerSpec>()
+                .unwrap(),
+            TriggerSpec::Motion {
+                threshold: 20.0,
+                area: 0.1
+            }
         );
         assert!("interval:0".parse::<TriggerSpec>().is_err());
-        assert!("sometimes".parse::<TriggerSpec>().unwrap_err().contains("continuous"));
+        assert!("sometimes"
+            .parse::<TriggerSpec>()
+            .unwrap_err()
+            .contains("continuous"));
     }
 
     #[test]

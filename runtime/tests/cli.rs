@@ -22,7 +22,10 @@ impl Run {
             .env_remove("RUST_LOG")
             .output()
             .expect("spawn edgefuse");
-        Run { cmd: format!("edgefuse {}", args.join(" ")), out }
+        Run {
+            cmd: format!("edgefuse {}", args.join(" ")),
+            out,
+        }
     }
     fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.out.stdout).into_owned()
@@ -41,7 +44,11 @@ impl Run {
     }
     fn code(&self, want: i32) -> &Self {
         assert_eq!(self.out.status.code(), Some(want), "{}", self.context());
-        assert!(!self.stderr().contains("panicked"), "panic!\n{}", self.context());
+        assert!(
+            !self.stderr().contains("panicked"),
+            "panic!\n{}",
+            self.context()
+        );
         self
     }
     fn stderr_has(&self, needles: &[&str]) -> &Self {
@@ -64,9 +71,14 @@ fn ground_truth(dir: &Path) -> std::collections::BTreeMap<String, String> {
 }
 
 fn top1_of(line: &str) -> (String, String) {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
     let source = v["source"].as_str().unwrap().to_string();
-    let file = Path::new(&source).file_name().unwrap().to_string_lossy().into_owned();
+    let file = Path::new(&source)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     (file, v["top"][0][0].as_str().unwrap().to_string())
 }
 
@@ -78,13 +90,33 @@ fn run_on_bundled_mnist_samples_matches_ground_truth() {
     r.code(0);
     let truth = ground_truth(&dir);
     let lines: Vec<String> = r.stdout().lines().map(str::to_string).collect();
-    assert_eq!(lines.len(), truth.len(), "one JSON line per image\n{}", r.context());
-    let correct = lines.iter().map(|l| top1_of(l)).filter(|(f, l)| truth.get(f) == Some(l)).count();
+    assert_eq!(
+        lines.len(),
+        truth.len(),
+        "one JSON line per image\n{}",
+        r.context()
+    );
+    let correct = lines
+        .iter()
+        .map(|l| top1_of(l))
+        .filter(|(f, l)| truth.get(f) == Some(l))
+        .count();
     let acc = correct as f64 / lines.len() as f64;
-    println!("bundled MNIST samples: top-1 {correct}/{} = {:.1}%", lines.len(), acc * 100.0);
-    assert!(acc >= 0.95, "top-1 {acc} on the bundled samples\n{}", r.context());
+    println!(
+        "bundled MNIST samples: top-1 {correct}/{} = {:.1}%",
+        lines.len(),
+        acc * 100.0
+    );
+    assert!(
+        acc >= 0.95,
+        "top-1 {acc} on the bundled samples\n{}",
+        r.context()
+    );
     // The summary goes to stderr in JSON mode and counts the skipped labels.csv.
-    r.stderr_has(&["summary: 300 frames classified", "1 files skipped as non-images"]);
+    r.stderr_has(&[
+        "summary: 300 frames classified",
+        "1 files skipped as non-images",
+    ]);
     // Every line has the documented fields.
     let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     for k in ["frame", "source", "top", "event", "heads", "latency_ms"] {
@@ -112,7 +144,11 @@ fn run_on_camera_sequence_finds_the_digits() {
     }
     println!("camera sequence: {correct}/{digit_frames} frames with a digit classified correctly");
     assert!(digit_frames >= 8);
-    assert!(correct * 4 >= digit_frames * 3, "{correct}/{digit_frames}\n{}", r.context());
+    assert!(
+        correct * 4 >= digit_frames * 3,
+        "{correct}/{digit_frames}\n{}",
+        r.context()
+    );
 }
 
 #[test]
@@ -120,15 +156,35 @@ fn run_without_arguments_uses_bundled_model_and_samples() {
     let r = Run::new(&["run", "--frames", "5"]);
     r.code(0);
     let out = r.stdout();
-    assert_eq!(out.lines().filter(|l| l.starts_with("frame")).count(), 5, "{}", r.context());
-    assert!(out.contains("summary: 5 frames classified"), "{}", r.context());
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("frame")).count(),
+        5,
+        "{}",
+        r.context()
+    );
+    assert!(
+        out.contains("summary: 5 frames classified"),
+        "{}",
+        r.context()
+    );
 }
 
 #[test]
 fn hysteresis_flags_reach_the_decision() {
     let dir = repo().join("models/samples/camera");
     let uri = format!("file://{}", dir.display());
-    let r = Run::new(&["run", "--source", &uri, "--json", "--fire-wins", "2", "--window", "3", "--release", "2"]);
+    let r = Run::new(&[
+        "run",
+        "--source",
+        &uri,
+        "--json",
+        "--fire-wins",
+        "2",
+        "--window",
+        "3",
+        "--release",
+        "2",
+    ]);
     r.code(0);
     let fired: Vec<String> = r
         .stdout()
@@ -140,21 +196,42 @@ fn hysteresis_flags_reach_the_decision() {
         .collect();
     println!("events: {fired:?}");
     // Four digits pass the camera, each in view for three frames: at most one event each.
-    assert!(!fired.is_empty() && fired.len() <= 4, "{fired:?}\n{}", r.context());
+    assert!(
+        !fired.is_empty() && fired.len() <= 4,
+        "{fired:?}\n{}",
+        r.context()
+    );
 }
 
 #[test]
 fn bench_prints_the_documented_json() {
     let r = Run::new(&["bench", "--frames", "30", "--warmup", "5"]);
     r.code(0);
-    let v: serde_json::Value = serde_json::from_str(r.stdout().trim()).unwrap_or_else(|e| panic!("{e}\n{}", r.context()));
+    let v: serde_json::Value =
+        serde_json::from_str(r.stdout().trim()).unwrap_or_else(|e| panic!("{e}\n{}", r.context()));
     assert_eq!(v["frames"], 30);
-    for k in ["queue", "preprocess", "encoder", "qformer", "fusion", "decision"] {
-        assert!(v["stages"][k]["p50_ms"].as_f64().is_some(), "stage {k}\n{}", r.context());
+    for k in [
+        "queue",
+        "preprocess",
+        "encoder",
+        "qformer",
+        "fusion",
+        "decision",
+    ] {
+        assert!(
+            v["stages"][k]["p50_ms"].as_f64().is_some(),
+            "stage {k}\n{}",
+            r.context()
+        );
     }
     assert!(v["end_to_end"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert!(v["fps"].as_f64().unwrap() > 0.0);
-    assert_eq!(v["allocations_per_frame"]["pipeline"].as_f64(), Some(0.0), "{}", r.context());
+    assert_eq!(
+        v["allocations_per_frame"]["pipeline"].as_f64(),
+        Some(0.0),
+        "{}",
+        r.context()
+    );
     assert!(v["allocations_per_frame"]["engine"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
 }
@@ -164,7 +241,12 @@ fn info_describes_the_bundle() {
     let r = Run::new(&["info"]);
     r.code(0);
     let out = r.stdout();
-    for n in ["edgefuse-mnist-clip", "q-former", "labels      10", "cpu: tract"] {
+    for n in [
+        "edgefuse-mnist-clip",
+        "q-former",
+        "labels      10",
+        "cpu: tract",
+    ] {
         assert!(out.contains(n), "lacks {n:?}\n{}", r.context());
     }
 }
@@ -177,43 +259,86 @@ fn labels_list_add_remove_roundtrip() {
         std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
     }
     let m = tmp.path().to_str().unwrap();
-    Run::new(&["labels", "add", "--model", m, "--label", "blank", "an empty sheet of paper", "a blank page"]).code(0);
+    Run::new(&[
+        "labels",
+        "add",
+        "--model",
+        m,
+        "--label",
+        "blank",
+        "an empty sheet of paper",
+        "a blank page",
+    ])
+    .code(0);
     let r = Run::new(&["labels", "list", "--model", m]);
     r.code(0);
-    assert!(r.stdout().contains("blank\tan empty sheet of paper | a blank page"), "{}", r.context());
+    assert!(
+        r.stdout()
+            .contains("blank\tan empty sheet of paper | a blank page"),
+        "{}",
+        r.context()
+    );
     // The modified bundle still validates and runs.
     Run::new(&["run", "--model", m, "--frames", "2"]).code(0);
     Run::new(&["labels", "remove", "--model", m, "--label", "blank"]).code(0);
     let r = Run::new(&["labels", "list", "--model", m]);
     assert_eq!(r.stdout().lines().count(), 10, "{}", r.context());
-    Run::new(&["labels", "remove", "--model", m, "--label", "nope"]).code(2).stderr_has(&["no label `nope`"]);
-    Run::new(&["labels", "add", "--model", m, "--label", "x", ""]).code(1).stderr_has(&["empty"]);
-    Run::new(&["labels", "add", "--model", m, "--label", "x", "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"])
+    Run::new(&["labels", "remove", "--model", m, "--label", "nope"])
+        .code(2)
+        .stderr_has(&["no label `nope`"]);
+    Run::new(&["labels", "add", "--model", m, "--label", "x", ""])
         .code(1)
-        .stderr_has(&["at most 16"]);
+        .stderr_has(&["empty"]);
+    Run::new(&[
+        "labels",
+        "add",
+        "--model",
+        m,
+        "--label",
+        "x",
+        "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen",
+    ])
+    .code(1)
+    .stderr_has(&["at most 16"]);
 }
 
 // ---- bad input --------------------------------------------------------------------------------
 
 #[test]
 fn unknown_uri_scheme_is_a_usage_error() {
-    Run::new(&["run", "--source", "rtsp://camera.local/stream"]).code(2).stderr_has(&["rtsp://camera.local/stream", "v4l2://"]);
-    Run::new(&["run", "--source", "/dev/video0"]).code(2).stderr_has(&["unknown source URI"]);
+    Run::new(&["run", "--source", "rtsp://camera.local/stream"])
+        .code(2)
+        .stderr_has(&["rtsp://camera.local/stream", "v4l2://"]);
+    Run::new(&["run", "--source", "/dev/video0"])
+        .code(2)
+        .stderr_has(&["unknown source URI"]);
 }
 
 #[test]
 fn unsupported_pixel_format_is_a_usage_error() {
-    Run::new(&["run", "--source", "synthetic://?format=bayer", "--frames", "1"]).code(2).stderr_has(&["format=bayer", "yuyv"]);
+    Run::new(&[
+        "run",
+        "--source",
+        "synthetic://?format=bayer",
+        "--frames",
+        "1",
+    ])
+    .code(2)
+    .stderr_has(&["format=bayer", "yuyv"]);
 }
 
 #[test]
 fn missing_camera_is_a_clear_error() {
-    Run::new(&["run", "--source", "v4l2:///dev/video99"]).code(1).stderr_has(&["/dev/video99"]);
+    Run::new(&["run", "--source", "v4l2:///dev/video99"])
+        .code(1)
+        .stderr_has(&["/dev/video99"]);
 }
 
 #[test]
 fn missing_model_folder_is_a_clear_error() {
-    Run::new(&["run", "--model", "/nonexistent/bundle"]).code(1).stderr_has(&["/nonexistent/bundle", "bundle.toml"]);
+    Run::new(&["run", "--model", "/nonexistent/bundle"])
+        .code(1)
+        .stderr_has(&["/nonexistent/bundle", "bundle.toml"]);
 }
 
 #[test]
@@ -228,7 +353,13 @@ fn truncated_and_non_image_files_are_skipped_by_name() {
     std::fs::write(tmp.path().join("d.jpg"), "not a jpeg").unwrap();
     let uri = format!("file://{}", tmp.path().display());
     let r = Run::new(&["run", "--source", &uri, "--json"]);
-    r.code(0).stderr_has(&["b.png", "d.jpg", "notes.txt", "2 images undecodable", "1 files skipped"]);
+    r.code(0).stderr_has(&[
+        "b.png",
+        "d.jpg",
+        "notes.txt",
+        "2 images undecodable",
+        "1 files skipped",
+    ]);
     assert_eq!(r.stdout().lines().count(), 2, "{}", r.context());
 }
 
@@ -237,15 +368,25 @@ fn folder_of_only_broken_images_fails() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("x.png"), "garbage").unwrap();
     let uri = format!("file://{}", tmp.path().display());
-    Run::new(&["run", "--source", &uri]).code(1).stderr_has(&["x.png", "could be decoded"]);
+    Run::new(&["run", "--source", &uri])
+        .code(1)
+        .stderr_has(&["x.png", "could be decoded"]);
 }
 
 #[test]
 fn bad_flags_are_usage_errors() {
     Run::new(&["run", "--top-k", "0"]).code(2);
-    Run::new(&["run", "--threshold", "1.5"]).code(2).stderr_has(&["between 0 and 1"]);
-    Run::new(&["run", "--trigger", "sometimes"]).code(2).stderr_has(&["unknown trigger"]);
-    Run::new(&["run", "--fire-wins", "3", "--window", "2"]).code(2).stderr_has(&["--fire-wins"]);
-    Run::new(&["run", "--label-threshold", "eleven=0.5"]).code(2).stderr_has(&["no label `eleven`"]);
+    Run::new(&["run", "--threshold", "1.5"])
+        .code(2)
+        .stderr_has(&["between 0 and 1"]);
+    Run::new(&["run", "--trigger", "sometimes"])
+        .code(2)
+        .stderr_has(&["unknown trigger"]);
+    Run::new(&["run", "--fire-wins", "3", "--window", "2"])
+        .code(2)
+        .stderr_has(&["--fire-wins"]);
+    Run::new(&["run", "--label-threshold", "eleven=0.5"])
+        .code(2)
+        .stderr_has(&["no label `eleven`"]);
     Run::new(&["frobnicate"]).code(2);
 }

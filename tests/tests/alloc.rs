@@ -21,7 +21,13 @@ static ALLOC: CountingAllocator = CountingAllocator;
 fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec) -> (u64, u64, u64) {
     let cfg = PipelineConfig {
         top_k: 3,
-        decision: DecisionConfig { threshold: 0.3, fire_wins: 1, window: 2, release_losses: 1, ..Default::default() },
+        decision: DecisionConfig {
+            threshold: 0.3,
+            fire_wins: 1,
+            window: 2,
+            release_losses: 1,
+            ..Default::default()
+        },
         ring_slots: 4,
     };
     let mut pipeline = Pipeline::new(bundle, cfg).expect("pipeline");
@@ -32,22 +38,37 @@ fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec) -> (u64, u64, u64) 
     let mut out = vec![0u8; 1 << 16];
     let mut events = 0u64;
     let labels: Vec<String> = pipeline.labels().to_vec();
-    let limits = RunLimits { max_frames: Some(220), warmup: 20 };
+    let limits = RunLimits {
+        max_frames: Some(220),
+        warmup: 20,
+    };
     let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
         let mut cur = std::io::Cursor::new(&mut out[..]);
-        write!(cur, "{{\"frame\":{},\"source\":\"{}\",\"top\":[", r.frame.seq, r.frame.source)?;
+        write!(
+            cur,
+            "{{\"frame\":{},\"source\":\"{}\",\"top\":[",
+            r.frame.seq, r.frame.source
+        )?;
         for (l, p) in r.top.iter() {
             write!(cur, "[\"{}\",{p:.4}],", labels[*l as usize])?;
         }
         for e in r.events.iter() {
             events += 1;
-            write!(cur, "{{\"event\":\"{}\",\"score\":{:.4}}}", labels[e.label as usize], e.score)?;
+            write!(
+                cur,
+                "{{\"event\":\"{}\",\"score\":{:.4}}}",
+                labels[e.label as usize], e.score
+            )?;
         }
         write!(cur, "\"latency\":{:.3}}}", r.times.ms(6))?;
         Ok(())
     });
     result.expect("run");
-    assert_eq!(summary.frames, 220 - 20, "{uri}: every frame after warm-up classified");
+    assert_eq!(
+        summary.frames,
+        220 - 20,
+        "{uri}: every frame after warm-up classified"
+    );
     assert!(events > 0, "{uri}: the decision emitted events");
     (summary.frames, summary.allocations.0, summary.allocations.1)
 }
@@ -56,10 +77,25 @@ fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec) -> (u64, u64, u64) 
 fn no_allocation_per_frame_in_the_pipeline() {
     let bundle = Bundle::open(default_bundle()).expect("bundle");
     let cases = [
-        ("synthetic://?width=640&height=480&format=yuyv&frames=220".to_string(), TriggerSpec::Continuous),
-        ("synthetic://?width=1280&height=720&format=nv12&frames=220".to_string(), TriggerSpec::Continuous),
-        (format!("file://{}?loop", samples("mnist").display()), TriggerSpec::Continuous),
-        (format!("file://{}?loop", samples("camera").display()), TriggerSpec::Motion { threshold: 0.0, area: 0.0 }),
+        (
+            "synthetic://?width=640&height=480&format=yuyv&frames=220".to_string(),
+            TriggerSpec::Continuous,
+        ),
+        (
+            "synthetic://?width=1280&height=720&format=nv12&frames=220".to_string(),
+            TriggerSpec::Continuous,
+        ),
+        (
+            format!("file://{}?loop", samples("mnist").display()),
+            TriggerSpec::Continuous,
+        ),
+        (
+            format!("file://{}?loop", samples("camera").display()),
+            TriggerSpec::Motion {
+                threshold: 0.0,
+                area: 0.0,
+            },
+        ),
     ];
     for (uri, trigger) in cases {
         let (frames, ours, engine) = measure(&bundle, &uri, trigger);
@@ -68,7 +104,13 @@ fn no_allocation_per_frame_in_the_pipeline() {
             ours as f64 / frames as f64,
             engine as f64 / frames as f64
         );
-        assert_eq!(ours, 0, "{uri}: our pipeline allocated {ours} times in {frames} frames");
-        assert!(engine > 0, "the counter sees tract's allocations, so a zero above is meaningful");
+        assert_eq!(
+            ours, 0,
+            "{uri}: our pipeline allocated {ours} times in {frames} frames"
+        );
+        assert!(
+            engine > 0,
+            "the counter sees tract's allocations, so a zero above is meaningful"
+        );
     }
 }

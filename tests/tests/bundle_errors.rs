@@ -34,7 +34,10 @@ fn missing_model_file() {
     let d = copy_bundle();
     std::fs::remove_file(d.path().join("qformer.onnx")).unwrap();
     let e = open_err(d.path());
-    assert!(e.contains("qformer.onnx") && e.contains("qformer.file"), "{e}");
+    assert!(
+        e.contains("qformer.onnx") && e.contains("qformer.file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -45,15 +48,25 @@ fn checksum_mismatch() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(d.path().join("image_encoder.onnx"), bytes).unwrap();
     let e = open_err(d.path());
-    assert!(e.contains("image_encoder.onnx") && e.contains("sha256") && e.contains("encoder.file"), "{e}");
+    assert!(
+        e.contains("image_encoder.onnx") && e.contains("sha256") && e.contains("encoder.file"),
+        "{e}"
+    );
 }
 
 #[test]
 fn corrupt_onnx() {
     let d = copy_bundle();
-    replace_file(d.path(), "image_encoder.onnx", b"this is not a protobuf model at all");
+    replace_file(
+        d.path(),
+        "image_encoder.onnx",
+        b"this is not a protobuf model at all",
+    );
     let e = open_err(d.path());
-    assert!(e.contains("image_encoder.onnx") && e.contains("not a loadable ONNX model"), "{e}");
+    assert!(
+        e.contains("image_encoder.onnx") && e.contains("not a loadable ONNX model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -69,21 +82,33 @@ fn truncated_onnx() {
 fn label_embedding_width_differs_from_encoder() {
     let d = copy_bundle();
     // 10 labels x 48 wide instead of 64.
-    let bytes: Vec<u8> = (0..10 * 48).flat_map(|i| (1.0f32 + i as f32).to_le_bytes()).collect();
+    let bytes: Vec<u8> = (0..10 * 48)
+        .flat_map(|i| (1.0f32 + i as f32).to_le_bytes())
+        .collect();
     replace_file(d.path(), "text_embeddings.bin", &bytes);
     let e = open_err(d.path());
-    assert!(e.contains("text_embeddings.bin") && e.contains("embedding_dim"), "{e}");
+    assert!(
+        e.contains("text_embeddings.bin") && e.contains("embedding_dim"),
+        "{e}"
+    );
 }
 
 #[test]
 fn encoder_width_differs_from_manifest() {
     let d = copy_bundle();
     // Claim a 48-wide embedding and ship 10 x 48 label rows: the ONNX output (64) disagrees.
-    let bytes: Vec<u8> = (0..10 * 48).flat_map(|i| (1.0f32 + i as f32).to_le_bytes()).collect();
+    let bytes: Vec<u8> = (0..10 * 48)
+        .flat_map(|i| (1.0f32 + i as f32).to_le_bytes())
+        .collect();
     replace_file(d.path(), "text_embeddings.bin", &bytes);
-    edit_manifest(d.path(), |t| t.replace("embedding_dim = 64", "embedding_dim = 48"));
+    edit_manifest(d.path(), |t| {
+        t.replace("embedding_dim = 64", "embedding_dim = 48")
+    });
     let e = open_err(d.path());
-    assert!(e.contains("image_encoder.onnx") && e.contains("[1, 64]") && e.contains("48"), "{e}");
+    assert!(
+        e.contains("image_encoder.onnx") && e.contains("[1, 64]") && e.contains("48"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -100,15 +125,25 @@ fn label_count_differs_from_embedding_rows() {
 #[test]
 fn input_shape_mismatch() {
     let d = copy_bundle();
-    edit_manifest(d.path(), |t| t.replace("image_size = [32, 32]", "image_size = [48, 48]"));
+    edit_manifest(d.path(), |t| {
+        t.replace("image_size = [32, 32]", "image_size = [48, 48]")
+    });
     let e = open_err(d.path());
-    assert!(e.contains("image_encoder.onnx") && e.contains("encoder.input") && e.contains("48"), "{e}");
+    assert!(
+        e.contains("image_encoder.onnx") && e.contains("encoder.input") && e.contains("48"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_manifest_key_and_bad_values() {
     let d = copy_bundle();
-    edit_manifest(d.path(), |t| t.replace("channel_order = \"rgb\"", "channel_order = \"rgb\"\ncolour = 1"));
+    edit_manifest(d.path(), |t| {
+        t.replace(
+            "channel_order = \"rgb\"",
+            "channel_order = \"rgb\"\ncolour = 1",
+        )
+    });
     let e = open_err(d.path());
     assert!(e.contains("colour") && e.contains("line"), "{e}");
     let d = copy_bundle();

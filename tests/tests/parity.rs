@@ -6,12 +6,19 @@ use edgefuse_runtime::engine::TractEngine;
 use edgefuse_tests::{default_bundle, fixture};
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -28,11 +35,17 @@ fn tract_matches_onnxruntime_on_encoder_and_qformer() {
         engine.run_encoder(&image, &mut emb).expect("encoder");
         let d = max_diff(&emb, &floats(&case["embedding"]));
         println!("case {i}: embedding max abs diff {d:.2e}");
-        assert!(d <= 1e-4, "case {i}: embedding differs from onnxruntime by {d}");
+        assert!(
+            d <= 1e-4,
+            "case {i}: embedding differs from onnxruntime by {d}"
+        );
         let mut q = vec![0.0; engine.queries_len()];
         engine.run_qformer(&mut q).expect("qformer");
         let d = max_diff(&q, &floats(&case["queries"]));
         println!("case {i}: q-former max abs diff {d:.2e}");
-        assert!(d <= 1e-4, "case {i}: q-former output differs from onnxruntime by {d}");
+        assert!(
+            d <= 1e-4,
+            "case {i}: q-former output differs from onnxruntime by {d}"
+        );
     }
 }

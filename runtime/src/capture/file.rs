@@ -40,7 +40,10 @@ pub struct FileSource {
 
 impl std::fmt::Debug for FileSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileSource").field("uri", &self.uri).field("files", &self.files.len()).finish()
+        f.debug_struct("FileSource")
+            .field("uri", &self.uri)
+            .field("files", &self.files.len())
+            .finish()
     }
 }
 
@@ -54,7 +57,9 @@ fn is_image(path: &Path) -> bool {
 /// Decode one image file into packed GREY (for single-channel images) or RGB.
 pub fn decode_image(path: &Path) -> Result<(u32, u32, PixelFormat, Vec<u8>), String> {
     let reader = image::ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let reader = reader.with_guessed_format().map_err(|e| format!("cannot read: {e}"))?;
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
     let img = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
@@ -78,12 +83,17 @@ impl FileSource {
         let root = PathBuf::from(&uri.path);
         let meta = std::fs::metadata(&root).map_err(|e| CaptureError::Path {
             path: root.clone(),
-            message: format!("cannot open ({e}); give an image file or a folder of PNG/JPEG/PGM/PPM images"),
+            message: format!(
+                "cannot open ({e}); give an image file or a folder of PNG/JPEG/PGM/PPM images"
+            ),
         })?;
         let mut stats = SourceStats::default();
         let files = if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&root)
-                .map_err(|e| CaptureError::Path { path: root.clone(), message: format!("cannot list folder ({e})") })?
+                .map_err(|e| CaptureError::Path {
+                    path: root.clone(),
+                    message: format!("cannot list folder ({e})"),
+                })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file())
                 .collect();
@@ -130,7 +140,12 @@ impl FileSource {
                 Ok((width, height, format, data)) => {
                     total += data.len();
                     self.max_bytes = self.max_bytes.max(data.len());
-                    decoded.push(Some(Decoded { width, height, format, data }));
+                    decoded.push(Some(Decoded {
+                        width,
+                        height,
+                        format,
+                        data,
+                    }));
                 }
                 Err(msg) => {
                     log::warn!("{}: {msg}; skipped", path.display());
@@ -139,7 +154,11 @@ impl FileSource {
                 }
             }
             if total > PRELOAD_BUDGET {
-                log::info!("{}: images exceed {} MiB, decoding while replaying", self.uri, PRELOAD_BUDGET >> 20);
+                log::info!(
+                    "{}: images exceed {} MiB, decoding while replaying",
+                    self.uri,
+                    PRELOAD_BUDGET >> 20
+                );
                 self.stats.skipped_broken = 0;
                 // Keep only the sizes seen so far; decoding happens again on replay.
                 return Ok(());
@@ -148,7 +167,10 @@ impl FileSource {
         if decoded.iter().all(Option::is_none) {
             return Err(CaptureError::Unsupported {
                 uri: self.uri.clone(),
-                message: format!("none of the {} image(s) could be decoded (see the warnings above)", self.files.len()),
+                message: format!(
+                    "none of the {} image(s) could be decoded (see the warnings above)",
+                    self.files.len()
+                ),
             });
         }
         self.preloaded = Some(decoded);
@@ -241,7 +263,11 @@ impl FrameSource for FileSource {
             self.uri,
             self.files.len(),
             if self.looping { ", looping" } else { "" },
-            if self.preloaded.is_some() { ", preloaded" } else { "" }
+            if self.preloaded.is_some() {
+                ", preloaded"
+            } else {
+                ""
+            }
         )
     }
 }

@@ -101,7 +101,9 @@ pub fn open(uri: &str) -> Result<Box<dyn FrameSource>, CaptureError> {
         "file" => Ok(Box::new(file::FileSource::open(&parsed)?)),
         "synthetic" => Ok(Box::new(synthetic::SyntheticSource::open(&parsed)?)),
         "v4l2" => open_v4l2(&parsed),
-        _ => Err(CaptureError::UnknownScheme { uri: uri.to_string() }),
+        _ => Err(CaptureError::UnknownScheme {
+            uri: uri.to_string(),
+        }),
     }
 }
 
@@ -114,7 +116,8 @@ fn open_v4l2(uri: &Uri) -> Result<Box<dyn FrameSource>, CaptureError> {
 fn open_v4l2(uri: &Uri) -> Result<Box<dyn FrameSource>, CaptureError> {
     Err(CaptureError::Unsupported {
         uri: uri.raw.clone(),
-        message: "this edgefuse was built without V4L2 support; rebuild with `--features v4l`".into(),
+        message: "this edgefuse was built without V4L2 support; rebuild with `--features v4l`"
+            .into(),
     })
 }
 
@@ -135,7 +138,9 @@ impl Uri {
     /// Split a URI; options without `=` get the value `1`.
     pub fn parse(uri: &str) -> Result<Self, CaptureError> {
         let Some((scheme, rest)) = uri.split_once("://") else {
-            return Err(CaptureError::UnknownScheme { uri: uri.to_string() });
+            return Err(CaptureError::UnknownScheme {
+                uri: uri.to_string(),
+            });
         };
         let (path, query) = match rest.rsplit_once('?') {
             Some((p, q)) => (p, q),
@@ -149,21 +154,35 @@ impl Uri {
                 None => (kv.to_ascii_lowercase(), "1".to_string()),
             })
             .collect();
-        Ok(Self { raw: uri.to_string(), scheme: scheme.to_ascii_lowercase(), path: path.to_string(), options })
+        Ok(Self {
+            raw: uri.to_string(),
+            scheme: scheme.to_ascii_lowercase(),
+            path: path.to_string(),
+            options,
+        })
     }
 
     /// Fail on options not in `known`.
     pub fn check_known(&self, known: &[&str]) -> Result<(), CaptureError> {
         for (k, v) in &self.options {
             if !known.contains(&k.as_str()) {
-                return Err(self.bad(k, v, &format!("unknown option; this source accepts {}", known.join(", "))));
+                return Err(self.bad(
+                    k,
+                    v,
+                    &format!("unknown option; this source accepts {}", known.join(", ")),
+                ));
             }
         }
         Ok(())
     }
 
     /// The value of option `key`, parsed, or `default`.
-    pub fn get<T: std::str::FromStr>(&self, key: &str, default: T, expected: &str) -> Result<T, CaptureError> {
+    pub fn get<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, CaptureError> {
         match self.options.iter().rev().find(|(k, _)| k == key) {
             None => Ok(default),
             Some((k, v)) => v.parse().map_err(|_| self.bad(k, v, expected)),
@@ -194,8 +213,12 @@ impl Uri {
 
     /// The `fps` option: `None` (unpaced) when absent or 0.
     pub fn fps(&self) -> Result<Option<f64>, CaptureError> {
-        let fps: f64 = self.get("fps", 0.0, "expected a frame rate in frames per second, e.g. fps=30")?;
-        if !fps.is_finite() || fps < 0.0 || fps > 10_000.0 {
+        let fps: f64 = self.get(
+            "fps",
+            0.0,
+            "expected a frame rate in frames per second, e.g. fps=30",
+        )?;
+        if !fps.is_finite() || !(0.0..=10_000.0).contains(&fps) {
             return Err(self.bad("fps", &fps.to_string(), "expected 0 (unpaced) to 10000"));
         }
         Ok((fps > 0.0).then_some(fps))
@@ -212,7 +235,10 @@ pub struct Pacer {
 impl Pacer {
     /// A pacer at `fps` frames per second; `None` never waits.
     pub fn new(fps: Option<f64>) -> Self {
-        Self { period: fps.map(|f| Duration::from_secs_f64(1.0 / f)), next: None }
+        Self {
+            period: fps.map(|f| Duration::from_secs_f64(1.0 / f)),
+            next: None,
+        }
     }
 
     /// Wait until the next frame is due.
@@ -240,8 +266,14 @@ mod tests {
         assert_eq!(u.path, "/tmp/x");
         assert!(u.flag("loop").unwrap());
         assert_eq!(u.fps().unwrap(), Some(5.0));
-        assert!(matches!(Uri::parse("/dev/video0"), Err(CaptureError::UnknownScheme { .. })));
-        let e = Uri::parse("synthetic://?fps=abc").unwrap().fps().unwrap_err();
+        assert!(matches!(
+            Uri::parse("/dev/video0"),
+            Err(CaptureError::UnknownScheme { .. })
+        ));
+        let e = Uri::parse("synthetic://?fps=abc")
+            .unwrap()
+            .fps()
+            .unwrap_err();
         assert!(e.to_string().contains("fps=abc"), "{e}");
     }
 

@@ -35,7 +35,11 @@ impl SyntheticSource {
         let format = PixelFormat::parse(&fname)
             .ok_or_else(|| uri.bad("format", &fname, "expected yuyv, nv12, grey, rgb or bgr"))?;
         if format.frame_len(width, height).is_none() {
-            return Err(uri.bad("width", &width.to_string(), &format!("{} needs an even width and height", format.name())));
+            return Err(uri.bad(
+                "width",
+                &width.to_string(),
+                &format!("{} needs an even width and height", format.name()),
+            ));
         }
         let limit: u64 = uri.get("frames", 0, "expected a frame count (0 = endless)")?;
         let variants: usize = uri.get("variants", 8, "expected 1..=64 distinct frames")?;
@@ -43,13 +47,25 @@ impl SyntheticSource {
             return Err(uri.bad("variants", &variants.to_string(), "expected 1..=64"));
         }
         let fps = uri.fps()?;
-        let frames = (0..variants).map(|i| render(width, height, format, i as u32, &uri.raw)).collect();
-        Ok(Self { uri: uri.raw.clone(), frames, limit, seq: 0, live: fps.is_some(), pacer: Pacer::new(fps) })
+        let frames = (0..variants)
+            .map(|i| render(width, height, format, i as u32, &uri.raw))
+            .collect();
+        Ok(Self {
+            uri: uri.raw.clone(),
+            frames,
+            limit,
+            seq: 0,
+            live: fps.is_some(),
+            pacer: Pacer::new(fps),
+        })
     }
 
     /// A source straight from parameters (for benchmarks and tests).
     pub fn new(width: u32, height: u32, format: PixelFormat) -> Result<Self, CaptureError> {
-        let uri = format!("synthetic://?width={width}&height={height}&format={}", format.name());
+        let uri = format!(
+            "synthetic://?width={width}&height={height}&format={}",
+            format.name()
+        );
         Self::open(&Uri::parse(&uri)?)
     }
 }
@@ -86,7 +102,11 @@ pub fn pack_rgb(rgb: &[u8], w: usize, h: usize, format: PixelFormat, out: &mut [
         let y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b;
         let u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b;
         let v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b;
-        (y.round().clamp(0.0, 255.0) as u8, u.round().clamp(0.0, 255.0) as u8, v.round().clamp(0.0, 255.0) as u8)
+        (
+            y.round().clamp(0.0, 255.0) as u8,
+            u.round().clamp(0.0, 255.0) as u8,
+            v.round().clamp(0.0, 255.0) as u8,
+        )
     };
     match format {
         PixelFormat::Rgb => out.copy_from_slice(rgb),
@@ -104,7 +124,12 @@ pub fn pack_rgb(rgb: &[u8], w: usize, h: usize, format: PixelFormat, out: &mut [
             for (o, p) in out.chunks_exact_mut(4).zip(rgb.chunks_exact(6)) {
                 let (y0, u0, v0) = yuv(&p[..3]);
                 let (y1, u1, v1) = yuv(&p[3..]);
-                o.copy_from_slice(&[y0, ((u0 as u16 + u1 as u16) / 2) as u8, y1, ((v0 as u16 + v1 as u16) / 2) as u8]);
+                o.copy_from_slice(&[
+                    y0,
+                    ((u0 as u16 + u1 as u16) / 2) as u8,
+                    y1,
+                    ((v0 as u16 + v1 as u16) / 2) as u8,
+                ]);
             }
         }
         PixelFormat::Nv12 => {
@@ -157,7 +182,13 @@ impl FrameSource for SyntheticSource {
 
     fn describe(&self) -> String {
         let f = &self.frames[0];
-        format!("{} ({}x{} {})", self.uri, f.width, f.height, f.format.name())
+        format!(
+            "{} ({}x{} {})",
+            self.uri,
+            f.width,
+            f.height,
+            f.format.name()
+        )
     }
 }
 
@@ -167,8 +198,12 @@ mod tests {
 
     #[test]
     fn deterministic_and_bounded() {
-        let mut a = SyntheticSource::open(&Uri::parse("synthetic://?width=64&height=48&frames=3").unwrap()).unwrap();
-        let mut b = SyntheticSource::open(&Uri::parse("synthetic://?width=64&height=48&frames=3").unwrap()).unwrap();
+        let mut a =
+            SyntheticSource::open(&Uri::parse("synthetic://?width=64&height=48&frames=3").unwrap())
+                .unwrap();
+        let mut b =
+            SyntheticSource::open(&Uri::parse("synthetic://?width=64&height=48&frames=3").unwrap())
+                .unwrap();
         let mut fa = Frame::with_capacity(0);
         let mut fb = Frame::with_capacity(0);
         for _ in 0..3 {
@@ -182,7 +217,8 @@ mod tests {
 
     #[test]
     fn odd_width_refused_for_yuyv() {
-        let e = SyntheticSource::open(&Uri::parse("synthetic://?width=63&format=yuyv").unwrap()).unwrap_err();
+        let e = SyntheticSource::open(&Uri::parse("synthetic://?width=63&format=yuyv").unwrap())
+            .unwrap_err();
         assert!(e.to_string().contains("even"), "{e}");
     }
 }

@@ -55,7 +55,10 @@ pub struct V4l2Source {
 
 impl std::fmt::Debug for V4l2Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("V4l2Source").field("uri", &self.uri).field("format", &self.description).finish()
+        f.debug_struct("V4l2Source")
+            .field("uri", &self.uri)
+            .field("format", &self.description)
+            .finish()
     }
 }
 
@@ -69,19 +72,24 @@ fn device_error(device: &str, e: &std::io::Error, what: &str) -> CaptureError {
         _ if e.raw_os_error() == Some(19) => "the camera vanished (ENODEV): reconnect it and restart".to_string(),
         _ => format!("{e}"),
     };
-    CaptureError::Device { device: device.to_string(), message: format!("{what}: {hint}") }
+    CaptureError::Device {
+        device: device.to_string(),
+        message: format!("{what}: {hint}"),
+    }
 }
 
 /// The formats a device offers, as `FOURCC (description)` strings.
 pub fn list_formats(device: &str) -> Result<Vec<String>, CaptureError> {
     let dev = Device::with_path(device).map_err(|e| device_error(device, &e, "cannot open"))?;
-    let formats = dev.enum_formats().map_err(|e| device_error(device, &e, "cannot list formats"))?;
+    let formats = dev
+        .enum_formats()
+        .map_err(|e| device_error(device, &e, "cannot list formats"))?;
     let mut out = Vec::new();
     for f in formats {
         let sizes = dev
             .enum_framesizes(f.fourcc)
             .map(|s| {
-                s.iter()
+                s.into_iter()
                     .flat_map(|fs| fs.size.to_discrete())
                     .map(|d| format!("{}x{}", d.width, d.height))
                     .collect::<Vec<_>>()
@@ -97,15 +105,21 @@ impl V4l2Source {
     /// Open and negotiate.
     pub fn open(uri: &Uri) -> Result<Self, CaptureError> {
         uri.check_known(&["width", "height", "fps", "format"])?;
-        let device = if uri.path.is_empty() { "/dev/video0".to_string() } else { uri.path.clone() };
+        let device = if uri.path.is_empty() {
+            "/dev/video0".to_string()
+        } else {
+            uri.path.clone()
+        };
         let width: u32 = uri.get("width", 640, "expected a width in pixels")?;
         let height: u32 = uri.get("height", 480, "expected a height in pixels")?;
         let fps = uri.fps()?;
         let wanted: Vec<Wire> = match uri.options.iter().rev().find(|(k, _)| k == "format") {
-            Some((_, v)) if v.eq_ignore_ascii_case("mjpeg") || v.eq_ignore_ascii_case("mjpg") => vec![Wire::Mjpeg],
-            Some((k, v)) => vec![Wire::Raw(
-                PixelFormat::parse(v).ok_or_else(|| uri.bad(k, v, "expected yuyv, nv12, grey, rgb, bgr or mjpeg"))?,
-            )],
+            Some((_, v)) if v.eq_ignore_ascii_case("mjpeg") || v.eq_ignore_ascii_case("mjpg") => {
+                vec![Wire::Mjpeg]
+            }
+            Some((k, v)) => vec![Wire::Raw(PixelFormat::parse(v).ok_or_else(|| {
+                uri.bad(k, v, "expected yuyv, nv12, grey, rgb, bgr or mjpeg")
+            })?)],
             None => vec![
                 Wire::Raw(PixelFormat::Yuyv),
                 Wire::Raw(PixelFormat::Nv12),
@@ -113,11 +127,18 @@ impl V4l2Source {
                 Wire::Mjpeg,
             ],
         };
-        let dev = Device::with_path(&device).map_err(|e| device_error(&device, &e, "cannot open"))?;
-        let offered = dev.enum_formats().map_err(|e| device_error(&device, &e, "cannot list formats"))?;
+        let dev =
+            Device::with_path(&device).map_err(|e| device_error(&device, &e, "cannot open"))?;
+        let offered = dev
+            .enum_formats()
+            .map_err(|e| device_error(&device, &e, "cannot list formats"))?;
         let offered_cc: Vec<FourCC> = offered.iter().map(|f| f.fourcc).collect();
         let Some(&wire) = wanted.iter().find(|w| offered_cc.contains(&fourcc_of(**w))) else {
-            let list = offered.iter().map(|f| format!("{} ({})", f.fourcc, f.description)).collect::<Vec<_>>().join(", ");
+            let list = offered
+                .iter()
+                .map(|f| format!("{} ({})", f.fourcc, f.description))
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(CaptureError::Device {
                 device,
                 message: format!(
@@ -133,21 +154,34 @@ impl V4l2Source {
         if fmt.fourcc != fourcc_of(wire) {
             return Err(CaptureError::Device {
                 device,
-                message: format!("asked for {} but the driver chose {}", fourcc_of(wire), fmt.fourcc),
+                message: format!(
+                    "asked for {} but the driver chose {}",
+                    fourcc_of(wire),
+                    fmt.fourcc
+                ),
             });
         }
         if (fmt.width, fmt.height) != (width, height) {
-            log::warn!("{device}: asked for {width}x{height}, the driver chose {}x{}", fmt.width, fmt.height);
+            log::warn!(
+                "{device}: asked for {width}x{height}, the driver chose {}x{}",
+                fmt.width,
+                fmt.height
+            );
         }
         if let Some(fps) = fps {
-            if let Err(e) = dev.set_params(&v4l::video::capture::Parameters::with_fps(fps.round() as u32)) {
+            if let Err(e) = dev.set_params(&v4l::video::capture::Parameters::with_fps(
+                fps.round() as u32
+            )) {
                 log::warn!("{device}: cannot set {fps} fps ({e}); using the driver's rate");
             }
         }
         let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, BUFFERS)
             .map_err(|e| device_error(&device, &e, "cannot start streaming"))?;
         stream.set_timeout(FRAME_TIMEOUT);
-        let description = format!("{device} {} {}x{} stride {}", fmt.fourcc, fmt.width, fmt.height, fmt.stride);
+        let description = format!(
+            "{device} {} {}x{} stride {}",
+            fmt.fourcc, fmt.width, fmt.height, fmt.stride
+        );
         log::info!("camera {description}");
         let stride = fmt.stride as usize;
         Ok(Self {
@@ -166,7 +200,14 @@ impl V4l2Source {
 }
 
 /// Copy a strided raw frame into a tightly packed one.
-fn copy_packed(src: &[u8], stride: usize, format: PixelFormat, w: u32, h: u32, out: &mut [u8]) -> bool {
+fn copy_packed(
+    src: &[u8],
+    stride: usize,
+    format: PixelFormat,
+    w: u32,
+    h: u32,
+    out: &mut [u8],
+) -> bool {
     let (row, rows) = match format {
         PixelFormat::Yuyv => (w as usize * 2, h as usize),
         PixelFormat::Grey => (w as usize, h as usize),
@@ -202,7 +243,10 @@ impl FrameSource for V4l2Source {
                 if e.kind() == ErrorKind::TimedOut {
                     CaptureError::Device {
                         device: self.device.clone(),
-                        message: format!("no frame for {} s: the camera stalled or was unplugged", FRAME_TIMEOUT.as_secs()),
+                        message: format!(
+                            "no frame for {} s: the camera stalled or was unplugged",
+                            FRAME_TIMEOUT.as_secs()
+                        ),
                     }
                 } else {
                     device_error(&self.device, &e, "capture failed")
@@ -211,7 +255,14 @@ impl FrameSource for V4l2Source {
             let ok = match self.wire {
                 Wire::Raw(format) => {
                     frame.reshape(self.width, self.height, format)
-                        && copy_packed(buf, self.stride, format, self.width, self.height, &mut frame.data)
+                        && copy_packed(
+                            buf,
+                            self.stride,
+                            format,
+                            self.width,
+                            self.height,
+                            &mut frame.data,
+                        )
                 }
                 Wire::Mjpeg => match decode_mjpeg(buf, frame) {
                     Ok(()) => true,
