@@ -138,8 +138,8 @@ def write_samples(xte, yte):
             path = [(900, None), (560, None), (320, str(yte[idx])), (320, str(yte[idx])), (330, str(yte[idx])), (80, None), (-300, None)]
             for cx, lab in path:
                 img = paper_frame(d, np.random.default_rng(1000 * k + frame), cx=cx, cy=240, size=size)
-                name = f"frame_{frame:04d}.png"
-                Image.fromarray(img).save(cam / name, optimize=True)
+                name = f"frame_{frame:04d}.jpg"
+                Image.fromarray(img).save(cam / name, quality=90)
                 wr.writerow([name, lab if lab is not None else "none"])
                 frame += 1
 
@@ -166,8 +166,8 @@ def write_eval_sets(xte, yte):
         for j in range(1000):
             i = 5000 + j * 5  # test digits, disjoint from the committed samples
             rng = np.random.default_rng(50_000 + j)
-            name = f"c{j:04d}.png"
-            Image.fromarray(paper_frame(xte[i], rng)).save(d / name)
+            name = f"c{j:04d}.jpg"
+            Image.fromarray(paper_frame(xte[i], rng)).save(d / name, quality=90)
             wr.writerow([name, int(yte[i])])
     from sklearn.datasets import load_digits
 
