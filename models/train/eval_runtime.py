@@ -48,18 +48,20 @@ def main():
     root = C.repo_root()
     ap.add_argument("--edgefuse", type=Path, default=root / "target" / "release" / "edgefuse")
     ap.add_argument("--model", type=Path, default=root / "models" / "default")
+    ap.add_argument("--sets", nargs="+", default=["mnist", "camera", "sklearn"])
     args = ap.parse_args()
     if not args.edgefuse.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "edgefuse-runtime"], cwd=root, check=True)
-    results = {}
-    for name in ["mnist", "camera", "sklearn"]:
+    out = EVAL / "results.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for name in args.sets:
         folder = EVAL / name
         if not (folder / "labels.csv").exists():
             sys.exit(f"{folder} is missing: run export_bundle.py first")
         results[name] = run_set(args.edgefuse, args.model, folder)
         r = results[name]
         print(f"{name:8s} {r['images']:6d} images  CLIP {r['clip']:.2%}  Q-Former {r['qformer']:.2%}  fused {r['fused']:.2%}")
-    (EVAL / "results.json").write_text(json.dumps(results, indent=1))
+    out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
