@@ -389,7 +389,11 @@ fn write_json(
         write_json_str(w, &labels[*l as usize])?;
         write!(w, ",{p:.6}]")?;
     }
-    w.write_all(b"],\"event\":")?;
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    write!(w, "],\"time_unix_ms\":{unix_ms},\"event\":")?;
     match r.events.iter().find(|e| e.kind == EventKind::Fire) {
         Some(e) => {
             w.write_all(b"{\"label\":")?;

@@ -163,13 +163,8 @@ impl Preprocessor {
             ChannelOrder::Rgb => [0, 1, 2],
             ChannelOrder::Bgr => [2, 1, 0],
         };
-        let chan = order.map(|c| (c, 0.0, 0.0));
-        let mut chan = chan;
-        for (o, (c, a, b)) in chan.iter_mut().enumerate() {
-            let _ = c;
-            *a = 1.0 / (255.0 * spec.std[o]);
-            *b = spec.mean[o] / spec.std[o];
-        }
+        let chan: [(usize, f32, f32); 3] =
+            std::array::from_fn(|o| (order[o], 1.0 / (255.0 * spec.std[o]), spec.mean[o] / spec.std[o]));
         Self {
             out_w: spec.image_size[0] as usize,
             out_h: spec.image_size[1] as usize,
@@ -406,6 +401,17 @@ mod tests {
         }
     }
 
+    /// Pixels scaled to 0..=1 only (mean 0, std 1), shortest side + centre crop.
+    fn unit_spec(size: u32) -> Preprocess {
+        Preprocess {
+            image_size: [size, size],
+            resize: ResizePolicy::ShortestSideCenterCrop,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            channel_order: ChannelOrder::Rgb,
+        }
+    }
+
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         a.iter()
             .zip(b)
@@ -443,13 +449,7 @@ mod tests {
     #[test]
     fn identity_when_sizes_match() {
         let frame = render(16, 16, PixelFormat::Rgb, 1, "x");
-        let s = Preprocess {
-            image_size: [16, 16],
-            resize: ResizePolicy::ShortestSideCenterCrop,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            channel_order: ChannelOrder::Rgb,
-        };
+        let s = unit_spec(16);
         let mut p = Preprocessor::new(&s);
         let mut out = vec![0.0; p.output_len()];
         p.run(&frame, &mut out).unwrap();
@@ -504,13 +504,7 @@ mod tests {
             frame.data[y * 640 + 320] = 0;
             frame.data[y * 640 + 321] = 0;
         }
-        let s = Preprocess {
-            image_size: [32, 32],
-            resize: ResizePolicy::ShortestSideCenterCrop,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            channel_order: ChannelOrder::Rgb,
-        };
+        let s = unit_spec(32);
         let mut p = Preprocessor::new(&s);
         let mut out = vec![0.0; p.output_len()];
         p.run(&frame, &mut out).unwrap();

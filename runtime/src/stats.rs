@@ -50,6 +50,10 @@ impl Histogram {
         for (i, &n) in self.buckets.iter().enumerate() {
             seen += n as u64;
             if seen >= rank {
+                if i == BUCKETS - 1 {
+                    // Overflow bucket: the exact maximum is the best bound we have.
+                    return self.max.as_secs_f64() * 1000.0;
+                }
                 let edge = ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
                 return edge.min(self.max.as_secs_f64() * 1000.0);
             }
@@ -85,5 +89,7 @@ mod tests {
         assert!((h.quantile_ms(0.99) - 99.0).abs() <= 0.011);
         assert_eq!(h.count(), 100);
         assert!((h.mean_ms() - 50.5).abs() < 1e-9);
+        h.record(Duration::from_millis(2500));
+        assert!((h.quantile_ms(1.0) - 2500.0).abs() < 1e-9, "overflow reports the exact max");
     }
 }
