@@ -163,8 +163,13 @@ impl Preprocessor {
             ChannelOrder::Rgb => [0, 1, 2],
             ChannelOrder::Bgr => [2, 1, 0],
         };
-        let chan: [(usize, f32, f32); 3] =
-            std::array::from_fn(|o| (order[o], 1.0 / (255.0 * spec.std[o]), spec.mean[o] / spec.std[o]));
+        let chan: [(usize, f32, f32); 3] = std::array::from_fn(|o| {
+            (
+                order[o],
+                1.0 / (255.0 * spec.std[o]),
+                spec.mean[o] / spec.std[o],
+            )
+        });
         Self {
             out_w: spec.image_size[0] as usize,
             out_h: spec.image_size[1] as usize,

@@ -90,6 +90,9 @@ mod tests {
         assert_eq!(h.count(), 100);
         assert!((h.mean_ms() - 50.5).abs() < 1e-9);
         h.record(Duration::from_millis(2500));
-        assert!((h.quantile_ms(1.0) - 2500.0).abs() < 1e-9, "overflow reports the exact max");
+        assert!(
+            (h.quantile_ms(1.0) - 2500.0).abs() < 1e-9,
+            "overflow reports the exact max"
+        );
     }
 }

@@ -119,7 +119,15 @@ fn run_on_bundled_mnist_samples_matches_ground_truth() {
     ]);
     // Every line has the documented fields.
     let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-    for k in ["frame", "source", "top", "time_unix_ms", "event", "heads", "latency_ms"] {
+    for k in [
+        "frame",
+        "source",
+        "top",
+        "time_unix_ms",
+        "event",
+        "heads",
+        "latency_ms",
+    ] {
         assert!(v.get(k).is_some(), "missing `{k}` in {}", lines[0]);
     }
     assert!(v["latency_ms"]["encoder"].as_f64().unwrap() > 0.0);
