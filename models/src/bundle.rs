@@ -262,7 +262,8 @@ impl Bundle {
     }
 
     /// Replace the labels and their (unnormalised) embedding rows, rewrite the embedding file and
-    /// the manifest with fresh checksums. Used by `edgefuse labels add/remove`.
+    /// the manifest with fresh checksums. Used by `edgefuse labels add/remove`; unchanged rows
+    /// can be taken from [`Bundle::label_embeddings`].
     pub fn write_labels(
         &mut self,
         labels: Vec<crate::manifest::Label>,
@@ -289,11 +290,6 @@ impl Bundle {
         write_atomic(&self.dir.join(MANIFEST_FILE), text.as_bytes())?;
         *self = Self::from_manifest(self.dir.clone(), manifest)?;
         Ok(())
-    }
-
-    /// Raw (normalised) embedding rows — what `write_labels` expects when keeping labels.
-    pub fn label_rows(&self) -> &[f32] {
-        &self.label_embeddings
     }
 }
 

@@ -638,7 +638,7 @@ fn labels(a: LabelsArgs) -> Result<()> {
             let mut b = open_bundle(&model)?;
             let embedder = LabelEmbedder::new(&b)?;
             let mut labels = b.manifest().labels.clone();
-            let mut rows = b.label_rows().to_vec();
+            let mut rows = b.label_embeddings().to_vec();
             let dim = b.manifest().encoder.embedding_dim;
             let idx = match labels.iter().position(|l| l.name == label) {
                 Some(i) => i,
@@ -678,7 +678,7 @@ fn labels(a: LabelsArgs) -> Result<()> {
                 ))));
             }
             labels.remove(idx);
-            let mut rows = b.label_rows().to_vec();
+            let mut rows = b.label_embeddings().to_vec();
             rows.drain(idx * dim..(idx + 1) * dim);
             b.write_labels(labels, &rows)?;
             println!(

@@ -214,7 +214,7 @@ impl FrameSource for FileSource {
             if attempts > self.files.len() + 1 {
                 return Err(CaptureError::Unsupported {
                     uri: self.uri.clone(),
-                    message: "no image could be decoded".into(),
+                    message: "no image could be decoded any more (files changed or became unreadable while replaying); check the folder and restart".into(),
                 });
             }
             let i = self.next;
