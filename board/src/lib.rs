@@ -1,15 +1,22 @@
 //! edgefuse board support: `no_std` drivers over embedded-hal 1.0 for a trigger input (button,
-//! PIR sensor, light barrier) and label actuators (LED, relay).
+//! PIR sensor, light barrier), label actuators (LED, relay) and a status LED; the Jetson 40-pin
+//! header maps ([`jetson`]); and, with feature `linux`, the GPIO character device, board
+//! detection and health ([`linux`]).
 //!
 //! Drivers own their pins (taken in `new`, handed back by `release`), keep fixed-size state,
 //! never allocate, and take time as milliseconds from the caller so they can be tested with a
 //! mock clock.
 
-#![no_std]
+#![cfg_attr(not(feature = "linux"), no_std)]
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 use embedded_hal::digital::{InputPin, OutputPin};
+
+pub mod jetson;
+pub mod jetson_pins;
+#[cfg(feature = "linux")]
+pub mod linux;
 
 /// Which transition of the input counts as a trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,6 +184,81 @@ impl<P: OutputPin> Actuator<P> {
     }
 }
 
+/// What the status LED shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Steady on: running, waiting for a trigger.
+    Ready,
+    /// Fast blink (100 ms on, 100 ms off): classifying.
+    Inferring,
+    /// Three short blinks then a pause (each 150 ms, 1 s period): a fault (camera lost, error).
+    Error,
+    /// Off.
+    Off,
+}
+
+/// A status LED with blink codes, advanced by [`StatusLed::update`] with the caller's clock.
+#[derive(Debug)]
+pub struct StatusLed<P> {
+    led: Actuator<P>,
+    status: Status,
+    since_ms: u64,
+}
+
+impl<P: OutputPin> StatusLed<P> {
+    /// Take ownership of `pin` (LED off).
+    pub fn new(pin: P, active_low: bool) -> Result<Self, Error<P::Error>> {
+        Ok(Self {
+            led: Actuator::new(pin, ActuatorMode::Hold, active_low)?,
+            status: Status::Off,
+            since_ms: 0,
+        })
+    }
+
+    /// Show `status` from `now_ms` (restarts the blink pattern when it changes).
+    pub fn set(&mut self, status: Status, now_ms: u64) -> Result<(), Error<P::Error>> {
+        if status != self.status {
+            self.status = status;
+            self.since_ms = now_ms;
+        }
+        self.update(now_ms)
+    }
+
+    /// The status shown.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Whether the LED is lit now.
+    pub fn is_on(&self) -> bool {
+        self.led.is_on()
+    }
+
+    /// Advance the blink pattern to `now_ms`.
+    pub fn update(&mut self, now_ms: u64) -> Result<(), Error<P::Error>> {
+        let t = now_ms.saturating_sub(self.since_ms);
+        let on = match self.status {
+            Status::Ready => true,
+            Status::Off => false,
+            Status::Inferring => (t / 100).is_multiple_of(2),
+            Status::Error => {
+                let phase = t % 1000;
+                phase < 900 && (phase / 150).is_multiple_of(2)
+            }
+        };
+        if on {
+            self.led.fire(now_ms)
+        } else {
+            self.led.release_label()
+        }
+    }
+
+    /// Turn off and give the pin back.
+    pub fn release(self) -> Result<P, Error<P::Error>> {
+        self.led.release()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +320,46 @@ mod tests {
         a.update(1200).unwrap();
         assert!(!a.is_on());
         a.release().unwrap();
+        pin.done();
+    }
+
+    #[test]
+    fn status_led_blink_codes() {
+        use State::{High, Low};
+        // new: off (low); Ready: on; Inferring at t=1000: on until 1100, off until 1200, on;
+        // Error at t=2000: blinks at 0, 300, 600 (150 ms each), dark 900-1000, then again.
+        let seq = [
+            T::set(Low),
+            T::set(High), // ready
+            T::set(Low),  // inferring t=1100
+            T::set(High), // t=1200
+            T::set(Low),  // error t=2150
+            T::set(High), // t=2300
+            T::set(Low),  // t=2950 pause
+            T::set(High), // t=3000 next period
+            T::set(Low),  // release
+        ];
+        let mut pin = Mock::new(&seq);
+        let mut led = StatusLed::new(pin.clone(), false).unwrap();
+        led.set(Status::Ready, 0).unwrap();
+        led.update(500).unwrap();
+        assert!(led.is_on());
+        led.set(Status::Inferring, 1000).unwrap(); // still on: no transaction
+        led.update(1050).unwrap();
+        led.update(1100).unwrap();
+        assert!(!led.is_on());
+        led.update(1200).unwrap();
+        assert!(led.is_on());
+        led.set(Status::Error, 2000).unwrap();
+        led.update(2150).unwrap();
+        led.update(2300).unwrap();
+        led.update(2650).unwrap(); // third blink (600..750): still on, no transaction
+        assert!(led.is_on());
+        led.update(2950).unwrap();
+        assert!(!led.is_on());
+        led.update(3000).unwrap();
+        assert_eq!(led.status(), Status::Error);
+        led.release().unwrap();
         pin.done();
     }
 

@@ -9,10 +9,15 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use edgefuse_board::jetson::Board;
+use edgefuse_board::jetson_pins::Direction;
+use edgefuse_board::linux::{detect_board, find_chip, EdgeWatcher, LineInput, LineOutput};
 use edgefuse_models::text::LabelEmbedder;
 use edgefuse_models::Bundle;
 use edgefuse_runtime::capture::{self, CaptureError};
+use edgefuse_runtime::config::RunConfig;
 use edgefuse_runtime::decision::{DecisionConfig, EventKind};
+use edgefuse_runtime::gpio::{ActuatorSpec, EdgeClock, EdgeTrigger, Io, LedSpec, Wiring};
 use edgefuse_runtime::pipeline::{
     FrameResult, Pipeline, PipelineConfig, RunLimits, RunSummary, STAGES,
 };
@@ -48,13 +53,36 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Classify frames from a source and emit results and events.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure per-stage latency, throughput and allocations; prints one JSON object.
     Bench(BenchArgs),
     /// Show the bundle, the backends and (with --camera) a camera's formats.
     Info(InfoArgs),
     /// List, add or remove labels of a bundle (runs the text tower on this machine).
     Labels(LabelsArgs),
+    /// Jetson 40-pin header maps and board detection.
+    Board(BoardArgs),
+}
+
+#[derive(Args, Debug)]
+struct BoardArgs {
+    #[command(subcommand)]
+    action: BoardAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum BoardAction {
+    /// Print the header's GPIO pins: BOARD number, chip label, line offset, SoC name.
+    Pins {
+        /// nano, xavier-nx, agx-xavier, orin-nano, orin-nx or agx-orin [default: detected].
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
+        /// A JSON array of {pin, chip, line, soc_name, pwm, direction} objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the board this machine is, from the device tree.
+    Detect,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -66,41 +94,178 @@ struct ModelArg {
 
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Read options from this TOML file (keys = option names with `_`); the command line overrides it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArg,
     /// Frame source: v4l2:///dev/videoN, file://PATH (image or folder), synthetic:// [default: the bundled sample frames].
     #[arg(long, value_name = "URI")]
     source: Option<String>,
-    /// continuous, interval:<ms>, motion[:threshold=T,area=A].
-    #[arg(long, default_value = "continuous", value_parser = parse_trigger)]
-    trigger: TriggerSpec,
-    /// Labels reported per frame.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
-    top_k: u16,
-    /// Minimum probability for a label to win a frame.
-    #[arg(long, default_value_t = 0.5, value_parser = parse_unit)]
-    threshold: f32,
+    /// continuous, interval:<ms>, motion[:threshold=T,area=A] [default: continuous].
+    #[arg(long, value_parser = parse_trigger)]
+    trigger: Option<TriggerSpec>,
+    /// Labels reported per frame [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+    top_k: Option<u16>,
+    /// Minimum probability for a label to win a frame [default: 0.5].
+    #[arg(long, value_parser = parse_unit)]
+    threshold: Option<f32>,
     /// Per-label threshold, LABEL=X (repeatable).
     #[arg(long = "label-threshold", value_name = "LABEL=X")]
     label_thresholds: Vec<String>,
-    /// A label fires after winning N of the last --window frames.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
-    fire_wins: u32,
-    /// Hysteresis window in frames.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
-    window: u32,
-    /// An active label is released after losing this many frames in a row.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    release: u32,
-    /// Minimum milliseconds between two firings of the same label.
-    #[arg(long, default_value_t = 0)]
-    cooldown_ms: u64,
+    /// A label fires after winning N of the last --window frames [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32))]
+    fire_wins: Option<u32>,
+    /// Hysteresis window in frames [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32))]
+    window: Option<u32>,
+    /// An active label is released after losing this many frames in a row [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    release: Option<u32>,
+    /// Minimum milliseconds between two firings of the same label [default: 0].
+    #[arg(long)]
+    cooldown_ms: Option<u64>,
     /// Stop after N classified frames.
     #[arg(long)]
     frames: Option<u64>,
     /// One JSON object per classified frame on stdout (summary on stderr).
     #[arg(long)]
     json: bool,
+    /// Board whose header numbering `pin:N` uses (nano, xavier-nx, agx-xavier, orin-nano, orin-nx, agx-orin) [default: detected].
+    #[arg(long, value_name = "NAME")]
+    board: Option<String>,
+    /// Drive a pin when LABEL fires: LABEL=pin:N[,pulse=200ms|hold][,active-low] (repeatable).
+    #[arg(long = "on", value_name = "LABEL=PIN", value_parser = parse_on)]
+    on: Vec<ActuatorSpec>,
+    /// Status LED (ready: on, classifying: fast blink, error: 3 blinks): pin:N[,active-low].
+    #[arg(long, value_name = "PIN")]
+    status_led: Option<LedSpec>,
+}
+
+fn parse_on(s: &str) -> Result<ActuatorSpec, String> {
+    ActuatorSpec::parse_flag(s)
+}
+
+/// `run` options after merging the config file (if any) under the command line.
+#[derive(Debug)]
+struct RunOptions {
+    model: ModelArg,
+    source: Option<String>,
+    trigger: TriggerSpec,
+    top_k: u16,
+    threshold: f32,
+    /// (label, threshold, where it was set) in order; later entries override earlier ones.
+    label_thresholds: Vec<(String, f32, String)>,
+    fire_wins: u32,
+    window: u32,
+    release: u32,
+    cooldown_ms: u64,
+    frames: Option<u64>,
+    json: bool,
+    board: Option<Board>,
+    wiring: Wiring,
+}
+
+fn parse_board(name: &str, origin: &str) -> Result<Board> {
+    Board::from_name(name).ok_or_else(|| {
+        anyhow!(UsageError(format!(
+            "{origin}: unknown board `{name}`; supported: {}",
+            Board::ALL.map(Board::name).join(", ")
+        )))
+    })
+}
+
+impl RunArgs {
+    fn resolve(self) -> Result<RunOptions> {
+        let file = match &self.config {
+            Some(p) => RunConfig::load(p).map_err(|e| anyhow!(UsageError(e.to_string())))?,
+            None => RunConfig::default(),
+        };
+        let cfg_name = self
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let board = match (&self.board, &file.board) {
+            (Some(b), _) => Some(parse_board(b, "--board")?),
+            (None, Some(b)) => Some(parse_board(b, &format!("{cfg_name}: key `board`"))?),
+            (None, None) => None,
+        };
+        // Actuators: the file's, then the command line's; a label given on the command line
+        // replaces the file's actuator for that label.
+        let mut actuators = Vec::new();
+        for (label, spec) in &file.on {
+            actuators.push(
+                ActuatorSpec::parse(label, spec)
+                    .map_err(|e| anyhow!(UsageError(format!("{cfg_name} [on]: {e}"))))?,
+            );
+        }
+        for a in &self.on {
+            actuators.retain(|x: &ActuatorSpec| x.label != a.label);
+            actuators.push(a.clone());
+        }
+        let status_led =
+            match (&self.status_led, &file.status_led) {
+                (Some(l), _) => Some(l.clone()),
+                (None, Some(s)) => Some(s.parse::<LedSpec>().map_err(|e| {
+                    anyhow!(UsageError(format!("{cfg_name}: key `status_led`: {e}")))
+                })?),
+                (None, None) => None,
+            };
+        let mut label_thresholds: Vec<(String, f32, String)> = file
+            .label_thresholds
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0, format!("{cfg_name} [label_thresholds]")))
+            .collect();
+        for spec in &self.label_thresholds {
+            let (name, v) = spec.rsplit_once('=').ok_or_else(|| {
+                anyhow!(UsageError(format!(
+                    "--label-threshold `{spec}`: expected LABEL=X"
+                )))
+            })?;
+            let v = parse_unit(v)
+                .map_err(|e| anyhow!(UsageError(format!("--label-threshold `{spec}`: {e}"))))?;
+            label_thresholds.push((name.to_string(), v, format!("--label-threshold `{spec}`")));
+        }
+        Ok(RunOptions {
+            model: ModelArg {
+                model: self.model.model.or(file.model),
+            },
+            source: self.source.or(file.source),
+            trigger: self
+                .trigger
+                .or(file.trigger)
+                .unwrap_or(TriggerSpec::Continuous),
+            top_k: self.top_k.or(file.top_k.map(|v| v.0 as u16)).unwrap_or(3),
+            threshold: self
+                .threshold
+                .or(file.threshold.map(|v| v.0))
+                .unwrap_or(0.5),
+            label_thresholds,
+            fire_wins: self
+                .fire_wins
+                .or(file.fire_wins.map(|v| v.0 as u32))
+                .unwrap_or(1),
+            window: self.window.or(file.window.map(|v| v.0 as u32)).unwrap_or(1),
+            release: self
+                .release
+                .or(file.release.map(|v| v.0 as u32))
+                .unwrap_or(1),
+            cooldown_ms: self
+                .cooldown_ms
+                .or(file.cooldown_ms.map(|v| v.0))
+                .unwrap_or(0),
+            frames: self.frames.or(file.frames.map(|v| v.0)),
+            json: self.json || file.json.unwrap_or(false),
+            board,
+            wiring: Wiring {
+                trigger: None,
+                actuators,
+                status_led,
+            },
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -216,10 +381,93 @@ pub fn main() -> i32 {
 
 fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Run(a) => run(a),
+        Command::Run(a) => run(*a),
         Command::Bench(a) => bench(a),
         Command::Info(a) => info(a),
         Command::Labels(a) => labels(a),
+        Command::Board(a) => board(a),
+    }
+}
+
+fn board(a: BoardArgs) -> Result<()> {
+    let root = Path::new("/");
+    match a.action {
+        BoardAction::Detect => {
+            let (b, model) = detect_board(root).map_err(|e| anyhow!(UsageError(e.to_string())))?;
+            println!("{}\t{}\t{model}", b.name(), b.title());
+            Ok(())
+        }
+        BoardAction::Pins { board, json } => {
+            let b = match board {
+                Some(n) => parse_board(&n, "--board")?,
+                None => {
+                    detect_board(root)
+                        .map_err(|e| anyhow!(UsageError(e.to_string())))?
+                        .0
+                }
+            };
+            // Pinmux state is only readable by root with debugfs; report it when it is.
+            let muxed = edgefuse_board::linux::non_gpio_pins(root, b);
+            let mux_of = |pin: u8| -> Option<&str> {
+                muxed
+                    .as_ref()
+                    .and_then(|m| m.iter().find(|(p, _)| *p == pin).map(|(_, f)| f.as_str()))
+            };
+            let dir = |d: Direction| match d {
+                Direction::Both => "both",
+                Direction::InputOnly => "input-only",
+                Direction::OutputOnly => "output-only",
+            };
+            if json {
+                let mut out = String::from("[");
+                for (i, p) in b.pins().iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&format!(
+                        "{{\"pin\":{},\"chip\":\"{}\",\"line\":{},\"soc_name\":\"{}\",\"pwm\":{},\"direction\":\"{}\"",
+                        p.board, p.chip, p.line, p.soc_name, p.pwm, dir(p.direction)
+                    ));
+                    if let Some(f) = mux_of(p.board) {
+                        out.push_str(&format!(",\"pinmux\":\"{f}\""));
+                    }
+                    out.push('}');
+                }
+                out.push(']');
+                println!("{out}");
+            } else {
+                println!(
+                    "{} ({}), 40-pin header, BOARD numbering",
+                    b.title(),
+                    b.name()
+                );
+                println!(
+                    "{:>4}  {:<18} {:>5}  {:<10} {:<4} direction",
+                    "pin", "chip", "line", "soc", "pwm"
+                );
+                for p in b.pins() {
+                    let note = match mux_of(p.board) {
+                        Some(f) => {
+                            format!("  pinmux: {f} (not GPIO; set the pinmux with jetson-io)")
+                        }
+                        None => String::new(),
+                    };
+                    println!(
+                        "{:>4}  {:<18} {:>5}  {:<10} {:<4} {}{note}",
+                        p.board,
+                        p.chip,
+                        p.line,
+                        p.soc_name,
+                        if p.pwm { "yes" } else { "" },
+                        dir(p.direction)
+                    );
+                }
+                if muxed.is_none() && b.is_orin() {
+                    println!("(pinmux state not readable: run as root with debugfs mounted to see pins muxed away from GPIO)");
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -279,26 +527,20 @@ fn install_ctrlc(stop: &Arc<AtomicBool>) {
     }
 }
 
-fn decision_config(a: &RunArgs, labels: &[String]) -> Result<DecisionConfig> {
-    let mut label_thresholds = Vec::new();
-    for spec in &a.label_thresholds {
-        let (name, v) = spec.rsplit_once('=').ok_or_else(|| {
-            anyhow!(UsageError(format!(
-                "--label-threshold `{spec}`: expected LABEL=X"
-            )))
-        })?;
+fn decision_config(a: &RunOptions, labels: &[String]) -> Result<DecisionConfig> {
+    let mut label_thresholds: Vec<(u16, f32)> = Vec::new();
+    for (name, v, origin) in &a.label_thresholds {
         let idx = labels.iter().position(|l| l == name).ok_or_else(|| {
             anyhow!(UsageError(format!(
-                "--label-threshold `{spec}`: no label `{name}`; labels are {labels:?}"
+                "{origin}: no label `{name}`; labels are {labels:?}"
             )))
-        })?;
-        let v = parse_unit(v)
-            .map_err(|e| anyhow!(UsageError(format!("--label-threshold `{spec}`: {e}"))))?;
-        label_thresholds.push((idx as u16, v));
+        })? as u16;
+        label_thresholds.retain(|(i, _)| *i != idx);
+        label_thresholds.push((idx, *v));
     }
     if a.fire_wins > a.window {
         return Err(anyhow!(UsageError(format!(
-            "--fire-wins {} is larger than --window {}: a label can win at most --window frames of the window",
+            "--fire-wins (fire_wins) {} is larger than --window (window) {}: a label can win at most `window` frames of the window",
             a.fire_wins, a.window
         ))));
     }
@@ -312,7 +554,11 @@ fn decision_config(a: &RunArgs, labels: &[String]) -> Result<DecisionConfig> {
     })
 }
 
-fn run(a: RunArgs) -> Result<()> {
+fn run(args: RunArgs) -> Result<()> {
+    let mut a = args.resolve()?;
+    if let TriggerSpec::Gpio(g) = &a.trigger {
+        a.wiring.trigger = Some(g.clone());
+    }
     let bundle = open_bundle(&a.model)?;
     let uri = match &a.source {
         Some(s) => s.clone(),
@@ -327,7 +573,13 @@ fn run(a: RunArgs) -> Result<()> {
         ..Default::default()
     };
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
-    let mut trigger = Trigger::new(&a.trigger, None).map_err(|e| anyhow!(UsageError(e)))?;
+    let hw = if a.wiring.is_empty() {
+        None
+    } else {
+        Some(Hardware::open(&a, &labels)?)
+    };
+    let external = hw.as_ref().and_then(Hardware::external_trigger);
+    let mut trigger = Trigger::new(&a.trigger, external).map_err(|e| anyhow!(UsageError(e)))?;
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrlc(&stop);
     let stdout = std::io::stdout();
@@ -338,17 +590,174 @@ fn run(a: RunArgs) -> Result<()> {
         warmup: 0,
     };
     let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
+        let latency = hw.as_ref().and_then(|h| h.on_result(r));
         if json {
-            write_json(&mut out, r, &labels, &uri)?;
+            write_json(&mut out, r, &labels, &uri, latency)?;
         } else {
-            write_text(&mut out, r, &labels)?;
+            write_text(&mut out, r, &labels, latency)?;
         }
         // Flush per frame so events reach consumers (pipes, the journal) without delay.
         out.flush()
     });
     drop(out);
+    drop(trigger);
     print_summary(&summary, json);
+    if let Some(hw) = hw {
+        hw.finish(result.is_err(), json);
+    }
     result.with_context(|| format!("run on {uri} stopped"))
+}
+
+/// GPIO on the board: the trigger's edge thread, actuators and status LED on character-device
+/// lines, and a thread that ends pulses and blinks the LED.
+struct Hardware {
+    io: Arc<std::sync::Mutex<Io<LineOutput>>>,
+    clock: Arc<EdgeClock>,
+    watcher: Option<EdgeWatcher>,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hardware {
+    fn open(a: &RunOptions, labels: &[String]) -> Result<Self> {
+        let board = match a.board {
+            Some(b) => Some(b),
+            None if a.wiring.needs_board() => {
+                let (b, model) =
+                    detect_board(Path::new("/")).map_err(|e| anyhow!(UsageError(e.to_string())))?;
+                log::info!("board: {} ({model})", b.title());
+                Some(b)
+            }
+            None => None,
+        };
+        let w = a
+            .wiring
+            .resolve(board, labels)
+            .map_err(|e| anyhow!(UsageError(e)))?;
+        // Pre-flight: every line can be opened and is free, before any is driven.
+        let mut paths = std::collections::HashMap::new();
+        let pins = w
+            .trigger
+            .iter()
+            .map(|(p, _)| p)
+            .chain(w.actuators.iter().map(|(_, p, _)| p))
+            .chain(w.status_led.iter().map(|(p, _)| p));
+        for p in pins {
+            let path = find_chip(&p.chip).with_context(|| format!("cannot use {}", p.name))?;
+            LineInput::request(&path, p.line, "edgefuse-check")
+                .with_context(|| format!("cannot use {}", p.name))?;
+            paths.insert((p.chip.clone(), p.line), path);
+        }
+        let path_of =
+            |p: &edgefuse_runtime::gpio::ResolvedPin| paths[&(p.chip.clone(), p.line)].clone();
+        let mut outputs = Vec::new();
+        for (label, p, spec) in &w.actuators {
+            let pin =
+                LineOutput::request(&path_of(p), p.line, "edgefuse-actuator", spec.active_low)
+                    .with_context(|| format!("cannot drive {}", p.name))?;
+            log::info!("actuator for `{}` on {}", spec.label, p.name);
+            outputs.push((*label, pin, spec.mode, spec.active_low));
+        }
+        let led = match &w.status_led {
+            Some((p, spec)) => {
+                let pin =
+                    LineOutput::request(&path_of(p), p.line, "edgefuse-status", spec.active_low)
+                        .with_context(|| format!("cannot drive {}", p.name))?;
+                log::info!("status LED on {}", p.name);
+                Some((pin, spec.active_low))
+            }
+            None => None,
+        };
+        let clock = EdgeClock::new();
+        let io = Io::new(outputs, led, clock.clone()).map_err(|e| anyhow!(e))?;
+        let watcher = match &w.trigger {
+            Some((p, spec)) => {
+                let c = clock.clone();
+                let watcher = EdgeWatcher::start(
+                    &path_of(p),
+                    p.line,
+                    spec.edge,
+                    spec.debounce,
+                    "edgefuse-trigger",
+                    move |t| c.edge(t),
+                )
+                .with_context(|| format!("cannot watch {}", p.name))?;
+                log::info!(
+                    "trigger on {} ({:?} edge, debounce {:?})",
+                    p.name,
+                    spec.edge,
+                    spec.debounce
+                );
+                Some(watcher)
+            }
+            None => None,
+        };
+        let io = Arc::new(std::sync::Mutex::new(io));
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (i, s) = (io.clone(), ticker_stop.clone());
+        let ticker = std::thread::Builder::new()
+            .name("edgefuse-gpio-tick".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    if let Ok(mut io) = i.lock() {
+                        io.tick(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+            .context("cannot start the GPIO timer thread")?;
+        Ok(Self {
+            io,
+            clock,
+            watcher,
+            ticker_stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    fn external_trigger(&self) -> Option<Box<dyn edgefuse_runtime::trigger::ExternalTrigger>> {
+        self.watcher
+            .as_ref()
+            .map(|_| Box::new(EdgeTrigger(self.clock.clone())) as Box<_>)
+    }
+
+    fn on_result(&self, r: &FrameResult<'_>) -> Option<Duration> {
+        self.io.lock().ok().and_then(|mut io| io.on_result(r))
+    }
+
+    /// Stop the threads, show the error code for 3 s after a failed run, drive everything
+    /// inactive, and print the trigger → actuator latency.
+    fn finish(mut self, failed: bool, to_stderr: bool) {
+        drop(self.watcher.take());
+        if failed {
+            if let Ok(mut io) = self.io.lock() {
+                io.error(std::time::Instant::now());
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+        let Ok(io) =
+            Arc::try_unwrap(self.io).map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        else {
+            return;
+        };
+        let line = format!(
+            "  trigger→actuator: {} events, p50 {:.3} ms, p99 {:.3} ms; {} pin errors",
+            io.latency.count(),
+            io.latency.quantile_ms(0.5),
+            io.latency.quantile_ms(0.99),
+            io.errors()
+        );
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        io.release();
+    }
 }
 
 fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
@@ -372,6 +781,7 @@ fn write_json(
     r: &FrameResult<'_>,
     labels: &[String],
     uri: &str,
+    latency: Option<Duration>,
 ) -> std::io::Result<()> {
     write!(w, "{{\"frame\":{},\"source\":", r.frame.seq)?;
     let source = if r.frame.source.is_empty() {
@@ -398,7 +808,15 @@ fn write_json(
         Some(e) => {
             w.write_all(b"{\"label\":")?;
             write_json_str(w, &labels[e.label as usize])?;
-            write!(w, ",\"score\":{:.6}}}", e.score)?;
+            write!(w, ",\"score\":{:.6}", e.score)?;
+            if let Some(l) = latency {
+                write!(
+                    w,
+                    ",\"trigger_to_actuator_ms\":{:.3}",
+                    l.as_secs_f64() * 1000.0
+                )?;
+            }
+            w.write_all(b"}")?;
         }
         None => w.write_all(b"null")?,
     }
@@ -431,7 +849,12 @@ fn write_json(
     w.write_all(b"}}\n")
 }
 
-fn write_text(w: &mut impl Write, r: &FrameResult<'_>, labels: &[String]) -> std::io::Result<()> {
+fn write_text(
+    w: &mut impl Write,
+    r: &FrameResult<'_>,
+    labels: &[String],
+    latency: Option<Duration>,
+) -> std::io::Result<()> {
     write!(w, "frame {:>6}  {}  ", r.frame.seq, r.frame.source)?;
     for (i, (l, p)) in r.top.iter().enumerate() {
         if i > 0 {
@@ -444,6 +867,9 @@ fn write_text(w: &mut impl Write, r: &FrameResult<'_>, labels: &[String]) -> std
             EventKind::Fire => write!(w, "  FIRE {} ({:.3})", labels[e.label as usize], e.score)?,
             EventKind::Release => write!(w, "  release {}", labels[e.label as usize])?,
         }
+    }
+    if let Some(l) = latency {
+        write!(w, "  (edge→actuator {:.1} ms)", l.as_secs_f64() * 1000.0)?;
     }
     writeln!(w, "  [{:.1} ms]", r.times.ms(6))
 }
@@ -595,10 +1021,43 @@ fn info(a: InfoArgs) -> Result<()> {
     if !m.license.is_empty() {
         println!("license     {}", m.license);
     }
+    board_health(Path::new("/"));
     if let Some(cam) = a.camera {
         camera_info(&cam)?;
     }
     Ok(())
+}
+
+/// The board, its temperatures and power mode; a warning when it throttles.
+fn board_health(root: &Path) {
+    match detect_board(root) {
+        Ok((b, model)) => println!("board       {} ({}) {model}", b.title(), b.name()),
+        Err(_) => println!(
+            "board       not a supported Jetson (GPIO pins need --board or line:CHIP:OFFSET)"
+        ),
+    }
+    let h = edgefuse_board::linux::Health::read(root);
+    if !h.zones.is_empty() {
+        let temps: Vec<String> = h
+            .zones
+            .iter()
+            .map(|z| format!("{} {:.1} °C", z.name, z.celsius))
+            .collect();
+        println!("thermal     {}", temps.join(", "));
+    }
+    if let Some(m) = &h.power_mode {
+        println!("power mode  {m} (nvpmodel)");
+    }
+    for z in h.throttling() {
+        let msg = format!(
+            "{} is at {:.1} °C, at or above its {:.1} °C trip point: the SoC is throttling and inference slows down; improve cooling or pick a lower nvpmodel mode",
+            z.name,
+            z.celsius,
+            z.throttle_at.unwrap_or(0.0)
+        );
+        log::warn!("{msg}");
+        println!("WARNING     {msg}");
+    }
 }
 
 #[cfg(feature = "v4l")]

@@ -9,10 +9,13 @@
 
 pub mod alloc;
 pub mod capture;
+pub mod config;
+pub mod cpu;
 pub mod decision;
 pub mod engine;
 pub mod frame;
 pub mod fusion;
+pub mod gpio;
 pub mod pipeline;
 pub mod preprocess;
 pub mod ring;

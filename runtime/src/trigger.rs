@@ -3,7 +3,8 @@
 //! `continuous` classifies every frame; `interval:<ms>` at most one frame per interval;
 //! `motion[:threshold=T,area=A]` when the downscaled luma differs from the previous frame's by more
 //! than `T` (0..255) over at least a fraction `A` of the cells; `external` when an
-//! [`ExternalTrigger`] (GPIO, see `edgefuse-board`) has fired since the last frame.
+//! [`ExternalTrigger`] has fired since the last frame; `gpio:pin=N,…` is an external trigger on
+//! a GPIO input (see [`crate::gpio`]).
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,9 @@ pub enum TriggerSpec {
     },
     /// An external trigger supplied by the caller.
     External,
+    /// A GPIO input (`gpio:pin=7,edge=rising,debounce=20ms`); the caller opens the pin and
+    /// supplies it as the external trigger.
+    Gpio(crate::gpio::GpioTriggerSpec),
 }
 
 impl std::str::FromStr for TriggerSpec {
@@ -65,8 +69,9 @@ impl std::str::FromStr for TriggerSpec {
                 }
                 Ok(Self::Motion { threshold, area })
             }
-            "external" | "gpio" => Ok(Self::External),
-            _ => Err(format!("unknown trigger `{s}`: use continuous, interval:<ms>, motion[:threshold=T,area=A] or external")),
+            "external" if args.is_empty() => Ok(Self::External),
+            "gpio" => Ok(Self::Gpio(args.parse()?)),
+            _ => Err(format!("unknown trigger `{s}`: use continuous, interval:<ms>, motion[:threshold=T,area=A] or gpio:pin=N[,edge=rising|falling|both][,debounce=20ms]")),
         }
     }
 }
@@ -114,7 +119,7 @@ impl Trigger {
             TriggerSpec::Motion { threshold, area } => {
                 Trigger::Motion(Box::new(MotionDetector::new(*threshold, *area)))
             }
-            TriggerSpec::External => Trigger::External(external.ok_or(
+            TriggerSpec::External | TriggerSpec::Gpio(_) => Trigger::External(external.ok_or(
                 "the external trigger needs an input: give --trigger gpio:pin=N on a board",
             )?),
         })

@@ -8,6 +8,33 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The `edgefuse` binary under test. Cross-compiled test runs execute under qemu-user, where
+/// the host kernel cannot exec a foreign binary (no binfmt): the same emulator then runs it,
+/// from `$EDGEFUSE_TEST_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`) or the default.
+fn edgefuse_command() -> Command {
+    static RUNNER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let exe = env!("CARGO_BIN_EXE_edgefuse");
+    let runner = RUNNER.get_or_init(|| {
+        std::env::var("EDGEFUSE_TEST_RUNNER").ok().or_else(|| {
+            // Probe whether the binary runs directly (ENOEXEC = 8 means a foreign binary).
+            match Command::new(exe).arg("--version").output() {
+                Err(e) if e.raw_os_error() == Some(8) => {
+                    Some("qemu-aarch64 -L /usr/aarch64-linux-gnu".to_string())
+                }
+                _ => None,
+            }
+        })
+    });
+    match runner.as_deref().map(str::split_whitespace) {
+        Some(mut words) => {
+            let mut c = Command::new(words.next().expect("EDGEFUSE_TEST_RUNNER is empty"));
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
 /// Run edgefuse; on a failed expectation the harness prints the command, stdout and stderr.
 struct Run {
     cmd: String,
@@ -16,7 +43,7 @@ struct Run {
 
 impl Run {
     fn new(args: &[&str]) -> Self {
-        let out = Command::new(env!("CARGO_BIN_EXE_edgefuse"))
+        let out = edgefuse_command()
             .args(args)
             .env_remove("EDGEFUSE_MODEL")
             .env_remove("RUST_LOG")
@@ -397,4 +424,84 @@ fn bad_flags_are_usage_errors() {
         .code(2)
         .stderr_has(&["no label `eleven`"]);
     Run::new(&["frobnicate"]).code(2);
+}
+
+#[test]
+fn config_file_sets_options_and_the_command_line_overrides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("edgefuse.toml");
+    let samples = repo().join("models/samples/mnist");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source = \"file://{}\"\nframes = 4\njson = true\ntop_k = 2\n\n[label_thresholds]\n\"7\" = 0.9\n",
+            samples.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let r = Run::new(&["run", "--config", cfg]);
+    r.code(0);
+    let lines: Vec<serde_json::Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "frames = 4 from the file\n{}", r.context());
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["top"].as_array().unwrap().len() == 2),
+        "top_k = 2 from the file\n{}",
+        r.context()
+    );
+    // The command line wins over the file.
+    let r = Run::new(&["run", "--config", cfg, "--frames", "2", "--top-k", "1"]);
+    r.code(0);
+    let lines: Vec<serde_json::Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", r.context());
+    assert!(lines
+        .iter()
+        .all(|v| v["top"].as_array().unwrap().len() == 1));
+}
+
+#[test]
+fn bad_config_files_are_usage_errors_naming_file_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("edgefuse.toml");
+    let c = cfg.to_str().unwrap();
+
+    std::fs::write(&cfg, "frames = 3\ntop-k = 2\n").unwrap();
+    Run::new(&["run", "--config", c]).code(2).stderr_has(&[
+        &format!("{c}:2:"),
+        "key `top-k`",
+        "unknown field",
+        "top_k",
+    ]);
+
+    std::fs::write(&cfg, "window = 0\n").unwrap();
+    Run::new(&["run", "--config", c]).code(2).stderr_has(&[
+        &format!("{c}:1:"),
+        "key `window`",
+        "1..=32",
+    ]);
+
+    std::fs::write(&cfg, "[label_thresholds]\neleven = 0.5\n").unwrap();
+    Run::new(&["run", "--config", c])
+        .code(2)
+        .stderr_has(&["[label_thresholds]", "no label `eleven`"]);
+
+    std::fs::write(&cfg, "fire_wins = 3\n").unwrap();
+    Run::new(&["run", "--config", c, "--window", "2"])
+        .code(2)
+        .stderr_has(&["fire_wins", "larger than"]);
+
+    let missing = tmp.path().join("nope.toml");
+    Run::new(&["run", "--config", missing.to_str().unwrap()])
+        .code(2)
+        .stderr_has(&["nope.toml", "cannot read config file"]);
 }
