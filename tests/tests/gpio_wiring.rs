@@ -16,7 +16,7 @@ use embedded_hal_mock::eh1::digital::{Mock, State, Transaction as T};
 
 #[test]
 fn trigger_edges_on_a_frame_sequence_fire_the_mapped_actuators() {
-    let bundle = Bundle::open(&default_bundle()).unwrap();
+    let bundle = Bundle::open(default_bundle()).unwrap();
     let cfg = PipelineConfig {
         top_k: 3,
         decision: DecisionConfig {
