@@ -102,7 +102,7 @@ struct RunArgs {
     /// Frame source: v4l2:///dev/videoN, file://PATH (image or folder), synthetic:// [default: the bundled sample frames].
     #[arg(long, value_name = "URI")]
     source: Option<String>,
-    /// continuous, interval:<ms>, motion[:threshold=T,area=A] [default: continuous].
+    /// continuous, interval:<ms>, motion[:threshold=T,area=A], gpio:pin=N[,edge=rising|falling|both][,debounce=20ms] [default: continuous].
     #[arg(long, value_parser = parse_trigger)]
     trigger: Option<TriggerSpec>,
     /// Labels reported per frame [default: 3].

@@ -16,13 +16,25 @@ fn edgefuse_command() -> Command {
     let exe = env!("CARGO_BIN_EXE_edgefuse");
     let runner = RUNNER.get_or_init(|| {
         std::env::var("EDGEFUSE_TEST_RUNNER").ok().or_else(|| {
-            // Probe whether the binary runs directly (ENOEXEC = 8 means a foreign binary).
-            match Command::new(exe).arg("--version").output() {
-                Err(e) if e.raw_os_error() == Some(8) => {
-                    Some("qemu-aarch64 -L /usr/aarch64-linux-gnu".to_string())
-                }
-                _ => None,
+            // Probe whether the binary runs directly. A foreign binary fails with ENOEXEC, or,
+            // spawned from inside qemu-user (which turns vfork into fork), exits 127 silently.
+            let runs = |cmd: &mut Command| {
+                cmd.arg("--version")
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("edgefuse"))
+            };
+            if runs(&mut Command::new(exe)) {
+                return None;
             }
+            let qemu = "qemu-aarch64 -L /usr/aarch64-linux-gnu";
+            let mut words = qemu.split_whitespace();
+            let mut c = Command::new(words.next().unwrap());
+            c.args(words).arg(exe);
+            assert!(
+                runs(&mut c),
+                "{exe} runs neither directly nor under `{qemu}`; set EDGEFUSE_TEST_RUNNER"
+            );
+            Some(qemu.to_string())
         })
     });
     match runner.as_deref().map(str::split_whitespace) {
