@@ -2,8 +2,10 @@
 //!
 //! Install [`CountingAllocator`] as the `#[global_allocator]` of a binary or test; every heap
 //! allocation (and reallocation) is then counted in the scope the allocating thread is in:
-//! [`Scope::Pipeline`] by default, [`Scope::Engine`] inside the inference engine's calls.
-//! Without the allocator installed the counters simply stay at zero.
+//! [`Scope::Pipeline`] on the pipeline's own threads (its run loop and its capture thread),
+//! [`Scope::Engine`] inside the inference engine's calls, and [`Scope::Other`] on every other
+//! thread (a test harness printing progress, signal handlers, GPIO timers), which is not part of
+//! the per-frame figures. Without the allocator installed the counters simply stay at zero.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -17,12 +19,14 @@ pub enum Scope {
     Pipeline = 0,
     /// Inside the inference engine (tract).
     Engine = 1,
+    /// Threads that are not the pipeline's (the default for every thread).
+    Other = 2,
 }
 
-static COUNTS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static COUNTS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 thread_local! {
-    static CURRENT: Cell<u8> = const { Cell::new(0) };
+    static CURRENT: Cell<u8> = const { Cell::new(Scope::Other as u8) };
 }
 
 /// A `System` allocator wrapper that counts allocations per [`Scope`].
@@ -31,8 +35,8 @@ pub struct CountingAllocator;
 
 fn count() {
     // `try_with` because allocation can happen while thread-locals are being torn down.
-    let s = CURRENT.try_with(|c| c.get()).unwrap_or(0) as usize;
-    COUNTS[s.min(1)].fetch_add(1, Ordering::Relaxed);
+    let s = CURRENT.try_with(|c| c.get()).unwrap_or(Scope::Other as u8) as usize;
+    COUNTS[s.min(2)].fetch_add(1, Ordering::Relaxed);
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
@@ -80,6 +84,8 @@ impl Drop for ScopeGuard {
 
 /// Count this thread's allocations in `s` until the guard drops.
 pub fn scope(s: Scope) -> ScopeGuard {
-    let prev = CURRENT.try_with(|c| c.replace(s as u8)).unwrap_or(0);
+    let prev = CURRENT
+        .try_with(|c| c.replace(s as u8))
+        .unwrap_or(Scope::Other as u8);
     ScopeGuard(prev)
 }

@@ -261,11 +261,14 @@ impl Pipeline {
         };
         let mut seen = 0u64;
         let mut started = Instant::now();
+        // This thread and the capture thread are the pipeline's: their allocations count.
+        let _scope = alloc::scope(alloc::Scope::Pipeline);
         let mut alloc0 = alloc::counts();
         let result = std::thread::scope(|s| {
             let ring_ref = &ring;
             let err_ref = &capture_error;
             let capture = s.spawn(move || {
+                let _scope = alloc::scope(alloc::Scope::Pipeline);
                 loop {
                     let Some(mut slot) = ring_ref.begin_write(live) else {
                         break;
