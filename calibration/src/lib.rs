@@ -123,6 +123,31 @@ impl AbsHistogram {
         self.max
     }
 
+    /// Relative RMS error of quantizing the observed values symmetrically to `levels` steps
+    /// per sign with clipping range `amax` (rounding plus clipping), estimated from the
+    /// histogram with values at bin centres: `sqrt(Σ err² / Σ x²)`.
+    pub fn quantization_error(&self, amax: f64, levels: f64) -> f64 {
+        if self.width == 0.0 || amax <= 0.0 {
+            return 0.0;
+        }
+        let step = amax / levels;
+        let (mut err, mut sig) = (0.0, 0.0);
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0.0 {
+                continue;
+            }
+            let x = (i as f64 + 0.5) * self.width;
+            let q = (x / step).round().min(levels) * step;
+            err += c * (x - q) * (x - q);
+            sig += c * x * x;
+        }
+        if sig == 0.0 {
+            0.0
+        } else {
+            (err / sig).sqrt()
+        }
+    }
+
     /// Clipping threshold by `method`.
     pub fn amax(&self, method: Method, tensor: &str) -> Result<f64, CalibrationError> {
         if self.total == 0 {

@@ -8,6 +8,8 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use crate::manifest::{FileRef, Manifest, FORMAT_VERSION};
+use crate::quant::gemm::Kernel;
+use crate::quant::{find_linear_nodes, quantize_model, CalibrationTable};
 use crate::BundleError;
 
 /// Name of the manifest file inside a bundle folder.
@@ -20,6 +22,19 @@ pub struct Bundle {
     manifest: Manifest,
     /// Row-major `[labels, embedding_dim]` label embeddings, each row L2-normalised.
     label_embeddings: Vec<f32>,
+    /// The int8 calibration tables of a quantized bundle (`None`: float, or float forced).
+    quant: Option<QuantTables>,
+}
+
+/// The calibration tables of an int8 bundle, one per model file.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantTables {
+    /// Image encoder layers.
+    pub encoder: CalibrationTable,
+    /// Q-Former layers.
+    #[serde(default)]
+    pub qformer: Option<CalibrationTable>,
 }
 
 /// An optimised tract plan for a fixed input shape, plus the facts of its outputs.
@@ -31,6 +46,22 @@ pub struct LoadedModel {
     pub output_shapes: Vec<Vec<usize>>,
     /// The file the model came from (for error messages).
     pub path: PathBuf,
+    /// Layers running in int8 (empty for a float model).
+    pub quantized: Vec<String>,
+    /// With [`Bundle::load_encoder_taps`] / [`Bundle::load_qformer_taps`]: the linear layers
+    /// whose inputs are extra outputs of the plan, after the regular ones, in this order.
+    pub taps: Vec<crate::quant::LinearNode>,
+}
+
+/// How [`load_onnx`] builds the plan.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Everything in float.
+    Float,
+    /// Linear layers in the table in int8.
+    Int8(&'a CalibrationTable, &'a [String]),
+    /// Float, with every linear layer's input as an extra output (calibration).
+    Taps,
 }
 
 impl Bundle {
@@ -127,10 +158,33 @@ impl Bundle {
             }
             row.iter_mut().for_each(|v| *v /= norm);
         }
+        let quant = match &manifest.quantization {
+            Some(q) => {
+                let raw = verify_file(&dir, &q.table, "quantization.table")?;
+                let tables: QuantTables =
+                    serde_json::from_slice(&raw).map_err(|e| BundleError::Field {
+                        path: dir.join(&q.table.file),
+                        field: "quantization.table".into(),
+                        message: format!(
+                            "not a calibration table ({e}); re-run `edgefuse calibrate` to rebuild the int8 bundle"
+                        ),
+                    })?;
+                if manifest.qformer.is_some() != tables.qformer.is_some() {
+                    return Err(BundleError::Field {
+                        path: dir.join(&q.table.file),
+                        field: "quantization.table".into(),
+                        message: "the table's Q-Former section does not match the manifest's [qformer]; re-run `edgefuse calibrate`".into(),
+                    });
+                }
+                Some(tables)
+            }
+            None => None,
+        };
         Ok(Self {
             dir,
             manifest,
             label_embeddings,
+            quant,
         })
     }
 
@@ -149,6 +203,53 @@ impl Bundle {
         self.manifest.labels.iter().map(|l| l.name.as_str())
     }
 
+    /// Whether the linear layers will load in int8.
+    pub fn is_int8(&self) -> bool {
+        self.quant.is_some()
+    }
+
+    /// Load everything in float even if the bundle is int8 (for comparisons).
+    pub fn force_float(&mut self) {
+        self.quant = None;
+    }
+
+    /// The calibration tables, for an int8 bundle.
+    pub fn quant_tables(&self) -> Option<&QuantTables> {
+        self.quant.as_ref()
+    }
+
+    fn encoder_mode(&self) -> Mode<'_> {
+        match (&self.quant, &self.manifest.quantization) {
+            (Some(t), Some(q)) => Mode::Int8(&t.encoder, &q.skip),
+            _ => Mode::Float,
+        }
+    }
+
+    fn qformer_mode(&self) -> Mode<'_> {
+        match (&self.quant, &self.manifest.quantization) {
+            (
+                Some(QuantTables {
+                    qformer: Some(t), ..
+                }),
+                Some(q),
+            ) => Mode::Int8(t, &q.skip),
+            _ => Mode::Float,
+        }
+    }
+
+    /// The image encoder in float with every linear layer's input as an extra output.
+    pub fn load_encoder_taps(&self) -> Result<LoadedModel, BundleError> {
+        self.load_encoder_mode(Mode::Taps)
+    }
+
+    /// The Q-Former in float with every linear layer's input as an extra output.
+    pub fn load_qformer_taps(
+        &self,
+        token_shape: &[usize],
+    ) -> Result<Option<LoadedModel>, BundleError> {
+        self.load_qformer_mode(token_shape, Mode::Taps)
+    }
+
     /// L2-normalised label embeddings, row-major `[labels, embedding_dim]`.
     pub fn label_embeddings(&self) -> &[f32] {
         &self.label_embeddings
@@ -158,6 +259,10 @@ impl Bundle {
     /// the pooled embedding `[1, embedding_dim]` and, when requested, the token sequence
     /// `[1, tokens, width]` (returned second).
     pub fn load_encoder(&self) -> Result<LoadedModel, BundleError> {
+        self.load_encoder_mode(self.encoder_mode())
+    }
+
+    fn load_encoder_mode(&self, mode: Mode<'_>) -> Result<LoadedModel, BundleError> {
         let e = &self.manifest.encoder;
         let [w, h] = self.manifest.preprocess.image_size;
         let mut outputs = vec![e.embedding_output.clone()];
@@ -174,6 +279,7 @@ impl Bundle {
             &e.input,
             InputSpec::F32(&input_shape),
             &outputs,
+            mode,
         )?;
         let emb = &model.output_shapes[0];
         if emb.len() != 2 || emb[0] != 1 || emb[1] != e.embedding_dim {
@@ -201,6 +307,14 @@ impl Bundle {
     /// Load the Q-Former for the encoder's token shape `[1, tokens, width]` and check its output
     /// `[1, queries, embedding_dim]`. `None` when the bundle has no Q-Former.
     pub fn load_qformer(&self, token_shape: &[usize]) -> Result<Option<LoadedModel>, BundleError> {
+        self.load_qformer_mode(token_shape, self.qformer_mode())
+    }
+
+    fn load_qformer_mode(
+        &self,
+        token_shape: &[usize],
+        mode: Mode<'_>,
+    ) -> Result<Option<LoadedModel>, BundleError> {
         let Some(q) = &self.manifest.qformer else {
             return Ok(None);
         };
@@ -211,6 +325,7 @@ impl Bundle {
             &q.input,
             InputSpec::F32(token_shape),
             std::slice::from_ref(&q.output),
+            mode,
         )?;
         let out = &model.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
@@ -246,6 +361,7 @@ impl Bundle {
             &t.input,
             InputSpec::I64(&[1, t.context_length]),
             std::slice::from_ref(&t.output),
+            Mode::Float,
         )?;
         let out = &model.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
@@ -465,6 +581,7 @@ fn load_onnx(
     input: &str,
     spec: InputSpec,
     outputs: &[String],
+    mode: Mode<'_>,
 ) -> Result<LoadedModel, BundleError> {
     let path = dir.join(file);
     let field = format!("{section}.file");
@@ -536,11 +653,51 @@ fn load_onnx(
             field: format!("{section} outputs"),
             message: format!("cannot select outputs {outputs:?}: {e:#}"),
         })?;
-    let typed = model.into_optimized().map_err(|e| BundleError::Shape {
+    let shape_err = |e: TractError| BundleError::Shape {
         path: path.clone(),
         field: format!("{section}.input"),
         message: format!("the model does not accept input {shape:?}: {e:#}"),
-    })?;
+    };
+    let mut quantized = Vec::new();
+    let mut taps = Vec::new();
+    let typed = match mode {
+        Mode::Float => model.into_optimized().map_err(shape_err)?,
+        Mode::Int8(table, skip) => {
+            let mut t = model
+                .into_typed()
+                .and_then(|t| t.into_decluttered())
+                .map_err(shape_err)?;
+            quantized = quantize_model(&mut t, table, skip, Kernel::best())
+                .map_err(|e| corrupt(format!("cannot quantize: {e:#}")))?;
+            let expected = table.layers.keys().filter(|k| !skip.contains(k)).count();
+            if quantized.len() != expected {
+                return Err(BundleError::Field {
+                    path: path.clone(),
+                    field: "quantization.table".into(),
+                    message: format!(
+                        "the table names {expected} {section} layers but {} were found in the graph; \
+                         the model file changed since calibration: re-run `edgefuse calibrate`",
+                        quantized.len()
+                    ),
+                });
+            }
+            log::info!("{section}: {} linear layers in int8", quantized.len());
+            t.into_optimized().map_err(shape_err)?
+        }
+        Mode::Taps => {
+            let mut t = model
+                .into_typed()
+                .and_then(|t| t.into_decluttered())
+                .map_err(shape_err)?;
+            taps = find_linear_nodes(&t).map_err(|e| corrupt(format!("{e:#}")))?;
+            let mut outs = t.output_outlets().map_err(shape_err)?.to_vec();
+            for l in &taps {
+                outs.push(t.node(l.id).inputs[0]);
+            }
+            t.select_output_outlets(&outs).map_err(shape_err)?;
+            t.into_optimized().map_err(shape_err)?
+        }
+    };
     let mut output_shapes = Vec::with_capacity(outputs.len());
     for (i, name) in outputs.iter().enumerate() {
         let fact = typed
@@ -568,5 +725,7 @@ fn load_onnx(
         plan,
         output_shapes,
         path,
+        quantized,
+        taps,
     })
 }

@@ -11,9 +11,10 @@
 
 pub mod bundle;
 pub mod manifest;
+pub mod quant;
 pub mod text;
 
-pub use bundle::{sha256_hex, Bundle, LoadedModel, MANIFEST_FILE};
+pub use bundle::{sha256_hex, Bundle, LoadedModel, QuantTables, MANIFEST_FILE};
 pub use manifest::Manifest;
 
 use std::path::PathBuf;

@@ -43,6 +43,24 @@ pub struct Manifest {
     pub accuracy: std::collections::BTreeMap<String, f64>,
     /// The labels, in the row order of the text-embedding matrix.
     pub labels: Vec<Label>,
+    /// int8 execution of the linear layers (written by `edgefuse calibrate`); absent = float.
+    #[serde(default)]
+    pub quantization: Option<Quantization>,
+}
+
+/// The `[quantization]` section of an int8 bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Calibration method the activation ranges came from (`entropy`, `percentile:99.99`, …).
+    pub method: String,
+    /// Calibration frames.
+    pub frames: u64,
+    /// The calibration table: JSON `{"encoder": {...}, "qformer": {...}}` of per-layer ranges.
+    pub table: FileRef,
+    /// Layers kept in float (`--skip`).
+    #[serde(default)]
+    pub skip: Vec<String>,
 }
 
 /// Preprocessing specification.

@@ -62,6 +62,32 @@ enum Command {
     Labels(LabelsArgs),
     /// Jetson 40-pin header maps and board detection.
     Board(BoardArgs),
+    /// Calibrate activation ranges on frames and write an int8 bundle.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Calibration frames: any source `run` accepts (a camera, a folder of images, …).
+    #[arg(long, value_name = "URI")]
+    source: String,
+    /// minmax, percentile[:P] (default P 99.99), entropy (TensorRT KL) or mse.
+    #[arg(long, default_value = "entropy")]
+    method: String,
+    /// Frames to use.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    frames: u64,
+    /// Keep this linear layer in float (repeatable; see the per-layer report for candidates).
+    #[arg(long, value_name = "LAYER")]
+    skip: Vec<String>,
+    /// Frames for the fidelity report [default: --source again].
+    #[arg(long, value_name = "URI")]
+    eval: Option<String>,
+    /// The int8 bundle folder to create (must not exist).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -386,7 +412,199 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Info(a) => info(a),
         Command::Labels(a) => labels(a),
         Command::Board(a) => board(a),
+        Command::Calibrate(a) => calibrate(a),
     }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        ab += f64::from(*x) * f64::from(*y);
+        aa += f64::from(*x) * f64::from(*x);
+        bb += f64::from(*y) * f64::from(*y);
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return if aa == bb { 1.0 } else { 0.0 };
+    }
+    ab / (aa.sqrt() * bb.sqrt())
+}
+
+/// Ground truth for a frame read from a folder with a `labels.csv` (`file,label`).
+struct Truth(std::collections::HashMap<PathBuf, std::collections::HashMap<String, String>>);
+
+impl Truth {
+    fn label(&mut self, source: &str) -> Option<String> {
+        let p = Path::new(source);
+        let dir = p.parent()?.to_path_buf();
+        let map = self.0.entry(dir.clone()).or_insert_with(|| {
+            std::fs::read_to_string(dir.join("labels.csv"))
+                .map(|t| {
+                    t.lines()
+                        .skip(1)
+                        .filter_map(|l| l.split_once(','))
+                        .map(|(f, l)| (f.to_string(), l.trim().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        map.get(p.file_name()?.to_str()?).cloned()
+    }
+}
+
+fn calibrate(a: CalibrateArgs) -> Result<()> {
+    use edgefuse_runtime::calibrate::{self as cal, CalibrateError};
+    let bundle = open_bundle(&a.model)?;
+    let usage = |e: CalibrateError| -> anyhow::Error {
+        match e {
+            CalibrateError::AlreadyQuantized(_)
+            | CalibrateError::UnknownSkip(..)
+            | CalibrateError::TooFewFrames { .. }
+            | CalibrateError::Calibration(edgefuse_calibration::CalibrationError::UnknownMethod(
+                _,
+            )) => {
+                anyhow!(UsageError(e.to_string()))
+            }
+            e => anyhow!(e),
+        }
+    };
+    if a.out.exists() {
+        return Err(anyhow!(UsageError(format!(
+            "--out {}: already exists; remove it or choose another folder",
+            a.out.display()
+        ))));
+    }
+    let mut source = capture::open(&a.source)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = std::time::Instant::now();
+    let total = a.frames;
+    let c = cal::collect(&bundle, source.as_mut(), &a.method, a.frames, |n| {
+        if tty {
+            eprint!("\rcalibrating: {n}/{total} frames");
+        } else if n % 50 == 0 {
+            eprintln!("calibrating: {n}/{total} frames");
+        }
+    })
+    .map_err(usage)?;
+    if tty {
+        eprintln!();
+    }
+    c.check_skip(&a.skip).map_err(usage)?;
+    eprintln!(
+        "collected {} frames in {:.1} s; {} linear layers ({} kept in float)",
+        c.frames,
+        started.elapsed().as_secs_f64(),
+        c.layers.len(),
+        a.skip.len()
+    );
+    let staged = cal::stage_bundle(&bundle, &c, &a.skip, &a.out).map_err(usage)?;
+
+    // Fidelity: float and int8 side by side on the evaluation frames.
+    let int8 = Bundle::open(&staged.tmp)?;
+    let cfg = PipelineConfig::default();
+    let mut pf = Pipeline::new(&bundle, cfg.clone()).context("float pipeline")?;
+    let mut pq = Pipeline::new(&int8, cfg).context("int8 pipeline")?;
+    let eval_uri = a.eval.clone().unwrap_or_else(|| a.source.clone());
+    let mut src = capture::open(&eval_uri)?;
+    let mut frame = edgefuse_runtime::frame::Frame::with_capacity(src.max_frame_bytes());
+    let mut truth = Truth(Default::default());
+    let (mut n, mut agree, mut labelled, mut right_f, mut right_q) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut cos_e, mut cos_q, mut min_e) = (0f64, 0f64, 1f64);
+    let labels = pf.labels().to_vec();
+    while n < a.frames && src.next_frame(&mut frame)? {
+        let Some(rf) = pf.process(&frame)? else {
+            continue;
+        };
+        let top_f = rf.top.iter().next().map(|t| t.0);
+        let Some(rq) = pq.process(&frame)? else {
+            continue;
+        };
+        let top_q = rq.top.iter().next().map(|t| t.0);
+        let ce = cosine(pf.embedding(), pq.embedding());
+        cos_e += ce;
+        min_e = min_e.min(ce);
+        cos_q += cosine(pf.queries(), pq.queries());
+        n += 1;
+        agree += u64::from(top_f == top_q);
+        if let Some(t) = truth
+            .label(&frame.source)
+            .filter(|t| labels.iter().any(|l| l == t))
+        {
+            labelled += 1;
+            let name = |x: Option<u16>| x.map(|i| labels[i as usize].as_str());
+            right_f += u64::from(name(top_f) == Some(t.as_str()));
+            right_q += u64::from(name(top_q) == Some(t.as_str()));
+        }
+    }
+    let pct = |x: u64, d: u64| {
+        if d == 0 {
+            0.0
+        } else {
+            100.0 * x as f64 / d as f64
+        }
+    };
+    let mut layers: Vec<(f64, &cal::LayerStats)> = c
+        .layers
+        .iter()
+        .map(|s| (s.hist.quantization_error(f64::from(s.amax), 127.0), s))
+        .collect();
+    let mut report = format!(
+        "{{\"method\":\"{}\",\"calibration_frames\":{},\"eval_source\":{},\"eval_frames\":{n},         \"embedding_cosine_mean\":{:.6},\"embedding_cosine_min\":{:.6},\"qformer_cosine_mean\":{:.6},         \"top1_agreement\":{:.4},\"labelled_frames\":{labelled},\"accuracy_float\":{:.4},\"accuracy_int8\":{:.4},\"layers\":[",
+        c.method_name,
+        c.frames,
+        serde_json::to_string(&eval_uri)?,
+        cos_e / n.max(1) as f64,
+        min_e,
+        if pf.queries().is_empty() { 1.0 } else { cos_q / n.max(1) as f64 },
+        pct(agree, n) / 100.0,
+        pct(right_f, labelled) / 100.0,
+        pct(right_q, labelled) / 100.0,
+    );
+    for (i, (err, s)) in layers.iter().enumerate() {
+        if i > 0 {
+            report.push(',');
+        }
+        report.push_str(&format!(
+            "{{\"model\":\"{}\",\"layer\":{},\"tensor\":{},\"k\":{},\"n\":{},\"amax\":{:e},\"observed_max\":{:e},\"activation_rel_error\":{:.5},\"int8\":{}}}",
+            s.model,
+            serde_json::to_string(&s.layer.name)?,
+            serde_json::to_string(&s.layer.input_tensor)?,
+            s.layer.k,
+            s.layer.n,
+            s.amax,
+            s.hist.max(),
+            err,
+            !a.skip.contains(&s.layer.name)
+        ));
+    }
+    report.push_str("]}\n");
+    staged.add_file("fidelity.json", &report)?;
+    let out = staged.commit()?;
+    println!("int8 bundle: {}", out.display());
+    println!(
+        "fidelity on {n} frames of {eval_uri}: embedding cosine mean {:.6} (min {:.6}), q-former cosine {:.6}, top-1 agreement {:.2}%",
+        cos_e / n.max(1) as f64,
+        min_e,
+        if pf.queries().is_empty() { 1.0 } else { cos_q / n.max(1) as f64 },
+        pct(agree, n)
+    );
+    if labelled > 0 {
+        println!(
+            "accuracy on {labelled} labelled frames: float {:.2}%, int8 {:.2}% ({:+.2} points)",
+            pct(right_f, labelled),
+            pct(right_q, labelled),
+            pct(right_q, labelled) - pct(right_f, labelled)
+        );
+    }
+    layers.sort_by(|x, y| y.0.total_cmp(&x.0));
+    println!("most sensitive layers (relative activation quantization error; keep one in float with --skip LAYER):");
+    for (err, s) in layers.iter().take(5) {
+        println!(
+            "  {:>8.4}  {} {} ({}x{})",
+            err, s.model, s.layer.name, s.layer.k, s.layer.n
+        );
+    }
+    println!("wrote calibration.json, calibration.cache (TensorRT), fidelity.json");
+    Ok(())
 }
 
 fn board(a: BoardArgs) -> Result<()> {
@@ -1016,6 +1234,16 @@ fn info(a: InfoArgs) -> Result<()> {
     );
     for (k, v) in &m.accuracy {
         println!("accuracy    {k}: {:.2}%", v * 100.0);
+    }
+    match &m.quantization {
+        Some(q) => println!(
+            "precision   int8 linear layers ({} calibration, {} frames, {} kept in float; kernel {:?}), the rest float32",
+            q.method,
+            q.frames,
+            q.skip.len(),
+            edgefuse_models::quant::gemm::Kernel::best()
+        ),
+        None => println!("precision   float32"),
     }
     println!("backends    cpu: tract-onnx (available); cuda: not built into this binary");
     if !m.license.is_empty() {

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod alloc;
+pub mod calibrate;
 pub mod capture;
 pub mod config;
 pub mod cpu;

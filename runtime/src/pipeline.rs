@@ -183,6 +183,16 @@ impl Pipeline {
         &self.labels
     }
 
+    /// Image embedding of the last classified frame.
+    pub fn embedding(&self) -> &[f32] {
+        &self.embedding
+    }
+
+    /// Q-Former outputs (`[queries, dim]`) of the last classified frame; empty without one.
+    pub fn queries(&self) -> &[f32] {
+        &self.queries
+    }
+
     /// Fused probabilities of the last classified frame.
     pub fn probabilities(&self) -> &[f32] {
         self.head.probabilities()

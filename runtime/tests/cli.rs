@@ -517,3 +517,110 @@ fn bad_config_files_are_usage_errors_naming_file_line_and_key() {
         .code(2)
         .stderr_has(&["nope.toml", "cannot read config file"]);
 }
+
+#[test]
+fn calibrate_bad_input_is_refused_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("int8");
+    let o = out.to_str().unwrap();
+    let samples = format!("file://{}", repo().join("models/samples/mnist").display());
+
+    // Too few frames: the count and the minimum.
+    let few = tmp.path().join("few");
+    std::fs::create_dir(&few).unwrap();
+    for f in ["mnist_00000.png", "mnist_00001.png", "mnist_00002.png"] {
+        std::fs::copy(repo().join("models/samples/mnist").join(f), few.join(f)).unwrap();
+    }
+    Run::new(&[
+        "calibrate",
+        "--source",
+        &format!("file://{}", few.display()),
+        "--out",
+        o,
+    ])
+    .code(2)
+    .stderr_has(&["only 3 usable calibration frames", "at least 8"]);
+    // Unknown method, unknown layer to skip.
+    Run::new(&[
+        "calibrate",
+        "--source",
+        &samples,
+        "--frames",
+        "8",
+        "--method",
+        "median",
+        "--out",
+        o,
+    ])
+    .code(2)
+    .stderr_has(&["unknown calibration method `median`"]);
+    Run::new(&[
+        "calibrate",
+        "--source",
+        &samples,
+        "--frames",
+        "8",
+        "--skip",
+        "/no/such/MatMul",
+        "--out",
+        o,
+    ])
+    .code(2)
+    .stderr_has(&[
+        "--skip `/no/such/MatMul`: no such linear layer",
+        "/vision/blocks.0/mlp/mlp.0/MatMul",
+    ]);
+    assert!(!out.exists(), "nothing written after a failed calibration");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "only the `few` folder: {leftovers:?}");
+
+    // A real calibration, then: the result runs, and calibrating it again is refused.
+    let r = Run::new(&[
+        "calibrate",
+        "--source",
+        &samples,
+        "--frames",
+        "40",
+        "--method",
+        "percentile:99.99",
+        "--out",
+        o,
+    ]);
+    r.code(0);
+    assert!(r.stdout().contains("top-1 agreement"), "{}", r.context());
+    for f in [
+        "calibration.json",
+        "calibration.cache",
+        "fidelity.json",
+        "bundle.toml",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let fid: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("fidelity.json")).unwrap()).unwrap();
+    assert_eq!(fid["eval_frames"], 40);
+    assert!(fid["layers"].as_array().unwrap().len() >= 20);
+    Run::new(&["info", "--model", o]).code(0);
+    let r = Run::new(&["run", "--model", o, "--frames", "20", "--json"]);
+    r.code(0);
+    assert_eq!(r.stdout().lines().count(), 20);
+    Run::new(&[
+        "calibrate",
+        "--model",
+        o,
+        "--source",
+        &samples,
+        "--out",
+        &format!("{o}2"),
+    ])
+    .code(2)
+    .stderr_has(&["already int8"]);
+    // --out that exists.
+    Run::new(&["calibrate", "--source", &samples, "--out", o])
+        .code(2)
+        .stderr_has(&["already exists"]);
+}

@@ -1,0 +1,400 @@
+//! `edgefuse calibrate`: activation statistics over real frames → an int8 bundle.
+//!
+//! Frames from any source go through the same preprocessing as `run`. The image encoder (and
+//! the Q-Former, fed with the float encoder's tokens) run in float with the input of every
+//! linear layer as an extra output; each feeds a streaming [`AbsHistogram`] (fixed memory,
+//! whatever the frame count). The chosen [`Method`] turns each histogram into a clipping range.
+//! [`write_bundle`] writes a complete int8 bundle into a temporary folder and renames it into
+//! place, with the JSON calibration table and a TensorRT-format calibration cache.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edgefuse_calibration::{trt_cache_header, trt_cache_line, AbsHistogram, Method};
+use edgefuse_models::manifest::{FileRef, Quantization};
+use edgefuse_models::quant::{CalibrationTable, LayerScale, LinearNode};
+use edgefuse_models::{sha256_hex, Bundle, LoadedModel, QuantTables, MANIFEST_FILE};
+use tract_onnx::prelude::*;
+
+use crate::capture::FrameSource;
+use crate::frame::Frame;
+use crate::preprocess::Preprocessor;
+
+/// Fewest frames a calibration accepts.
+pub const MIN_FRAMES: u64 = 8;
+
+/// Why a calibration cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    /// The bundle is already int8.
+    #[error("{0}: the bundle is already int8 (it has a [quantization] section); calibrate its float original")]
+    AlreadyQuantized(PathBuf),
+    /// Too few usable frames.
+    #[error("only {got} usable calibration frames from {uri}; at least {min} are needed (more is better: 100–500 frames that look like deployment)")]
+    TooFewFrames {
+        /// Frames used.
+        got: u64,
+        /// The minimum.
+        min: u64,
+        /// The source.
+        uri: String,
+    },
+    /// A layer produced NaN or infinity.
+    #[error("{model} layer `{layer}` (input tensor `{tensor}`) produced a non-finite activation on frame {frame} ({origin}); the float model is broken for this input")]
+    NonFinite {
+        /// encoder / qformer.
+        model: &'static str,
+        /// Layer (node) name.
+        layer: String,
+        /// The activation tensor.
+        tensor: String,
+        /// Frame sequence number.
+        frame: u64,
+        /// The frame's source (file path or URI).
+        origin: String,
+    },
+    /// `--skip` names a layer that does not exist.
+    #[error("--skip `{0}`: no such linear layer; the layers are:\n  {1}")]
+    UnknownSkip(String, String),
+    /// A frame cannot be preprocessed (wrong size or format).
+    #[error("frame {seq} ({origin}): {message}")]
+    Frame {
+        /// Frame sequence number.
+        seq: u64,
+        /// Its source.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The source failed.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    /// Loading the bundle failed.
+    #[error(transparent)]
+    Bundle(#[from] edgefuse_models::BundleError),
+    /// tract failed.
+    #[error("inference failed: {0}")]
+    Engine(String),
+    /// Writing the output failed.
+    #[error("{}: {message}", path.display())]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A calibrator failed.
+    #[error(transparent)]
+    Calibration(#[from] edgefuse_calibration::CalibrationError),
+}
+
+/// One layer's statistics and chosen range.
+#[derive(Debug, Clone)]
+pub struct LayerStats {
+    /// `encoder` or `qformer`.
+    pub model: &'static str,
+    /// The layer.
+    pub layer: LinearNode,
+    /// Histogram of |input activation|.
+    pub hist: AbsHistogram,
+    /// Chosen clipping range (after [`Calibration::compute`]).
+    pub amax: f32,
+}
+
+/// Statistics of a calibration run.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    /// Per layer, encoder layers first.
+    pub layers: Vec<LayerStats>,
+    /// Frames used.
+    pub frames: u64,
+    /// The method.
+    pub method: Method,
+    /// The method as given (`entropy`, `percentile:99.99`).
+    pub method_name: String,
+}
+
+struct Tapped {
+    model: LoadedModel,
+    regular: usize,
+}
+
+fn run_plan(m: &LoadedModel, input: Tensor) -> Result<TVec<TValue>, CalibrateError> {
+    m.plan
+        .run(tvec!(input.into()))
+        .map_err(|e| CalibrateError::Engine(format!("{}: {e:#}", m.path.display())))
+}
+
+/// Collect statistics over up to `max_frames` frames of `source`; `progress(frames)` is called
+/// after each frame.
+pub fn collect(
+    bundle: &Bundle,
+    source: &mut dyn FrameSource,
+    method_name: &str,
+    max_frames: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<Calibration, CalibrateError> {
+    if bundle.is_int8() {
+        return Err(CalibrateError::AlreadyQuantized(bundle.dir().to_path_buf()));
+    }
+    let method: Method = method_name.parse()?;
+    let m = bundle.manifest();
+    let mut pre = Preprocessor::new(&m.preprocess);
+    let mut input = vec![0f32; pre.output_len()];
+    let [w, h] = m.preprocess.image_size;
+    let enc = Tapped {
+        regular: bundle.load_encoder()?.output_shapes.len(),
+        model: bundle.load_encoder_taps()?,
+    };
+    let qf = match enc.model.output_shapes.get(1) {
+        Some(tokens) if m.qformer.is_some() => bundle.load_qformer_taps(tokens)?.map(|q| Tapped {
+            regular: 1,
+            model: q,
+        }),
+        _ => None,
+    };
+    let mut layers: Vec<LayerStats> = Vec::new();
+    for (name, t) in [("encoder", Some(&enc)), ("qformer", qf.as_ref())] {
+        if let Some(t) = t {
+            layers.extend(t.model.taps.iter().map(|l| LayerStats {
+                model: name,
+                layer: l.clone(),
+                hist: AbsHistogram::default(),
+                amax: 0.0,
+            }));
+        }
+    }
+    let n_enc = enc.model.taps.len();
+    let mut frame = Frame::with_capacity(source.max_frame_bytes());
+    let mut frames = 0u64;
+    while frames < max_frames && source.next_frame(&mut frame)? {
+        pre.run(&frame, &mut input)
+            .map_err(|e| CalibrateError::Frame {
+                seq: frame.seq,
+                origin: frame.source.clone(),
+                message: e.to_string(),
+            })?;
+        let x = Tensor::from_shape(&[1, 3, h as usize, w as usize], &input)
+            .map_err(|e| CalibrateError::Engine(e.to_string()))?;
+        let out = run_plan(&enc.model, x)?;
+        let record = |stats: &mut [LayerStats], outs: &TVec<TValue>, regular: usize| {
+            for (s, t) in stats.iter_mut().zip(&outs[regular..]) {
+                let plain = t
+                    .try_as_plain_ram()
+                    .map_err(|e| CalibrateError::Engine(e.to_string()))?;
+                let v = plain
+                    .as_slice::<f32>()
+                    .map_err(|e| CalibrateError::Engine(e.to_string()))?;
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(CalibrateError::NonFinite {
+                        model: s.model,
+                        layer: s.layer.name.clone(),
+                        tensor: s.layer.input_tensor.clone(),
+                        frame: frame.seq,
+                        origin: frame.source.clone(),
+                    });
+                }
+                s.hist.add(v);
+            }
+            Ok(())
+        };
+        record(&mut layers[..n_enc], &out, enc.regular)?;
+        if let Some(q) = &qf {
+            let tokens = out[1].clone().into_tensor();
+            let qout = run_plan(&q.model, tokens)?;
+            record(&mut layers[n_enc..], &qout, q.regular)?;
+        }
+        frames += 1;
+        progress(frames);
+    }
+    if frames < MIN_FRAMES {
+        return Err(CalibrateError::TooFewFrames {
+            got: frames,
+            min: MIN_FRAMES,
+            uri: source.uri().to_string(),
+        });
+    }
+    let mut c = Calibration {
+        layers,
+        frames,
+        method,
+        method_name: method_name.to_string(),
+    };
+    c.compute()?;
+    Ok(c)
+}
+
+impl Calibration {
+    /// Compute each layer's range with the method.
+    pub fn compute(&mut self) -> Result<(), CalibrateError> {
+        for s in &mut self.layers {
+            s.amax = s.hist.amax(self.method, &s.layer.name)? as f32;
+            if s.amax.is_nan() || s.amax <= 0.0 {
+                // An all-zero input: any positive range quantizes it exactly.
+                s.amax = 1.0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Check `skip` against the layers.
+    pub fn check_skip(&self, skip: &[String]) -> Result<(), CalibrateError> {
+        for s in skip {
+            if !self.layers.iter().any(|l| &l.layer.name == s) {
+                let all: Vec<String> = self
+                    .layers
+                    .iter()
+                    .map(|l| format!("{} ({})", l.layer.name, l.model))
+                    .collect();
+                return Err(CalibrateError::UnknownSkip(s.clone(), all.join("\n  ")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tables for the bundle (layers in `skip` left out: they stay float).
+    pub fn tables(&self, skip: &[String]) -> QuantTables {
+        let table = |model: &str| CalibrationTable {
+            method: self.method_name.clone(),
+            frames: self.frames,
+            layers: self
+                .layers
+                .iter()
+                .filter(|s| s.model == model && !skip.contains(&s.layer.name))
+                .map(|s| {
+                    (
+                        s.layer.name.clone(),
+                        LayerScale {
+                            amax: s.amax,
+                            observed_max: s.hist.max() as f32,
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+        };
+        QuantTables {
+            encoder: table("encoder"),
+            qformer: self
+                .layers
+                .iter()
+                .any(|s| s.model == "qformer")
+                .then(|| table("qformer")),
+        }
+    }
+
+    /// A TensorRT calibration cache: header, then one `tensor: hex(scale)` line per layer input.
+    pub fn trt_cache(&self) -> String {
+        let mut out = trt_cache_header("8600", self.method);
+        out.push('\n');
+        for s in &self.layers {
+            out.push_str(&trt_cache_line(&s.layer.input_tensor, f64::from(s.amax)));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// An int8 bundle written into a temporary folder next to its destination; [`Staged::commit`]
+/// renames it into place, dropping it without committing removes it (nothing half-written).
+#[derive(Debug)]
+pub struct Staged {
+    /// The temporary folder (a loadable bundle).
+    pub tmp: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Add a file (a report) to the bundle.
+    pub fn add_file(&self, name: &str, text: &str) -> Result<(), CalibrateError> {
+        let p = self.tmp.join(name);
+        std::fs::write(&p, text).map_err(|e| CalibrateError::Write {
+            path: p.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Move the bundle into place.
+    pub fn commit(mut self) -> Result<PathBuf, CalibrateError> {
+        std::fs::rename(&self.tmp, &self.out).map_err(|e| CalibrateError::Write {
+            path: self.out.clone(),
+            message: e.to_string(),
+        })?;
+        self.committed = true;
+        Ok(self.out.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Stage the int8 bundle for `bundle` at `out`: every file of the float bundle, plus
+/// `calibration.json` (the table the runtime reads), `calibration.cache` (TensorRT format) and
+/// the manifest's `[quantization]` section. The staged bundle is checked to load.
+pub fn stage_bundle(
+    bundle: &Bundle,
+    cal: &Calibration,
+    skip: &[String],
+    out: &Path,
+) -> Result<Staged, CalibrateError> {
+    let werr = |path: &Path, e: &dyn std::fmt::Display| CalibrateError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if out.exists() {
+        return Err(werr(
+            out,
+            &"already exists; remove it or choose another --out",
+        ));
+    }
+    let name = out
+        .file_name()
+        .ok_or_else(|| werr(out, &"--out must name a folder"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = out.with_file_name(format!(".{name}.tmp-edgefuse"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| werr(&tmp, &e))?;
+    let staged = Staged {
+        tmp: tmp.clone(),
+        out: out.to_path_buf(),
+        committed: false,
+    };
+    for entry in std::fs::read_dir(bundle.dir()).map_err(|e| werr(bundle.dir(), &e))? {
+        let entry = entry.map_err(|e| werr(bundle.dir(), &e))?;
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let to = tmp.join(entry.file_name());
+            std::fs::copy(entry.path(), &to).map_err(|e| werr(&to, &e))?;
+        }
+    }
+    let tables = cal.tables(skip);
+    let json = serde_json::to_string_pretty(&tables).map_err(|e| werr(out, &e))?;
+    staged.add_file("calibration.json", &json)?;
+    staged.add_file("calibration.cache", &cal.trt_cache())?;
+    let mut manifest = bundle.manifest().clone();
+    manifest.quantization = Some(Quantization {
+        method: cal.method_name.clone(),
+        frames: cal.frames,
+        table: FileRef {
+            file: "calibration.json".into(),
+            sha256: sha256_hex(json.as_bytes()),
+        },
+        skip: skip.to_vec(),
+    });
+    if !manifest.description.contains("int8") {
+        manifest.description = format!(
+            "{} (int8 linear layers, {} calibration over {} frames)",
+            manifest.description, cal.method_name, cal.frames
+        );
+    }
+    let text = toml::to_string(&manifest).map_err(|e| werr(out, &e))?;
+    staged.add_file(MANIFEST_FILE, &text)?;
+    // The result must load before it is put in place.
+    Bundle::open(&tmp)?;
+    Ok(staged)
+}
