@@ -1,5 +1,6 @@
-//! int8 GEMM kernels vs an f32 matmul (tract-linalg through a one-node tract model) on the
-//! linear-layer shapes of CLIP ViT-B/32 (50 tokens, width 768) and of the default bundle.
+//! int8 GEMM kernels (activation quantization + integer GEMM) on the linear-layer shapes of
+//! CLIP ViT-B/32 (50 tokens, width 768) and of the default bundle; throughput in MAC/s. The
+//! float comparison is end to end through tract (`edgefuse bench`, docs/BENCHMARKS.md).
 //! `cargo bench -p edgefuse-models --bench int8_gemm`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -43,22 +44,6 @@ fn bench(c: &mut Criterion) {
                 },
             );
         }
-        // f32 reference point: a straightforward blocked loop the compiler vectorises.
-        let mut y = vec![0f32; m * n];
-        g.bench_with_input(BenchmarkId::new("f32-naive", name), &(), |b, _| {
-            b.iter(|| {
-                y.fill(0.0);
-                for i in 0..m {
-                    for kk in 0..k {
-                        let a = x[i * k + kk];
-                        let row = &w[kk * n..(kk + 1) * n];
-                        for (o, wv) in y[i * n..(i + 1) * n].iter_mut().zip(row) {
-                            *o += a * wv;
-                        }
-                    }
-                }
-            })
-        });
     }
     g.finish();
 }

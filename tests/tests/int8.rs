@@ -11,11 +11,18 @@ use edgefuse_tests::{default_bundle, ground_truth, samples};
 
 #[test]
 fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
+    // All 300 samples natively; 100 under emulation (scripts/test-aarch64), where qemu runs the
+    // model ~50× slower.
+    let frames: usize = if std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some() {
+        100
+    } else {
+        300
+    };
     let float = Bundle::open(default_bundle()).unwrap();
     let uri = format!("file://{}", samples("mnist").display());
     let mut src = capture::open(&uri).unwrap();
-    let cal = calibrate::collect(&float, src.as_mut(), "entropy", 300, |_| {}).unwrap();
-    assert_eq!(cal.frames, 300);
+    let cal = calibrate::collect(&float, src.as_mut(), "entropy", frames as u64, |_| {}).unwrap();
+    assert_eq!(cal.frames, frames as u64);
     assert!(
         cal.layers.len() >= 20,
         "linear layers found: {}",
@@ -36,7 +43,7 @@ fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
     let mut frame = Frame::with_capacity(src.max_frame_bytes());
     let (mut n, mut agree, mut right_f, mut right_q) = (0, 0, 0, 0);
     let mut min_cos = 1f64;
-    while src.next_frame(&mut frame).unwrap() {
+    while n < frames && src.next_frame(&mut frame).unwrap() {
         let tf = pf
             .process(&frame)
             .unwrap()
@@ -81,9 +88,9 @@ fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
         pct(right_f),
         pct(right_q)
     );
-    assert_eq!(n, 300);
-    // Margins for 300 frames (one frame = 0.33 points); the 10 000-frame figures are in
-    // docs/BENCHMARKS.md.
+    assert_eq!(n, frames);
+    // Margins allow one frame of difference in 100 (the 10 000-frame figures are in
+    // docs/BENCHMARKS.md).
     assert!(pct(agree) >= 99.0, "agreement {:.2}%", pct(agree));
     assert!(pct(right_f) - pct(right_q) <= 1.0, "accuracy drop");
     assert!(min_cos > 0.99, "embedding cosine {min_cos}");

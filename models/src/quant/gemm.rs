@@ -69,7 +69,9 @@ pub struct PackedWeights {
     pub np: usize,
     /// `[np / 8][kp / 4][8 columns][4 k]` int8.
     data: Vec<i8>,
-    /// `128 · Σ_k qw[k][n]` per column (removes the activation offset).
+    /// `128 · Σ_k qw[k][n]` per column (removes the activation offset in the x86 kernel, which
+    /// multiplies the offset `u8` activations directly).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     offset_correction: Vec<i32>,
     /// Per-column weight scale: `w ≈ scale · qw`.
     pub scales: Vec<f32>,
