@@ -85,6 +85,9 @@ struct CalibrateArgs {
     /// Frames for the fidelity report [default: --source again].
     #[arg(long, value_name = "URI")]
     eval: Option<String>,
+    /// Frames of --eval to use [default: --frames].
+    #[arg(long, value_name = "N")]
+    eval_frames: Option<u64>,
     /// The int8 bundle folder to create (must not exist).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -510,7 +513,8 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
     let (mut n, mut agree, mut labelled, mut right_f, mut right_q) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut cos_e, mut cos_q, mut min_e) = (0f64, 0f64, 1f64);
     let labels = pf.labels().to_vec();
-    while n < a.frames && src.next_frame(&mut frame)? {
+    let eval_frames = a.eval_frames.unwrap_or(a.frames);
+    while n < eval_frames && src.next_frame(&mut frame)? {
         let Some(rf) = pf.process(&frame)? else {
             continue;
         };
@@ -548,7 +552,7 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
         .map(|s| (s.hist.quantization_error(f64::from(s.amax), 127.0), s))
         .collect();
     let mut report = format!(
-        "{{\"method\":\"{}\",\"calibration_frames\":{},\"eval_source\":{},\"eval_frames\":{n},         \"embedding_cosine_mean\":{:.6},\"embedding_cosine_min\":{:.6},\"qformer_cosine_mean\":{:.6},         \"top1_agreement\":{:.4},\"labelled_frames\":{labelled},\"accuracy_float\":{:.4},\"accuracy_int8\":{:.4},\"layers\":[",
+        "{{\"method\":\"{}\",\"calibration_frames\":{},\"eval_source\":{},\"eval_frames\":{n},\"embedding_cosine_mean\":{:.6},\"embedding_cosine_min\":{:.6},\"qformer_cosine_mean\":{:.6},\"top1_agreement\":{:.4},\"labelled_frames\":{labelled},\"accuracy_float\":{:.4},\"accuracy_int8\":{:.4},\"layers\":[",
         c.method_name,
         c.frames,
         serde_json::to_string(&eval_uri)?,
