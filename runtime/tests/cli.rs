@@ -90,6 +90,16 @@ impl Run {
         );
         self
     }
+    /// stdout parsed as one JSON object per line.
+    fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}\n{}", self.context()))
+            })
+            .collect()
+    }
     fn stderr_has(&self, needles: &[&str]) -> &Self {
         let e = self.stderr();
         for n in needles {
@@ -453,12 +463,7 @@ fn config_file_sets_options_and_the_command_line_overrides_it() {
     .unwrap();
     let cfg = cfg.to_str().unwrap();
     let r = Run::new(&["run", "--config", cfg]);
-    r.code(0);
-    let lines: Vec<serde_json::Value> = r
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = r.code(0).json_lines();
     assert_eq!(lines.len(), 4, "frames = 4 from the file\n{}", r.context());
     assert!(
         lines
@@ -469,12 +474,7 @@ fn config_file_sets_options_and_the_command_line_overrides_it() {
     );
     // The command line wins over the file.
     let r = Run::new(&["run", "--config", cfg, "--frames", "2", "--top-k", "1"]);
-    r.code(0);
-    let lines: Vec<serde_json::Value> = r
-        .stdout()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = r.code(0).json_lines();
     assert_eq!(lines.len(), 2, "{}", r.context());
     assert!(lines
         .iter()

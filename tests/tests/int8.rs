@@ -44,24 +44,17 @@ fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
     let (mut n, mut agree, mut right_f, mut right_q) = (0, 0, 0, 0);
     let mut min_cos = 1f64;
     while n < frames && src.next_frame(&mut frame).unwrap() {
-        let tf = pf
-            .process(&frame)
-            .unwrap()
-            .unwrap()
-            .top
-            .iter()
-            .next()
-            .unwrap()
-            .0;
-        let tq = pq
-            .process(&frame)
-            .unwrap()
-            .unwrap()
-            .top
-            .iter()
-            .next()
-            .unwrap()
-            .0;
+        let top1 = |p: &mut Pipeline| {
+            p.process(&frame)
+                .unwrap()
+                .unwrap()
+                .top
+                .iter()
+                .next()
+                .unwrap()
+                .0
+        };
+        let (tf, tq) = (top1(&mut pf), top1(&mut pq));
         let (a, b) = (pf.embedding(), pq.embedding());
         let dot: f64 = a
             .iter()

@@ -206,6 +206,9 @@ pub fn gemm_scalar(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
     }
 }
 
+/// # Safety
+/// The CPU must have AVX2, `a` must hold `m * w.kp` bytes and `acc` `m * w.n` values (checked by
+/// [`gemm`]); every pointer read stays inside `a` and `w.data` by the packing layout.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gemm_avx2(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
@@ -286,6 +289,9 @@ unsafe fn gemm_avx2(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
     }
 }
 
+/// # Safety
+/// `a` must hold `m * w.kp` bytes and `acc` `m * w.n` values (checked by [`gemm`]); every pointer
+/// read stays inside `a` and `w.data` by the packing layout.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn gemm_neon(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
