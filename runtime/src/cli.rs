@@ -951,10 +951,13 @@ impl Hardware {
     /// inactive, and print the trigger → actuator latency.
     fn finish(mut self, failed: bool, to_stderr: bool) {
         drop(self.watcher.take());
-        if failed {
-            if let Ok(mut io) = self.io.lock() {
-                io.error(std::time::Instant::now());
-            }
+        // Only a status LED has an error code to show; without one, exit at once.
+        let shows_error = failed
+            && self
+                .io
+                .lock()
+                .is_ok_and(|mut io| io.error(std::time::Instant::now()));
+        if shows_error {
             std::thread::sleep(Duration::from_secs(3));
         }
         self.ticker_stop.store(true, Ordering::Relaxed);

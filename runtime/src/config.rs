@@ -17,7 +17,7 @@ use crate::trigger::TriggerSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}; check the path given to --config (the service uses /etc/edgefuse/edgefuse.toml)")]
     Read {
         /// The file.
         path: PathBuf,

@@ -11,50 +11,26 @@
 pub fn compiled_features() -> heapless::Vec<(&'static str, bool), 32> {
     #[allow(unused_mut)]
     let mut v = heapless::Vec::new();
+    // `$detect` is the standard library's run-time detection macro for this architecture.
+    #[allow(unused_macros)]
+    macro_rules! check {
+        ($detect:ident: $($f:tt),*) => {$(
+            if cfg!(target_feature = $f) {
+                let _ = v.push(($f, std::arch::$detect!($f)));
+            }
+        )*};
+    }
     #[cfg(target_arch = "aarch64")]
-    {
-        macro_rules! check {
-            ($($f:tt),*) => {$(
-                if cfg!(target_feature = $f) {
-                    let _ = v.push(($f, std::arch::is_aarch64_feature_detected!($f)));
-                }
-            )*};
-        }
-        check!(
-            "lse", "rdm", "dotprod", "fp16", "fhm", "rcpc", "rcpc2", "crc", "aes", "sha2", "sha3",
-            "sm4", "sve", "sve2", "i8mm", "bf16", "jsconv", "fcma", "dpb", "dpb2", "flagm",
-            "frintts", "ssbs", "sb", "dit", "paca", "pacg", "lse2"
-        );
-    }
+    check!(is_aarch64_feature_detected:
+        "lse", "rdm", "dotprod", "fp16", "fhm", "rcpc", "rcpc2", "crc", "aes", "sha2", "sha3",
+        "sm4", "sve", "sve2", "i8mm", "bf16", "jsconv", "fcma", "dpb", "dpb2", "flagm",
+        "frintts", "ssbs", "sb", "dit", "paca", "pacg", "lse2"
+    );
     #[cfg(target_arch = "x86_64")]
-    {
-        macro_rules! check {
-            ($($f:tt),*) => {$(
-                if cfg!(target_feature = $f) {
-                    let _ = v.push(($f, std::arch::is_x86_feature_detected!($f)));
-                }
-            )*};
-        }
-        check!(
-            "sse3",
-            "ssse3",
-            "sse4.1",
-            "sse4.2",
-            "popcnt",
-            "avx",
-            "avx2",
-            "fma",
-            "bmi1",
-            "bmi2",
-            "f16c",
-            "lzcnt",
-            "movbe",
-            "avx512f",
-            "avx512bw",
-            "avx512vl",
-            "avx512vnni"
-        );
-    }
+    check!(is_x86_feature_detected:
+        "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2",
+        "f16c", "lzcnt", "movbe", "avx512f", "avx512bw", "avx512vl", "avx512vnni"
+    );
     v
 }
 

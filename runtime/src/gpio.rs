@@ -590,11 +590,15 @@ impl<O: OutputPin> Io<O> {
         }
     }
 
-    /// Show the error blink code (the run failed).
-    pub fn error(&mut self, now: Instant) {
+    /// Show the error blink code (the run failed); `false` when there is no status LED.
+    pub fn error(&mut self, now: Instant) -> bool {
         let ms = self.ms(now);
-        if let Some(led) = &mut self.led {
-            let _ = led.set(Status::Error, ms);
+        match &mut self.led {
+            Some(led) => {
+                let _ = led.set(Status::Error, ms);
+                true
+            }
+            None => false,
         }
     }
 
