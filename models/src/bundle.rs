@@ -24,6 +24,9 @@ pub struct Bundle {
     label_embeddings: Vec<f32>,
     /// The int8 calibration tables of a quantized bundle (`None`: float, or float forced).
     quant: Option<QuantTables>,
+    /// The tract runtime the image encoder and Q-Former are prepared for (`None`: tract's
+    /// default CPU plan).
+    runtime: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
 }
 
 /// The calibration tables of an int8 bundle, one per model file.
@@ -40,8 +43,9 @@ pub struct QuantTables {
 /// An optimised tract plan for a fixed input shape, plus the facts of its outputs.
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
-    /// The runnable plan; spawn one state per thread.
-    pub plan: Arc<TypedSimplePlan>,
+    /// The runnable plan (tract's CPU plan, or one prepared by another runtime such as
+    /// tract-cuda); spawn one state per thread.
+    pub plan: Arc<dyn Runnable>,
     /// Concrete output shapes, in the order requested.
     pub output_shapes: Vec<Vec<usize>>,
     /// The file the model came from (for error messages).
@@ -185,7 +189,18 @@ impl Bundle {
             manifest,
             label_embeddings,
             quant,
+            runtime: None,
         })
+    }
+
+    /// Prepare the image encoder and Q-Former for `runtime` (e.g. tract-cuda's `cuda`) instead
+    /// of tract's CPU plan. The graph is handed over decluttered (and with our int8 operators in
+    /// place for an int8 bundle); the runtime optimises it for its device.
+    pub fn set_runtime(
+        &mut self,
+        runtime: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
+    ) {
+        self.runtime = runtime;
     }
 
     /// The bundle folder.
@@ -273,13 +288,17 @@ impl Bundle {
         }
         let input_shape = [1usize, 3, h as usize, w as usize];
         let model = load_onnx(
-            &self.dir,
-            &e.model.file,
+            self.dir.join(&e.model.file),
             "encoder",
             &e.input,
             InputSpec::F32(&input_shape),
             &outputs,
             mode,
+            if matches!(mode, Mode::Taps) {
+                None
+            } else {
+                self.runtime
+            },
         )?;
         let emb = &model.output_shapes[0];
         if emb.len() != 2 || emb[0] != 1 || emb[1] != e.embedding_dim {
@@ -319,13 +338,17 @@ impl Bundle {
             return Ok(None);
         };
         let model = load_onnx(
-            &self.dir,
-            &q.model.file,
+            self.dir.join(&q.model.file),
             "qformer",
             &q.input,
             InputSpec::F32(token_shape),
             std::slice::from_ref(&q.output),
             mode,
+            if matches!(mode, Mode::Taps) {
+                None
+            } else {
+                self.runtime
+            },
         )?;
         let out = &model.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
@@ -355,13 +378,13 @@ impl Bundle {
             });
         };
         let model = load_onnx(
-            &self.dir,
-            &t.model.file,
+            self.dir.join(&t.model.file),
             "text_encoder",
             &t.input,
             InputSpec::I64(&[1, t.context_length]),
             std::slice::from_ref(&t.output),
             Mode::Float,
+            None,
         )?;
         let out = &model.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
@@ -575,15 +598,14 @@ enum InputSpec<'a> {
 }
 
 fn load_onnx(
-    dir: &Path,
-    file: &str,
+    path: PathBuf,
     section: &str,
     input: &str,
     spec: InputSpec,
     outputs: &[String],
     mode: Mode<'_>,
+    runtime: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
 ) -> Result<LoadedModel, BundleError> {
-    let path = dir.join(file);
     let field = format!("{section}.file");
     let corrupt = |message: String| BundleError::CorruptModel {
         path: path.clone(),
@@ -661,6 +683,10 @@ fn load_onnx(
     let mut quantized = Vec::new();
     let mut taps = Vec::new();
     let typed = match mode {
+        Mode::Float if runtime.is_some() => model
+            .into_typed()
+            .and_then(|t| t.into_decluttered())
+            .map_err(shape_err)?,
         Mode::Float => model.into_optimized().map_err(shape_err)?,
         Mode::Int8(table, skip) => {
             let mut t = model
@@ -682,7 +708,11 @@ fn load_onnx(
                 });
             }
             log::info!("{section}: {} linear layers in int8", quantized.len());
-            t.into_optimized().map_err(shape_err)?
+            if runtime.is_some() {
+                t
+            } else {
+                t.into_optimized().map_err(shape_err)?
+            }
         }
         Mode::Taps => {
             let mut t = model
@@ -718,9 +748,18 @@ fn load_onnx(
         })?;
         output_shapes.push(dims.to_vec());
     }
-    let plan = typed
-        .into_runnable()
-        .map_err(|e| corrupt(format!("{e:#}")))?;
+    let plan: Arc<dyn Runnable> = match runtime {
+        Some(rt) => Arc::from(rt.prepare(typed).map_err(|e| BundleError::Runtime {
+            path: path.clone(),
+            runtime: rt.name().to_string(),
+            message: format!("{e:#}"),
+        })?),
+        None => Arc::new(
+            typed
+                .into_runnable()
+                .map_err(|e| corrupt(format!("{e:#}")))?,
+        ),
+    };
     Ok(LoadedModel {
         plan,
         output_shapes,

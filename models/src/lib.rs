@@ -115,4 +115,14 @@ pub enum BundleError {
         /// tract's message.
         message: String,
     },
+    /// A tract runtime (e.g. tract-cuda) could not prepare the model for its device.
+    #[error("{}: the {runtime} runtime cannot run this model: {message}", path.display())]
+    Runtime {
+        /// The model file.
+        path: PathBuf,
+        /// Runtime name.
+        runtime: String,
+        /// tract's message.
+        message: String,
+    },
 }

@@ -41,8 +41,8 @@ fn f32s(t: &TValue) -> TractResult<&[f32]> {
 
 /// The image encoder (and its optional Q-Former) ready to run.
 pub struct TractEngine {
-    encoder: TypedSimpleState,
-    qformer: Option<TypedSimpleState>,
+    encoder: Box<dyn State>,
+    qformer: Option<Box<dyn State>>,
     input: Tensor,
     tokens_in: Option<Tensor>,
     embedding_dim: usize,

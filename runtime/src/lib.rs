@@ -17,6 +17,7 @@ pub mod engine;
 pub mod frame;
 pub mod fusion;
 pub mod gpio;
+pub mod gpu;
 pub mod pipeline;
 pub mod preprocess;
 pub mod ring;

@@ -204,8 +204,8 @@ impl Preprocessor {
         self.key = Some((w, h));
     }
 
-    /// Preprocess `frame` into `out` (`[3, height, width]`, channel order of the spec).
-    pub fn run(&mut self, frame: &Frame, out: &mut [f32]) -> Result<(), PreprocessError> {
+    /// Check that `frame` holds exactly the bytes its geometry and format need.
+    pub fn check(frame: &Frame) -> Result<(), PreprocessError> {
         let expected = frame
             .format
             .frame_len(frame.width, frame.height)
@@ -221,6 +221,34 @@ impl Preprocessor {
                 expected,
             });
         }
+        Ok(())
+    }
+
+    /// Per output channel: `(source RGB channel, 1/(255·std), mean/std)`.
+    pub fn channel_map(&self) -> [(usize, f32, f32); 3] {
+        self.chan
+    }
+
+    /// The filter taps for a `w × h` source, as the CUDA kernel takes them: per output column
+    /// (then row) `(start, len, offset)` triples and the weights they index.
+    pub fn filter_taps(&mut self, w: u32, h: u32) -> (Vec<i32>, Vec<i32>, Vec<f32>, Vec<f32>) {
+        self.plan(w, h);
+        let pack = |t: &Taps| -> Vec<i32> {
+            (0..t.start.len())
+                .flat_map(|i| [t.start[i] as i32, t.len[i] as i32, t.off[i] as i32])
+                .collect()
+        };
+        (
+            pack(&self.xt),
+            pack(&self.yt),
+            self.xt.w.clone(),
+            self.yt.w.clone(),
+        )
+    }
+
+    /// Preprocess `frame` into `out` (`[3, height, width]`, channel order of the spec).
+    pub fn run(&mut self, frame: &Frame, out: &mut [f32]) -> Result<(), PreprocessError> {
+        Self::check(frame)?;
         if out.len() != self.output_len() {
             return Err(PreprocessError::BadOutput {
                 got: out.len(),

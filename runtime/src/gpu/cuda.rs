@@ -1,0 +1,1147 @@
+//! The CUDA backend (cargo feature `cuda-jp5` or `cuda-jp6`): NVRTC compilation, the device,
+//! kernel launches, and the accelerator the pipeline uses.
+//!
+//! cudarc opens `libcuda`/`libnvrtc` at run time. Its calls panic when a library is missing, so
+//! every entry point here checks presence first and returns a [`GpuError`] instead.
+
+#[cfg(all(feature = "cuda-jp5", feature = "cuda-jp6"))]
+compile_error!("enable one of the features cuda-jp5 and cuda-jp6: each selects a CUDA version");
+#[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6")))]
+compile_error!("enable CUDA through the feature cuda-jp5 (JetPack 5) or cuda-jp6 (JetPack 6)");
+
+use std::ffi::CString;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cudarc::driver::{
+    result::DriverError, sys as dsys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::{result as nres, sys as nsys, Ptx};
+
+use edgefuse_models::Bundle;
+
+use super::cache::{default_dir, CacheKey, KernelCache, Outcome};
+use super::reference::Activation;
+use super::{kernel, AccelTimes, Accelerator, GpuError, KernelSource, MIN_SM, MMA_SM};
+use crate::engine::TractEngine;
+use crate::frame::{Frame, PixelFormat};
+use crate::preprocess::Preprocessor;
+
+/// The CUDA version the bindings were generated for; the driver must support at least this.
+pub const BUILT_FOR: i32 = if cfg!(feature = "cuda-jp6") {
+    12060
+} else {
+    11040
+};
+
+fn version(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+fn driver_err(what: &str) -> impl Fn(DriverError) -> GpuError + '_ {
+    move |e| {
+        if e.0 == dsys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            GpuError::OutOfMemory {
+                what: what.to_string(),
+            }
+        } else {
+            let msg = e
+                .error_string()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| format!("{:?}", e.0));
+            GpuError::Driver {
+                what: what.to_string(),
+                message: msg,
+            }
+        }
+    }
+}
+
+/// What NVRTC produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Machine code for `sm_XY` (what the runtime loads: no driver JIT needed).
+    Cubin(u32),
+    /// PTX for `compute_XY` (the fallback, and what `scripts/check-kernels` assembles).
+    Ptx(u32),
+}
+
+impl Target {
+    /// `sm_87` / `compute_87`.
+    pub fn arch(self) -> String {
+        match self {
+            Target::Cubin(sm) => format!("sm_{sm}"),
+            Target::Ptx(sm) => format!("compute_{sm}"),
+        }
+    }
+}
+
+/// NVRTC options for `target`; part of the cache key.
+pub fn options(target: Target) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={}", target.arch()),
+        "--std=c++14".into(),
+        "--fmad=true".into(),
+    ]
+}
+
+/// One compiled kernel file.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Cubin, or PTX text without the trailing NUL.
+    pub binary: Vec<u8>,
+    /// NVRTC's log (warnings); empty when clean.
+    pub log: String,
+}
+
+/// Whether `libnvrtc` can be loaded.
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library by its candidate names.
+    unsafe { nsys::is_culib_present() }
+}
+
+/// NVRTC's version.
+pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
+    if !nvrtc_available() {
+        return Err(GpuError::NoNvrtc);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: libnvrtc is loadable (checked above); both pointers are valid for the call.
+    unsafe { nsys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| GpuError::Driver {
+            what: "nvrtcVersion".into(),
+            message: format!("{e:?}"),
+        })?;
+    Ok((major, minor))
+}
+
+/// The real architectures this NVRTC can target, ascending.
+pub fn supported_archs() -> Result<Vec<u32>, GpuError> {
+    if !nvrtc_available() {
+        return Err(GpuError::NoNvrtc);
+    }
+    let err = |e: nres::NvrtcError| GpuError::Driver {
+        what: "nvrtcGetSupportedArchs".into(),
+        message: format!("{e:?}"),
+    };
+    let mut n = 0;
+    // SAFETY: libnvrtc is loadable; `n` is a valid out-pointer.
+    unsafe { nsys::nvrtcGetNumSupportedArchs(&mut n) }
+        .result()
+        .map_err(err)?;
+    let mut v = vec![0i32; n.max(0) as usize];
+    // SAFETY: `v` has room for the `n` entries NVRTC writes.
+    unsafe { nsys::nvrtcGetSupportedArchs(v.as_mut_ptr()) }
+        .result()
+        .map_err(err)?;
+    Ok(v.into_iter().map(|a| a as u32).collect())
+}
+
+/// Turn NVRTC's NUL-terminated buffer into text.
+fn c_text(buf: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .map(|c| *c as u8)
+        .take_while(|b| *b != 0)
+        .collect();
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// Compile one kernel file for `target` with NVRTC (no GPU needed).
+pub fn compile(k: &KernelSource, target: Target) -> Result<Compiled, GpuError> {
+    if !nvrtc_available() {
+        return Err(GpuError::NoNvrtc);
+    }
+    let fail = |log: String| GpuError::KernelCompile {
+        kernel: k.file.to_string(),
+        arch: target.arch(),
+        log,
+    };
+    let src =
+        CString::new(k.full_source()).map_err(|_| fail("source contains a NUL byte".into()))?;
+    let name = CString::new(k.file).map_err(|_| fail("name contains a NUL byte".into()))?;
+    let prog = nres::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
+    struct Program(nsys::nvrtcProgram);
+    impl Drop for Program {
+        fn drop(&mut self) {
+            // SAFETY: the program was created by nvrtcCreateProgram and is destroyed once.
+            let _ = unsafe { nres::destroy_program(self.0) };
+        }
+    }
+    let prog = Program(prog);
+    let opts = options(target);
+    // SAFETY: `prog` is a live program; the options are valid strings without NULs.
+    let status = unsafe { nres::compile_program(prog.0, &opts) };
+    // SAFETY: `prog` is live; the log is copied out before the program is destroyed.
+    let log = unsafe { nres::get_program_log(prog.0) }
+        .map(|l| c_text(&l))
+        .unwrap_or_default();
+    if let Err(e) = status {
+        return Err(fail(if log.is_empty() {
+            format!("{e:?}")
+        } else {
+            log
+        }));
+    }
+    let binary = match target {
+        Target::Ptx(_) => {
+            // SAFETY: `prog` compiled successfully.
+            let ptx = unsafe { nres::get_ptx(prog.0) }.map_err(|e| fail(format!("{e:?}")))?;
+            c_text(&ptx).into_bytes()
+        }
+        Target::Cubin(_) => {
+            let mut size = 0usize;
+            // SAFETY: `prog` compiled successfully for a real architecture; `size` is valid.
+            unsafe { nsys::nvrtcGetCUBINSize(prog.0, &mut size) }
+                .result()
+                .map_err(|e| fail(format!("{e:?}")))?;
+            let mut buf = vec![0u8; size];
+            // SAFETY: `buf` holds the `size` bytes NVRTC reported.
+            unsafe { nsys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr().cast()) }
+                .result()
+                .map_err(|e| fail(format!("{e:?}")))?;
+            buf
+        }
+    };
+    Ok(Compiled { binary, log })
+}
+
+/// An open GPU with a stream and the kernels loaded on demand.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// Device name.
+    pub name: String,
+    /// Compute capability, `major*10+minor`.
+    pub sm: u32,
+    /// Driver's CUDA version (`cuDriverGetVersion`, e.g. 12060).
+    pub driver: i32,
+    /// Integrated GPU sharing DRAM with the CPU (Jetson).
+    pub integrated: bool,
+    nvrtc: (i32, i32),
+    cache: KernelCache,
+    modules: Vec<(&'static str, Arc<CudaModule>)>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.describe())
+    }
+}
+
+impl Gpu {
+    /// Open device `ordinal`, checking driver, device, compute capability and NVRTC.
+    pub fn open(ordinal: usize) -> Result<Self, GpuError> {
+        // SAFETY: only tries to dlopen libcuda by its candidate names.
+        if !unsafe { dsys::is_culib_present() } {
+            return Err(GpuError::NoDriver);
+        }
+        cudarc::driver::result::init().map_err(|e| {
+            if e.0 == dsys::CUresult::CUDA_ERROR_NO_DEVICE {
+                GpuError::NoDevice
+            } else {
+                driver_err("cuInit")(e)
+            }
+        })?;
+        let mut driver = 0;
+        // SAFETY: libcuda is loaded and initialised; `driver` is a valid out-pointer.
+        unsafe { dsys::cuDriverGetVersion(&mut driver) }
+            .result()
+            .map_err(driver_err("cuDriverGetVersion"))?;
+        if driver < BUILT_FOR {
+            return Err(GpuError::DriverTooOld {
+                have: version(driver),
+                need: version(BUILT_FOR),
+            });
+        }
+        let count = CudaContext::device_count().map_err(driver_err("cuDeviceGetCount"))?;
+        if count <= ordinal as i32 {
+            return Err(GpuError::NoDevice);
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the CUDA context"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_err("cuDeviceGetAttribute"))?;
+        let sm = (major * 10 + minor) as u32;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if sm < MIN_SM {
+            return Err(GpuError::UnsupportedSm {
+                name,
+                have: sm,
+                need: MIN_SM,
+            });
+        }
+        let integrated = ctx
+            .attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+            .map_err(driver_err("cuDeviceGetAttribute"))?
+            == 1;
+        let nvrtc = nvrtc_version()?;
+        let stream = ctx
+            .new_stream()
+            .map_err(driver_err("creating the stream"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            name,
+            sm,
+            driver,
+            integrated,
+            nvrtc,
+            cache: KernelCache::new(default_dir()),
+            modules: Vec::new(),
+        })
+    }
+
+    /// `cuda:0 NVIDIA H200 (sm_90, driver 12.6, discrete)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "cuda:{} {} (sm_{}, driver {}, NVRTC {}.{}, {})",
+            self.ctx.ordinal(),
+            self.name,
+            self.sm,
+            version(self.driver),
+            self.nvrtc.0,
+            self.nvrtc.1,
+            if self.integrated {
+                "integrated, shared DRAM"
+            } else {
+                "discrete"
+            }
+        )
+    }
+
+    /// The stream every launch goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Wait for the stream.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream
+            .synchronize()
+            .map_err(driver_err("synchronising the stream"))
+    }
+
+    /// Use `cache` for compiled kernels (default: [`default_dir`]).
+    pub fn set_cache(&mut self, cache: KernelCache) {
+        self.cache = cache;
+    }
+
+    /// Compile (or load from the cache) and load the module of kernel file `file`.
+    pub fn module(&mut self, file: &'static str) -> Result<Arc<CudaModule>, GpuError> {
+        if let Some((_, m)) = self.modules.iter().find(|(f, _)| *f == file) {
+            return Ok(m.clone());
+        }
+        let k =
+            kernel(file).ok_or_else(|| GpuError::Unsupported(format!("no kernel file {file}")))?;
+        let archs = supported_archs()?;
+        let ptx = if archs.contains(&self.sm) {
+            let target = Target::Cubin(self.sm);
+            let key = CacheKey::new(
+                file,
+                &k.full_source(),
+                &options(target),
+                self.nvrtc,
+                self.sm,
+                self.driver,
+            );
+            let (bin, outcome) = self.cache.get_or_build(&key, || {
+                let c = compile(k, target)?;
+                if !c.log.is_empty() {
+                    log::warn!("{file} for {}: {}", target.arch(), c.log);
+                }
+                Ok::<_, GpuError>(c.binary)
+            })?;
+            log::debug!("{file}: sm_{} cubin ({outcome:?})", self.sm);
+            if outcome != Outcome::Hit {
+                log::info!("compiled {file} for sm_{}", self.sm);
+            }
+            Ptx::from_binary(bin)
+        } else {
+            // This NVRTC predates the GPU: PTX for the newest architecture it knows, JIT-compiled
+            // by the driver (needs the driver's PTX JIT, which Jetson images may lack).
+            let Some(&arch) = archs.iter().filter(|a| **a <= self.sm).max() else {
+                return Err(GpuError::UnsupportedSm {
+                    name: self.name.clone(),
+                    have: self.sm,
+                    need: archs.first().copied().unwrap_or(MIN_SM),
+                });
+            };
+            log::warn!(
+                "NVRTC {}.{} cannot build sm_{} code; using compute_{arch} PTX and the driver's JIT",
+                self.nvrtc.0,
+                self.nvrtc.1,
+                self.sm
+            );
+            let c = compile(k, Target::Ptx(arch))?;
+            Ptx::from_src(String::from_utf8_lossy(&c.binary).into_owned())
+        };
+        let module = self
+            .ctx
+            .load_module(ptx)
+            .map_err(driver_err("loading a kernel module"))?;
+        self.modules.push((file, module.clone()));
+        Ok(module)
+    }
+
+    /// Entry point `name` of kernel file `file`.
+    pub fn function(&mut self, file: &'static str, name: &str) -> Result<CudaFunction, GpuError> {
+        self.module(file)?
+            .load_function(name)
+            .map_err(driver_err("loading a kernel function"))
+    }
+
+    /// Device buffer of `len` zeros.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<T>, GpuError> {
+        self.stream
+            .alloc_zeros(len.max(1))
+            .map_err(driver_err("allocating device memory"))
+    }
+
+    /// Copy `host` to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, GpuError> {
+        self.stream
+            .clone_htod(host)
+            .map_err(driver_err("copying to the device"))
+    }
+
+    /// Copy `dev` to `host` and wait.
+    pub fn download_into<T: DeviceRepr>(
+        &self,
+        dev: &CudaSlice<T>,
+        host: &mut [T],
+    ) -> Result<(), GpuError> {
+        self.stream
+            .memcpy_dtoh(dev, host)
+            .map_err(driver_err("copying from the device"))?;
+        self.synchronize()
+    }
+
+    /// Copy `dev` to a new vector.
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>, GpuError> {
+        let mut v = vec![T::default(); dev.len()];
+        self.download_into(dev, &mut v)?;
+        Ok(v)
+    }
+}
+
+/// Launch helper: map the launch error.
+fn launched(r: Result<(), DriverError>, kernel: &str) -> Result<(), GpuError> {
+    r.map_err(|e| driver_err(&format!("launching {kernel}"))(e))
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+/// The non-preprocessing kernels, loaded once; launches check their arguments on the host.
+pub struct Kernels {
+    linear_f32: CudaFunction,
+    quantize: CudaFunction,
+    linear_dp4a: CudaFunction,
+    linear_mma: Option<CudaFunction>,
+    attention: CudaFunction,
+    layer_norm: CudaFunction,
+    add: CudaFunction,
+    activation: CudaFunction,
+    to_f16: CudaFunction,
+    head_logits: CudaFunction,
+    fuse_topk: CudaFunction,
+    stream: Arc<CudaStream>,
+    max_shared: usize,
+}
+
+/// Which int8 GEMM kernel to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `dp4a` (sm_61+; byte-wise below).
+    Dp4a,
+    /// `mma.sync` int8 tensor cores (sm_80+).
+    Mma,
+}
+
+impl Kernels {
+    /// Load every kernel on `gpu`.
+    pub fn load(gpu: &mut Gpu) -> Result<Self, GpuError> {
+        let max_shared = gpu
+            .ctx
+            .attribute(dsys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)
+            .map_err(driver_err("cuDeviceGetAttribute"))? as usize;
+        Ok(Self {
+            linear_f32: gpu.function("linear.cu", "ef_linear_f32")?,
+            quantize: gpu.function("linear.cu", "ef_quantize_i8")?,
+            linear_dp4a: gpu.function("linear.cu", "ef_linear_i8_dp4a")?,
+            linear_mma: if gpu.sm >= MMA_SM {
+                Some(gpu.function("linear.cu", "ef_linear_i8_mma")?)
+            } else {
+                None
+            },
+            attention: gpu.function("attention.cu", "ef_attention_f32")?,
+            layer_norm: gpu.function("norm.cu", "ef_layer_norm")?,
+            add: gpu.function("norm.cu", "ef_add")?,
+            activation: gpu.function("norm.cu", "ef_activation")?,
+            to_f16: gpu.function("norm.cu", "ef_f32_to_f16")?,
+            head_logits: gpu.function("fusion.cu", "ef_head_logits")?,
+            fuse_topk: gpu.function("fusion.cu", "ef_fuse_topk")?,
+            stream: gpu.stream.clone(),
+            max_shared,
+        })
+    }
+
+    /// Whether the tensor-core int8 kernel is available on this GPU.
+    pub fn has_mma(&self) -> bool {
+        self.linear_mma.is_some()
+    }
+
+    /// `y = act(x · wᵀ + bias)`, `x [m, k]`, `w [n, k]`.
+    #[allow(clippy::too_many_arguments)] // the kernel's own parameter list
+    pub fn linear_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut CudaSlice<f32>,
+        (m, n, k): (usize, usize, usize),
+        act: Activation,
+    ) -> Result<(), GpuError> {
+        check_len("x", x.len(), m * k)?;
+        check_len("w", w.len(), n * k)?;
+        check_len("y", y.len(), m * n)?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), n)?;
+        }
+        let (mi, ni, ki, a) = (m as i32, n as i32, k as i32, act as i32);
+        let null = 0u64;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(n, 64), blocks(m, 64), 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&self.linear_f32);
+        b.arg(x).arg(w);
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        b.arg(y).arg(&mi).arg(&ni).arg(&ki).arg(&a);
+        // SAFETY: the argument list matches ef_linear_f32's signature; every buffer holds the
+        // element count the kernel indexes (checked above); the grid covers m × n.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_linear_f32")
+    }
+
+    /// Quantize `x [m, k]` into `q [m, kp]` with activation scale `scale`.
+    pub fn quantize_i8(
+        &self,
+        x: &CudaSlice<f32>,
+        q: &mut CudaSlice<i8>,
+        (m, k, kp): (usize, usize, usize),
+        scale: f32,
+    ) -> Result<(), GpuError> {
+        check_len("x", x.len(), m * k)?;
+        check_len("q", q.len(), m * kp)?;
+        if kp < k || kp % 32 != 0 {
+            return Err(GpuError::Unsupported(format!(
+                "int8 row length {kp} must be a multiple of 32 and at least k = {k}"
+            )));
+        }
+        let (mi, ki, kpi, inv) = (m as i32, k as i32, kp as i32, 1.0f32 / scale);
+        let cfg = LaunchConfig::for_num_elems((m * kp) as u32);
+        let mut b = self.stream.launch_builder(&self.quantize);
+        b.arg(x).arg(q).arg(&mi).arg(&ki).arg(&kpi).arg(&inv);
+        // SAFETY: matches ef_quantize_i8; x holds m·k and q m·kp values; threads past m·kp exit.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_quantize_i8")
+    }
+
+    /// `y = act(acc · x_scale · w_scale[n] + bias)` with `acc = q · wᵀ` exactly in i32.
+    #[allow(clippy::too_many_arguments)] // the kernel's own parameter list
+    pub fn linear_i8(
+        &self,
+        which: Int8Kernel,
+        q: &CudaSlice<i8>,
+        w: &CudaSlice<i8>,
+        w_scale: &CudaSlice<f32>,
+        x_scale: f32,
+        bias: Option<&CudaSlice<f32>>,
+        y: &mut CudaSlice<f32>,
+        (m, n, kp): (usize, usize, usize),
+        act: Activation,
+    ) -> Result<(), GpuError> {
+        if kp % 32 != 0 {
+            return Err(GpuError::Unsupported(format!(
+                "int8 row length {kp} must be a multiple of 32"
+            )));
+        }
+        check_len("q", q.len(), m * kp)?;
+        check_len("w", w.len(), n * kp)?;
+        check_len("w_scale", w_scale.len(), n)?;
+        check_len("y", y.len(), m * n)?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), n)?;
+        }
+        let (f, cfg, name) = match which {
+            Int8Kernel::Mma => (
+                self.linear_mma.as_ref().ok_or_else(|| {
+                    GpuError::Unsupported(format!(
+                        "the int8 tensor-core kernel needs sm_{MMA_SM} or newer"
+                    ))
+                })?,
+                LaunchConfig {
+                    grid_dim: (blocks(n, 32), blocks(m, 64), 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                "ef_linear_i8_mma",
+            ),
+            Int8Kernel::Dp4a => (
+                &self.linear_dp4a,
+                LaunchConfig {
+                    grid_dim: (blocks(n, 64), blocks(m, 64), 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                "ef_linear_i8_dp4a",
+            ),
+        };
+        let (mi, ni, kpi, a) = (m as i32, n as i32, kp as i32, act as i32);
+        let null = 0u64;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(q).arg(w).arg(w_scale).arg(&x_scale);
+        match bias {
+            Some(bias) => b.arg(bias),
+            None => b.arg(&null),
+        };
+        b.arg(y).arg(&mi).arg(&ni).arg(&kpi).arg(&a);
+        // SAFETY: matches the kernel's signature; q is m·kp, w n·kp (kp % 32 == 0, so every
+        // 32-bit load is aligned and in bounds), scales/bias n, y m·n; the grid covers m × n.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), name)
+    }
+
+    /// Fused attention; operands as `(buffer, row stride)`; `o` dense `[lq, heads·d]`.
+    #[allow(clippy::too_many_arguments)] // the kernel's own parameter list
+    pub fn attention(
+        &self,
+        q: (&CudaSlice<f32>, usize),
+        k: (&CudaSlice<f32>, usize),
+        v: (&CudaSlice<f32>, usize),
+        o: &mut CudaSlice<f32>,
+        (lq, lk, heads, d): (usize, usize, usize, usize),
+        scale: f32,
+    ) -> Result<(), GpuError> {
+        let shared = (d + lk) * 4;
+        if shared > self.max_shared {
+            return Err(GpuError::Unsupported(format!(
+                "attention over {lk} keys of width {d} needs {shared} bytes of shared memory, the GPU has {}",
+                self.max_shared
+            )));
+        }
+        let span = |rows: usize, stride: usize| (rows.max(1) - 1) * stride + heads * d;
+        check_len("q", q.0.len(), span(lq, q.1))?;
+        check_len("k", k.0.len(), span(lk, k.1))?;
+        check_len("v", v.0.len(), span(lk, v.1))?;
+        check_len("o", o.len(), lq * heads * d)?;
+        let i = |x: usize| x as i32;
+        let (qs, ks, vs, os) = (i(q.1), i(k.1), i(v.1), i(heads * d));
+        let (lqi, lki, di) = (i(lq), i(lk), i(d));
+        let cfg = LaunchConfig {
+            grid_dim: (lq as u32, heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        let mut b = self.stream.launch_builder(&self.attention);
+        b.arg(q.0).arg(&qs).arg(k.0).arg(&ks).arg(v.0).arg(&vs);
+        b.arg(o).arg(&os).arg(&lqi).arg(&lki).arg(&di).arg(&scale);
+        // SAFETY: matches ef_attention_f32; every strided row read stays inside its buffer
+        // (checked above); the dynamic shared memory holds d + lk floats.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_attention_f32")
+    }
+
+    /// Row-wise layer norm of `x [rows, cols]`.
+    pub fn layer_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        gamma: &CudaSlice<f32>,
+        beta: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        (rows, cols): (usize, usize),
+        eps: f32,
+    ) -> Result<(), GpuError> {
+        check_len("x", x.len(), rows * cols)?;
+        check_len("y", y.len(), rows * cols)?;
+        check_len("gamma", gamma.len(), cols)?;
+        check_len("beta", beta.len(), cols)?;
+        let (r, c) = (rows as i32, cols as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&self.layer_norm);
+        b.arg(x)
+            .arg(gamma)
+            .arg(beta)
+            .arg(y)
+            .arg(&r)
+            .arg(&c)
+            .arg(&eps);
+        // SAFETY: matches ef_layer_norm; buffers sized above; one block per row.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_layer_norm")
+    }
+
+    /// `y = a + b`.
+    pub fn add(
+        &self,
+        a: &CudaSlice<f32>,
+        bb: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        let n = y.len();
+        check_len("a", a.len(), n)?;
+        check_len("b", bb.len(), n)?;
+        let ni = n as i32;
+        let mut b = self.stream.launch_builder(&self.add);
+        b.arg(a).arg(bb).arg(y).arg(&ni);
+        // SAFETY: matches ef_add; all three buffers hold n values; threads past n exit.
+        launched(
+            unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.map(|_| ()),
+            "ef_add",
+        )
+    }
+
+    /// `x = act(x)` in place.
+    pub fn activation(&self, x: &mut CudaSlice<f32>, act: Activation) -> Result<(), GpuError> {
+        let (n, a) = (x.len() as i32, act as i32);
+        let cfg = LaunchConfig::for_num_elems(n as u32);
+        let mut b = self.stream.launch_builder(&self.activation);
+        b.arg(x).arg(&n).arg(&a);
+        // SAFETY: matches ef_activation; threads past n exit.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_activation")
+    }
+
+    /// IEEE half bits of `x`.
+    pub fn to_f16(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<u16>) -> Result<(), GpuError> {
+        check_len("y", y.len(), x.len())?;
+        let n = x.len() as i32;
+        let cfg = LaunchConfig::for_num_elems(n as u32);
+        let mut b = self.stream.launch_builder(&self.to_f16);
+        b.arg(x).arg(y).arg(&n);
+        // SAFETY: matches ef_f32_to_f16; both buffers hold n values.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_f32_to_f16")
+    }
+
+    /// Head logits: `clip [labels]` and, with `queries`, `qf [labels]`.
+    #[allow(clippy::too_many_arguments)] // the kernel's own parameter list
+    pub fn head_logits(
+        &self,
+        emb: &CudaSlice<f32>,
+        queries: Option<(&CudaSlice<f32>, usize)>,
+        labels: &CudaSlice<f32>,
+        (n_labels, dim): (usize, usize),
+        (clip_scale, qf_scale): (f32, f32),
+        clip: &mut CudaSlice<f32>,
+        qf: &mut CudaSlice<f32>,
+    ) -> Result<(), GpuError> {
+        check_len("embedding", emb.len(), dim)?;
+        check_len("labels", labels.len(), n_labels * dim)?;
+        check_len("clip", clip.len(), n_labels)?;
+        check_len("qf", qf.len(), n_labels)?;
+        let nq = match queries {
+            Some((q, nq)) => {
+                check_len("queries", q.len(), nq * dim)?;
+                nq
+            }
+            None => 0,
+        };
+        let (nqi, nl, d) = (nq as i32, n_labels as i32, dim as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (n_labels as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&self.head_logits);
+        b.arg(emb);
+        match queries {
+            Some((q, _)) => b.arg(q),
+            None => b.arg(emb), // never read: nq = 0
+        };
+        b.arg(&nqi).arg(labels).arg(&nl).arg(&d);
+        b.arg(&clip_scale).arg(&qf_scale).arg(clip).arg(qf);
+        // SAFETY: matches ef_head_logits; sizes checked above; one block per label.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_head_logits")
+    }
+
+    /// Late fusion, softmax and top-k (`method`: 0 CLIP only, 1 weighted logits, 2 weighted
+    /// probabilities, 3 max).
+    #[allow(clippy::too_many_arguments)] // the kernel's own parameter list
+    pub fn fuse_topk(
+        &self,
+        clip: &CudaSlice<f32>,
+        qf: &CudaSlice<f32>,
+        method: i32,
+        (cw, qw): (f32, f32),
+        probs: &mut CudaSlice<f32>,
+        tmp: &mut CudaSlice<f32>,
+        top: (&mut CudaSlice<i32>, &mut CudaSlice<f32>),
+    ) -> Result<(), GpuError> {
+        let n = clip.len();
+        check_len("qf", qf.len(), n)?;
+        check_len("probs", probs.len(), n)?;
+        check_len("tmp", tmp.len(), n)?;
+        let k = top.0.len().min(n);
+        check_len("top probabilities", top.1.len(), k)?;
+        let (ni, ki) = (n as i32, k as i32);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&self.fuse_topk);
+        b.arg(clip).arg(qf).arg(&ni).arg(&method).arg(&cw).arg(&qw);
+        b.arg(probs).arg(tmp).arg(&ki).arg(top.0).arg(top.1);
+        // SAFETY: matches ef_fuse_topk; n-long inputs/scratch and k-long outputs checked.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_fuse_topk")
+    }
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<(), GpuError> {
+    if have < need {
+        return Err(GpuError::Unsupported(format!(
+            "{what}: device buffer holds {have} values, the launch needs {need}"
+        )));
+    }
+    Ok(())
+}
+
+/// Fused preprocessing on the GPU for one bundle's input spec. Buffers are (re)allocated only
+/// when the source geometry changes; per frame there is one host copy into pinned memory the GPU
+/// maps (read in place on an integrated GPU, copied asynchronously on a discrete one), one launch
+/// and one copy of the tensor back.
+pub struct GpuPreprocess {
+    f32_fn: CudaFunction,
+    f16_fn: CudaFunction,
+    taps: Preprocessor,
+    spec: [(i32, f32, f32); 3],
+    out_w: usize,
+    out_h: usize,
+    geometry: Option<(u32, u32, PixelFormat)>,
+    tx: Option<CudaSlice<i32>>,
+    ty: Option<CudaSlice<i32>>,
+    wx: Option<CudaSlice<f32>>,
+    wy: Option<CudaSlice<f32>>,
+    pinned: Option<PinnedHostSlice<u8>>,
+    mapped: u64,
+    staged: Option<CudaSlice<u8>>,
+    out: CudaSlice<f32>,
+    out16: CudaSlice<u16>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    integrated: bool,
+}
+
+fn fmt_code(f: PixelFormat) -> i32 {
+    match f {
+        PixelFormat::Yuyv => 0,
+        PixelFormat::Nv12 => 1,
+        PixelFormat::Grey => 2,
+        PixelFormat::Rgb => 3,
+        PixelFormat::Bgr => 4,
+    }
+}
+
+impl GpuPreprocess {
+    /// For `spec` on `gpu`.
+    pub fn new(
+        gpu: &mut Gpu,
+        spec: &edgefuse_models::manifest::Preprocess,
+    ) -> Result<Self, GpuError> {
+        let taps = Preprocessor::new(spec);
+        let chan = taps.channel_map();
+        let out_w = spec.image_size[0] as usize;
+        let out_h = spec.image_size[1] as usize;
+        Ok(Self {
+            f32_fn: gpu.function("preprocess.cu", "ef_preprocess_f32")?,
+            f16_fn: gpu.function("preprocess.cu", "ef_preprocess_f16")?,
+            spec: chan.map(|(c, s, b)| (c as i32, s, b)),
+            taps,
+            out_w,
+            out_h,
+            geometry: None,
+            tx: None,
+            ty: None,
+            wx: None,
+            wy: None,
+            pinned: None,
+            mapped: 0,
+            staged: None,
+            out: gpu.zeros(3 * out_w * out_h)?,
+            out16: gpu.zeros(3 * out_w * out_h)?,
+            stream: gpu.stream.clone(),
+            ctx: gpu.ctx.clone(),
+            integrated: gpu.integrated,
+        })
+    }
+
+    fn prepare(&mut self, frame: &Frame) -> Result<(), GpuError> {
+        let key = (frame.width, frame.height, frame.format);
+        if self.geometry == Some(key) {
+            return Ok(());
+        }
+        let (tx, ty, wx, wy) = self.taps.filter_taps(frame.width, frame.height);
+        let upload_i = |v: &[i32]| {
+            self.stream
+                .clone_htod(v)
+                .map_err(driver_err("uploading filter taps"))
+        };
+        self.tx = Some(upload_i(&tx)?);
+        self.ty = Some(upload_i(&ty)?);
+        let upload_f = |v: &[f32]| {
+            self.stream
+                .clone_htod(v)
+                .map_err(driver_err("uploading filter taps"))
+        };
+        self.wx = Some(upload_f(&wx)?);
+        self.wy = Some(upload_f(&wy)?);
+        let len = frame.data.len().max(1);
+        let flags = dsys::CU_MEMHOSTALLOC_DEVICEMAP | dsys::CU_MEMHOSTALLOC_WRITECOMBINED;
+        self.pinned = None;
+        // SAFETY: the buffer is fully written (copy_from_slice of the frame) before any read.
+        let pinned = unsafe { self.ctx.alloc_pinned_with_flags::<u8>(len, flags) }
+            .map_err(driver_err("allocating pinned frame memory"))?;
+        self.mapped = 0;
+        self.staged = None;
+        if self.integrated {
+            let host = pinned
+                .as_ptr()
+                .map_err(driver_err("mapping pinned frame memory"))?;
+            let mut dptr: dsys::CUdeviceptr = 0;
+            // SAFETY: `host` is a live allocation from cuMemHostAlloc with DEVICEMAP; the
+            // returned device address aliases it for as long as `pinned` lives (kept in self).
+            unsafe { dsys::cuMemHostGetDevicePointer_v2(&mut dptr, host as *mut _, 0) }
+                .result()
+                .map_err(driver_err("mapping pinned frame memory"))?;
+            self.mapped = dptr;
+        } else {
+            self.staged = Some(
+                self.stream
+                    .alloc_zeros::<u8>(len)
+                    .map_err(driver_err("allocating the frame buffer"))?,
+            );
+        }
+        self.pinned = Some(pinned);
+        self.geometry = Some(key);
+        Ok(())
+    }
+
+    /// Preprocess `frame` into `out` (`[3, h, w]` f32) on the host.
+    pub fn run(&mut self, frame: &Frame, out: &mut [f32]) -> Result<(), GpuError> {
+        self.launch(frame, false)?;
+        self.stream
+            .memcpy_dtoh(&self.out, out)
+            .map_err(driver_err("copying the preprocessed tensor"))?;
+        self.stream
+            .synchronize()
+            .map_err(driver_err("preprocessing"))
+    }
+
+    /// Same, half precision (IEEE bits).
+    pub fn run_f16(&mut self, frame: &Frame, out: &mut [u16]) -> Result<(), GpuError> {
+        self.launch(frame, true)?;
+        self.stream
+            .memcpy_dtoh(&self.out16, out)
+            .map_err(driver_err("copying the preprocessed tensor"))?;
+        self.stream
+            .synchronize()
+            .map_err(driver_err("preprocessing"))
+    }
+
+    fn launch(&mut self, frame: &Frame, half: bool) -> Result<(), GpuError> {
+        // Never hand the kernel a frame shorter than its geometry says.
+        Preprocessor::check(frame).map_err(|e| GpuError::Unsupported(e.to_string()))?;
+        self.prepare(frame)?;
+        let pinned = self.pinned.as_mut().expect("prepared");
+        pinned
+            .as_mut_slice()
+            .map_err(driver_err("writing pinned frame memory"))?[..frame.data.len()]
+            .copy_from_slice(&frame.data);
+        if let Some(staged) = self.staged.as_mut() {
+            self.stream
+                .memcpy_htod(&*pinned, staged)
+                .map_err(driver_err("copying the frame to the device"))?;
+        }
+        let (fmt, w, h) = (
+            fmt_code(frame.format),
+            frame.width as i32,
+            frame.height as i32,
+        );
+        let (ow, oh) = (self.out_w as i32, self.out_h as i32);
+        let [(c0, s0, b0), (c1, s1, b1), (c2, s2, b2)] = self.spec;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(self.out_w, 16), blocks(self.out_h, 16), 1),
+            block_dim: (16, 16, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = if half { &self.f16_fn } else { &self.f32_fn };
+        let mut b = self.stream.launch_builder(f);
+        match self.staged.as_ref() {
+            Some(s) => b.arg(s),
+            None => b.arg(&self.mapped),
+        };
+        b.arg(&fmt).arg(&w).arg(&h);
+        b.arg(self.tx.as_ref().expect("prepared"))
+            .arg(self.ty.as_ref().expect("prepared"))
+            .arg(self.wx.as_ref().expect("prepared"))
+            .arg(self.wy.as_ref().expect("prepared"));
+        b.arg(&ow).arg(&oh);
+        b.arg(&c0)
+            .arg(&c1)
+            .arg(&c2)
+            .arg(&s0)
+            .arg(&s1)
+            .arg(&s2)
+            .arg(&b0)
+            .arg(&b1)
+            .arg(&b2);
+        if half {
+            b.arg(&mut self.out16);
+        } else {
+            b.arg(&mut self.out);
+        }
+        // SAFETY: matches ef_preprocess_*; the source holds a whole frame of this geometry and
+        // format (length checked by the caller), the taps were computed for this geometry and
+        // only index source pixels inside it, the output holds 3·out_w·out_h values.
+        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_preprocess")
+    }
+}
+
+/// The CUDA accelerator: fused preprocessing on the GPU, then the encoder and Q-Former through
+/// tract-cuda (JetPack 6 build) when its runtime works, otherwise through tract on the CPU.
+pub struct CudaAccelerator {
+    gpu: Gpu,
+    pre: GpuPreprocess,
+    engine: TractEngine,
+    engine_on_gpu: bool,
+    input: Vec<f32>,
+    start: cudarc::driver::CudaEvent,
+    stop: cudarc::driver::CudaEvent,
+}
+
+impl CudaAccelerator {
+    /// Open device 0 and prepare everything for `bundle`.
+    pub fn new(bundle: &Bundle) -> Result<Self, GpuError> {
+        let mut gpu = Gpu::open(0)?;
+        let pre = GpuPreprocess::new(&mut gpu, &bundle.manifest().preprocess)?;
+        let (engine, engine_on_gpu) = models_engine(bundle)?;
+        let event = || {
+            gpu.ctx
+                .new_event(None)
+                .map_err(driver_err("creating a CUDA event"))
+        };
+        let (start, stop) = (event()?, event()?);
+        let [w, h] = bundle.manifest().preprocess.image_size;
+        Ok(Self {
+            input: vec![0.0; 3 * w as usize * h as usize],
+            gpu,
+            pre,
+            engine,
+            engine_on_gpu,
+            start,
+            stop,
+        })
+    }
+}
+
+#[cfg(feature = "cuda-jp6")]
+fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
+    // Referencing the crate links it, which registers its `cuda` runtime with tract.
+    let _ = std::any::type_name::<tract_cuda::CudaTransform>();
+    use tract_onnx::tract_core::runtime::runtime_for_name;
+    let rt = runtime_for_name("cuda").ok().flatten();
+    let why = match rt {
+        None => "tract-cuda's runtime is not registered".to_string(),
+        Some(rt) => match rt.check() {
+            Err(e) => format!("tract-cuda cannot start: {e:#}"),
+            Ok(()) => {
+                let mut b = bundle.clone();
+                b.set_runtime(Some(rt));
+                match TractEngine::new(&b) {
+                    Ok(e) => return Ok((e, true)),
+                    Err(e) => format!("tract-cuda cannot run the models: {e}"),
+                }
+            }
+        },
+    };
+    log::warn!("{why}; the encoder and Q-Former run on the CPU, preprocessing on the GPU");
+    cpu_engine(bundle)
+}
+
+#[cfg(not(feature = "cuda-jp6"))]
+fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
+    log::info!(
+        "JetPack 5 build: the encoder and Q-Former run on the CPU, preprocessing on the GPU"
+    );
+    cpu_engine(bundle)
+}
+
+fn cpu_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
+    TractEngine::new(bundle)
+        .map(|e| (e, false))
+        .map_err(|e| GpuError::Unsupported(e.to_string()))
+}
+
+impl Accelerator for CudaAccelerator {
+    fn describe(&self) -> String {
+        format!(
+            "{}: preprocessing on our kernel, encoder and Q-Former on {}",
+            self.gpu.describe(),
+            if self.engine_on_gpu {
+                "tract-cuda"
+            } else {
+                "the CPU (tract)"
+            }
+        )
+    }
+
+    fn run(
+        &mut self,
+        frame: &Frame,
+        embedding: &mut [f32],
+        queries: &mut [f32],
+        times: &mut AccelTimes,
+    ) -> Result<(), GpuError> {
+        let t0 = Instant::now();
+        self.start
+            .record(self.gpu.stream())
+            .map_err(driver_err("recording an event"))?;
+        self.pre.run(frame, &mut self.input)?;
+        self.stop
+            .record(self.gpu.stream())
+            .map_err(driver_err("recording an event"))?;
+        let t1 = Instant::now();
+        let model_err = |e: crate::engine::EngineError| GpuError::Driver {
+            what: "running the models".into(),
+            message: e.to_string(),
+        };
+        self.engine
+            .run_encoder(&self.input, embedding)
+            .map_err(model_err)?;
+        let t2 = Instant::now();
+        if self.engine.has_qformer() {
+            self.engine.run_qformer(queries).map_err(model_err)?;
+        }
+        let t3 = Instant::now();
+        let kernel_ms = self
+            .start
+            .elapsed_ms(&self.stop)
+            .map_err(driver_err("reading event times"))?;
+        log::trace!("preprocess kernel + copies {kernel_ms:.3} ms");
+        *times = [t1 - t0, t2 - t1, t3 - t2];
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The NVIDIA GPU path: our own CUDA kernels (compiled at run time by NVRTC, cached on disk),
+//! device selection with CPU fallback, and the accelerator the pipeline hands frames to.
+//!
+//! * [`KERNELS`]: the `.cu` sources, each compiled as `common.cuh` + the file, with no CUDA
+//!   headers, so a Jetson needs only the driver and `libnvrtc` at run time.
+//! * [`reference`]: a CPU implementation of every kernel with its stated tolerance; the GPU parity
+//!   tests compare against these (and against the production CPU preprocessor and fusion head).
+//! * [`cache`]: compiled cubins on disk keyed by source hash, `sm` and driver version.
+//! * [`DeviceChoice`] / [`Accelerator`]: `--device auto|cpu|cuda`, and the interface the pipeline
+//!   uses so that a GPU failure mid-stream moves the run to the CPU without losing the frame.
+//! * `cuda` (cargo feature `cuda-jp5` or `cuda-jp6`): cudarc with dynamic loading; the binary
+//!   builds without a CUDA toolkit and starts on machines without one.
+
+use std::time::Duration;
+
+use crate::frame::Frame;
+
+pub mod cache;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod reference;
+
+/// One kernel source file.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// File name under `runtime/src/gpu/kernels/`.
+    pub file: &'static str,
+    /// The file's text (without the shared prelude).
+    pub text: &'static str,
+    /// Its `extern "C"` entry points.
+    pub entry_points: &'static [&'static str],
+}
+
+/// Helpers prepended to every kernel file.
+pub const PRELUDE: &str = include_str!("kernels/common.cuh");
+
+/// Every kernel edgefuse compiles.
+pub const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        file: "preprocess.cu",
+        text: include_str!("kernels/preprocess.cu"),
+        entry_points: &["ef_preprocess_f32", "ef_preprocess_f16"],
+    },
+    KernelSource {
+        file: "linear.cu",
+        text: include_str!("kernels/linear.cu"),
+        entry_points: &[
+            "ef_linear_f32",
+            "ef_quantize_i8",
+            "ef_linear_i8_dp4a",
+            "ef_linear_i8_mma",
+        ],
+    },
+    KernelSource {
+        file: "attention.cu",
+        text: include_str!("kernels/attention.cu"),
+        entry_points: &["ef_attention_f32"],
+    },
+    KernelSource {
+        file: "norm.cu",
+        text: include_str!("kernels/norm.cu"),
+        entry_points: &["ef_layer_norm", "ef_add", "ef_activation", "ef_f32_to_f16"],
+    },
+    KernelSource {
+        file: "fusion.cu",
+        text: include_str!("kernels/fusion.cu"),
+        entry_points: &["ef_head_logits", "ef_fuse_topk"],
+    },
+];
+
+impl KernelSource {
+    /// The text NVRTC compiles: the prelude, then the file.
+    pub fn full_source(&self) -> String {
+        format!(
+            "// ---- common.cuh ----\n{PRELUDE}\n// ---- {} ----\n{}",
+            self.file, self.text
+        )
+    }
+}
+
+/// Look a kernel file up by name.
+pub fn kernel(file: &str) -> Option<&'static KernelSource> {
+    KERNELS.iter().find(|k| k.file == file)
+}
+
+/// Oldest GPU the kernels support: sm_53 (Jetson Nano). dp4a needs sm_61 (a byte-wise path
+/// replaces it below), the int8 tensor-core kernel sm_80.
+pub const MIN_SM: u32 = 53;
+/// Smallest `sm` for [`KernelSource`] `ef_linear_i8_mma` (mma.sync m16n8k32 int8).
+pub const MMA_SM: u32 = 80;
+
+/// Where to run inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// The GPU when one works, else the CPU after one warning that says why.
+    #[default]
+    Auto,
+    /// The CPU only.
+    Cpu,
+    /// The GPU or fail.
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// Parse `auto`, `cpu`, `cuda` (also `gpu`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "cuda" | "gpu" => Some(Self::Cuda),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("unknown device `{s}`: use auto, cpu or cuda"))
+    }
+}
+
+/// Why the GPU cannot be used (or stopped working).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum GpuError {
+    /// This binary has no CUDA support compiled in.
+    #[error("this edgefuse was built without CUDA support; rebuild with `--features cuda-jp6` (JetPack 6, CUDA 12) or `--features cuda-jp5` (JetPack 5, CUDA 11.4), or use --device cpu")]
+    NotBuilt,
+    /// `libcuda.so` could not be loaded.
+    #[error("no NVIDIA driver: libcuda.so could not be loaded (install the driver / JetPack, or use --device cpu)")]
+    NoDriver,
+    /// `libnvrtc.so` could not be loaded.
+    #[error("no NVRTC: libnvrtc.so could not be loaded; install the CUDA runtime compiler (Debian/JetPack package cuda-nvrtc-*), or use --device cpu")]
+    NoNvrtc,
+    /// The driver loaded but reports no device.
+    #[error("the NVIDIA driver reports no CUDA device")]
+    NoDevice,
+    /// The driver is older than the CUDA version this binary was built for.
+    #[error("the NVIDIA driver supports CUDA {have}, this edgefuse was built for CUDA {need}; update the driver (JetPack) or use the package for your JetPack")]
+    DriverTooOld {
+        /// Driver's CUDA version, e.g. `11.4`.
+        have: String,
+        /// Needed, e.g. `12.6`.
+        need: String,
+    },
+    /// The GPU is older than the kernels support.
+    #[error("GPU {name} is sm_{have}; edgefuse's kernels need sm_{need} or newer")]
+    UnsupportedSm {
+        /// Device name.
+        name: String,
+        /// Its compute capability as `major*10+minor`.
+        have: u32,
+        /// The minimum.
+        need: u32,
+    },
+    /// NVRTC rejected a kernel.
+    #[error("kernel {kernel} failed to compile for {arch}: {log}")]
+    KernelCompile {
+        /// Kernel file.
+        kernel: String,
+        /// Target, e.g. `sm_87`.
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// Device memory ran out while building the pipeline.
+    #[error("out of GPU memory while {what}")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+    },
+    /// A driver call failed (launch error, lost device, ECC error, …).
+    #[error("CUDA error in {what}: {message}")]
+    Driver {
+        /// The operation.
+        what: String,
+        /// The driver's message.
+        message: String,
+    },
+    /// The input does not fit the kernels (checked on the host before any launch).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Per-stage times an accelerator reports for one frame (preprocess, encoder, Q-Former).
+pub type AccelTimes = [Duration; 3];
+
+/// Runs the tensor work of one frame (preprocess → encoder → Q-Former) somewhere other than the
+/// pipeline's CPU path. The pipeline keeps its CPU engine: when [`Accelerator::run`] fails it
+/// logs once, drops the accelerator and runs the same frame, and every later one, on the CPU.
+pub trait Accelerator: Send {
+    /// A short description for logs (`cuda:0 Orin (sm_87)`).
+    fn describe(&self) -> String;
+    /// Preprocess `frame`, run the encoder and the Q-Former; write the pooled `embedding` and
+    /// (when the bundle has a Q-Former) the `queries`. Must not allocate per frame.
+    fn run(
+        &mut self,
+        frame: &Frame,
+        embedding: &mut [f32],
+        queries: &mut [f32],
+        times: &mut AccelTimes,
+    ) -> Result<(), GpuError>;
+}
+
+/// What the CUDA build variant supports, for `edgefuse info`.
+pub fn build_variant() -> &'static str {
+    if cfg!(feature = "cuda-jp6") {
+        "cuda-jp6 (CUDA 12.6 bindings, our kernels + tract-cuda)"
+    } else if cfg!(feature = "cuda-jp5") {
+        "cuda-jp5 (CUDA 11.4 bindings, our kernels)"
+    } else {
+        "cpu only (no cuda feature)"
+    }
+}
+
+/// Build an accelerator for `choice`: `Ok(None)` means run on the CPU. `auto` returns `Ok(None)`
+/// after one `warn!` naming the reason when the GPU cannot be used; `cuda` returns the error.
+pub fn select(
+    choice: DeviceChoice,
+    bundle: &edgefuse_models::Bundle,
+) -> Result<Option<Box<dyn Accelerator>>, GpuError> {
+    if choice == DeviceChoice::Cpu {
+        return Ok(None);
+    }
+    let built = build(bundle);
+    match (choice, built) {
+        (_, Ok(acc)) => {
+            log::info!("inference on {}", acc.describe());
+            Ok(Some(acc))
+        }
+        (DeviceChoice::Auto, Err(GpuError::NotBuilt)) => {
+            log::info!("this build has no CUDA support; inference on the CPU");
+            Ok(None)
+        }
+        (DeviceChoice::Auto, Err(e)) => {
+            log::warn!("GPU not used: {e}; inference on the CPU");
+            Ok(None)
+        }
+        (_, Err(e)) => Err(e),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn build(bundle: &edgefuse_models::Bundle) -> Result<Box<dyn Accelerator>, GpuError> {
+    Ok(Box::new(cuda::CudaAccelerator::new(bundle)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn build(_bundle: &edgefuse_models::Bundle) -> Result<Box<dyn Accelerator>, GpuError> {
+    Err(GpuError::NotBuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_point_is_defined_in_its_file() {
+        for k in KERNELS {
+            for e in k.entry_points {
+                assert!(
+                    k.text.contains(&format!("void {e}(")) || k.text.contains(&format!("\n{e}(")),
+                    "{} does not define {e}",
+                    k.file
+                );
+            }
+            let defined = k.text.matches("extern \"C\" __global__").count();
+            assert_eq!(
+                defined,
+                k.entry_points.len(),
+                "{}: entry point list",
+                k.file
+            );
+        }
+    }
+
+    #[test]
+    fn kernels_need_no_cuda_headers() {
+        for src in KERNELS.iter().map(|k| k.text).chain([PRELUDE]) {
+            assert!(
+                !src.contains("#include"),
+                "kernels must compile with NVRTC alone"
+            );
+        }
+    }
+
+    #[test]
+    fn device_choice_parses() {
+        assert_eq!(DeviceChoice::parse("AUTO"), Some(DeviceChoice::Auto));
+        assert_eq!(DeviceChoice::parse("gpu"), Some(DeviceChoice::Cuda));
+        assert_eq!(DeviceChoice::parse("cpu"), Some(DeviceChoice::Cpu));
+        assert!("tpu"
+            .parse::<DeviceChoice>()
+            .unwrap_err()
+            .contains("auto, cpu or cuda"));
+    }
+}
