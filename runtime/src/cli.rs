@@ -18,6 +18,7 @@ use edgefuse_runtime::capture::{self, CaptureError};
 use edgefuse_runtime::config::RunConfig;
 use edgefuse_runtime::decision::{DecisionConfig, EventKind};
 use edgefuse_runtime::gpio::{ActuatorSpec, EdgeClock, EdgeTrigger, Io, LedSpec, Wiring};
+use edgefuse_runtime::gpu::{self, DeviceChoice};
 use edgefuse_runtime::pipeline::{
     FrameResult, Pipeline, PipelineConfig, RunLimits, RunSummary, STAGES,
 };
@@ -64,6 +65,23 @@ enum Command {
     Board(BoardArgs),
     /// Calibrate activation ranges on frames and write an int8 bundle.
     Calibrate(CalibrateArgs),
+    /// Compile the CUDA kernels with NVRTC (no GPU needed) and optionally write their PTX.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args, Debug)]
+struct KernelsArgs {
+    /// Target architectures, comma separated [default: the Jetsons' and the H100/H200's].
+    #[arg(long, value_delimiter = ',', default_value = "sm_53,sm_72,sm_87,sm_90")]
+    arch: Vec<String>,
+    /// Write each kernel file's PTX as DIR/<file>.<arch>.ptx (for ptxas).
+    #[arg(long, value_name = "DIR")]
+    ptx_dir: Option<PathBuf>,
+}
+
+/// `--device` values.
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +188,9 @@ struct RunArgs {
     /// Status LED (ready: on, classifying: fast blink, error: 3 blinks): pin:N[,active-low].
     #[arg(long, value_name = "PIN")]
     status_led: Option<LedSpec>,
+    /// auto (GPU when usable, else CPU after a warning), cpu, or cuda (GPU or fail) [default: auto].
+    #[arg(long, value_parser = parse_device)]
+    device: Option<DeviceChoice>,
 }
 
 fn parse_on(s: &str) -> Result<ActuatorSpec, String> {
@@ -194,6 +215,7 @@ struct RunOptions {
     json: bool,
     board: Option<Board>,
     wiring: Wiring,
+    device: DeviceChoice,
 }
 
 fn parse_board(name: &str, origin: &str) -> Result<Board> {
@@ -293,6 +315,7 @@ impl RunArgs {
                 actuators,
                 status_led,
             },
+            device: self.device.or(file.device).unwrap_or_default(),
         })
     }
 }
@@ -313,6 +336,9 @@ struct BenchArgs {
     /// Accepted for symmetry with `run`; bench always prints JSON.
     #[arg(long)]
     json: bool,
+    /// auto, cpu or cuda [default: auto].
+    #[arg(long, value_parser = parse_device, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -416,7 +442,49 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Labels(a) => labels(a),
         Command::Board(a) => board(a),
         Command::Calibrate(a) => calibrate(a),
+        Command::Kernels(a) => kernels(a),
     }
+}
+
+fn kernels(a: KernelsArgs) -> Result<()> {
+    let mut archs = Vec::new();
+    for s in &a.arch {
+        let t = s.trim();
+        let sm = t
+            .strip_prefix("sm_")
+            .or_else(|| t.strip_prefix("compute_"))
+            .unwrap_or(t)
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (gpu::MIN_SM..200).contains(v))
+            .ok_or_else(|| {
+                anyhow!(UsageError(format!(
+                    "--arch `{s}`: expected sm_XY with XY between {} and 199, e.g. sm_87",
+                    gpu::MIN_SM
+                )))
+            })?;
+        archs.push(sm);
+    }
+    let builds = gpu::build_all(&archs, a.ptx_dir.as_deref())?;
+    for b in &builds {
+        println!(
+            "ok  {:<14} sm_{}  ptx {:>7} B  cubin {:>7} B{}",
+            b.file,
+            b.sm,
+            b.ptx_bytes,
+            b.cubin_bytes,
+            b.ptx_path
+                .as_ref()
+                .map(|p| format!("  -> {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "{} kernel files x {} architectures compiled clean with NVRTC",
+        builds.len() / archs.len().max(1),
+        archs.len()
+    );
+    Ok(())
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -792,6 +860,7 @@ fn run(args: RunArgs) -> Result<()> {
     let cfg = PipelineConfig {
         top_k: a.top_k as usize,
         decision: decision_config(&a, &labels)?,
+        device: a.device,
         ..Default::default()
     };
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
@@ -1149,8 +1218,12 @@ fn bench(a: BenchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| "synthetic://?width=640&height=480&format=yuyv".to_string());
     let mut source = capture::open(&uri)?;
-    let mut pipeline =
-        Pipeline::new(&bundle, PipelineConfig::default()).context("cannot build the pipeline")?;
+    let cfg = PipelineConfig {
+        device: a.device,
+        ..Default::default()
+    };
+    let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
+    let device = pipeline.device();
     let mut trigger = Trigger::Continuous;
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrlc(&stop);
@@ -1172,7 +1245,16 @@ fn bench(a: BenchArgs) -> Result<()> {
     let mut buf = Vec::new();
     write_json_str(&mut buf, &uri)?;
     out.push_str(&String::from_utf8_lossy(&buf));
-    let _ = write!(out, ",\"frames\":{},\"stages\":{{", s.frames);
+    let _ = write!(out, ",\"device\":");
+    buf.clear();
+    write_json_str(&mut buf, &device)?;
+    out.push_str(&String::from_utf8_lossy(&buf));
+    let _ = write!(
+        out,
+        ",\"gpu_fallbacks\":{},\"frames\":{},\"stages\":{{",
+        pipeline.fallbacks(),
+        s.frames
+    );
     for (i, (name, h)) in STAGES
         .iter()
         .zip(&s.stages)
@@ -1252,7 +1334,12 @@ fn info(a: InfoArgs) -> Result<()> {
         ),
         None => println!("precision   float32"),
     }
-    println!("backends    cpu: tract-onnx (available); cuda: not built into this binary");
+    println!("backends    cpu: tract-onnx (available)");
+    println!("build       {}", gpu::build_variant());
+    match gpu::probe() {
+        Ok(d) => println!("gpu         {d}"),
+        Err(e) => println!("gpu         not used: {e}"),
+    }
     if !m.license.is_empty() {
         println!("license     {}", m.license);
     }

@@ -130,6 +130,8 @@ pub struct RunConfig {
     pub on: BTreeMap<String, String>,
     /// Status LED, as `--status-led`.
     pub status_led: Option<String>,
+    /// `auto`, `cpu` or `cuda`, as `--device`.
+    pub device: Option<crate::gpu::DeviceChoice>,
 }
 
 impl RunConfig {

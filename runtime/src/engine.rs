@@ -18,6 +18,9 @@ pub enum EngineError {
     /// The bundle could not be loaded.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The GPU was requested (`--device cuda`) and cannot be used.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
     /// tract failed while running a model.
     #[error("{model}: inference failed: {message}")]
     Run {

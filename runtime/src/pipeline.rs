@@ -16,6 +16,7 @@ use crate::decision::{Decision, DecisionConfig, Events};
 use crate::engine::{EngineError, TractEngine};
 use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
+use crate::gpu::{self, Accelerator, DeviceChoice};
 use crate::preprocess::Preprocessor;
 use crate::ring::FrameRing;
 use crate::stats::Histogram;
@@ -67,6 +68,9 @@ pub struct PipelineConfig {
     pub decision: DecisionConfig,
     /// Ring slots between capture and inference.
     pub ring_slots: usize,
+    /// Where the tensor work runs ([`DeviceChoice::Cpu`] by default; the CLI defaults to
+    /// `auto`).
+    pub device: DeviceChoice,
 }
 
 impl Default for PipelineConfig {
@@ -75,6 +79,7 @@ impl Default for PipelineConfig {
             top_k: 3,
             decision: DecisionConfig::default(),
             ring_slots: 4,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct Pipeline {
     top: TopK,
     events: Events,
     cfg: PipelineConfig,
+    accel: Option<Box<dyn Accelerator>>,
+    fallbacks: u32,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -145,13 +152,17 @@ impl std::fmt::Debug for Pipeline {
         f.debug_struct("Pipeline")
             .field("labels", &self.labels.len())
             .field("engine", &self.engine)
+            .field("device", &self.device())
             .finish()
     }
 }
 
 impl Pipeline {
-    /// Load the bundle's models and size every buffer.
+    /// Load the bundle's models and size every buffer. With `cfg.device` `auto` or `cuda` this
+    /// also builds the GPU accelerator (see [`gpu::select`]); the CPU engine is always built,
+    /// so a GPU failure mid-run can continue on the CPU.
     pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, EngineError> {
+        let accel = gpu::select(cfg.device, bundle)?;
         let engine = TractEngine::new(bundle)?;
         let m = bundle.manifest();
         let pre = Preprocessor::new(&m.preprocess);
@@ -175,7 +186,29 @@ impl Pipeline {
             top: TopK::new(),
             events: Events::new(),
             cfg,
+            accel,
+            fallbacks: 0,
         })
+    }
+
+    /// Run the tensor work through `accel` (a custom backend, or a test double); the CPU engine
+    /// stays as the fallback.
+    pub fn with_accelerator(mut self, accel: Box<dyn Accelerator>) -> Self {
+        self.accel = Some(accel);
+        self
+    }
+
+    /// Where frames are processed now: `cpu (tract)` or the accelerator's description.
+    pub fn device(&self) -> String {
+        match &self.accel {
+            Some(a) => a.describe(),
+            None => "cpu (tract)".to_string(),
+        }
+    }
+
+    /// How many times the accelerator failed and the run moved to the CPU (0 or 1).
+    pub fn fallbacks(&self) -> u32 {
+        self.fallbacks
     }
 
     /// Label names in index order.
@@ -206,19 +239,48 @@ impl Pipeline {
         let t0 = Instant::now();
         let mut times = StageTimes::default();
         times.0[0] = t0.saturating_duration_since(frame.captured_at);
-        if let Err(e) = self.pre.run(frame, &mut self.input) {
+        if let Err(e) = Preprocessor::check(frame) {
             log::warn!("{e}; frame skipped");
             return Ok(None);
         }
-        let t1 = Instant::now();
-        self.engine.run_encoder(&self.input, &mut self.embedding)?;
-        let t2 = Instant::now();
-        let queries = if self.engine.has_qformer() {
-            self.engine.run_qformer(&mut self.queries)?;
-            Some(self.queries.as_slice())
-        } else {
-            None
-        };
+        let mut on_accel = false;
+        if let Some(acc) = self.accel.as_mut() {
+            let mut at = [Duration::ZERO; 3];
+            match acc.run(frame, &mut self.embedding, &mut self.queries, &mut at) {
+                Ok(()) => {
+                    on_accel = true;
+                    times.0[1..4].copy_from_slice(&at);
+                }
+                Err(e) => {
+                    // Logged once: the accelerator is dropped and this frame, like every later
+                    // one, runs on the CPU.
+                    log::error!(
+                        "{} failed on frame {}: {e}; continuing on the CPU for the rest of the run",
+                        acc.describe(),
+                        frame.seq
+                    );
+                    self.accel = None;
+                    self.fallbacks += 1;
+                }
+            }
+        }
+        if !on_accel {
+            if let Err(e) = self.pre.run(frame, &mut self.input) {
+                log::warn!("{e}; frame skipped");
+                return Ok(None);
+            }
+            let t1 = Instant::now();
+            self.engine.run_encoder(&self.input, &mut self.embedding)?;
+            let t2 = Instant::now();
+            if self.engine.has_qformer() {
+                self.engine.run_qformer(&mut self.queries)?;
+            }
+            let t3 = Instant::now();
+            times.0[1] = t1 - t0;
+            times.0[2] = t2 - t1;
+            times.0[3] = t3 - t2;
+        }
+        let queries = self.engine.has_qformer().then_some(self.queries.as_slice());
         let t3 = Instant::now();
         let heads = self
             .head
@@ -232,9 +294,6 @@ impl Pipeline {
             &mut self.events,
         );
         let t5 = Instant::now();
-        times.0[1] = t1 - t0;
-        times.0[2] = t2 - t1;
-        times.0[3] = t3 - t2;
         times.0[4] = t4 - t3;
         times.0[5] = t5 - t4;
         times.0[6] = t5.saturating_duration_since(frame.captured_at);

@@ -99,6 +99,7 @@ pub enum DeviceChoice {
     /// The CPU only.
     Cpu,
     /// The GPU or fail.
+    #[serde(alias = "gpu")]
     Cuda,
 }
 
@@ -247,6 +248,96 @@ pub fn select(
             Ok(None)
         }
         (_, Err(e)) => Err(e),
+    }
+}
+
+/// One kernel file compiled for one architecture by `edgefuse kernels`.
+#[derive(Debug, Clone)]
+pub struct KernelBuild {
+    /// Kernel file.
+    pub file: &'static str,
+    /// Architecture, `major*10+minor`.
+    pub sm: u32,
+    /// Bytes of PTX (`compute_XY`).
+    pub ptx_bytes: usize,
+    /// Bytes of cubin (`sm_XY`, what the runtime loads).
+    pub cubin_bytes: usize,
+    /// Where the PTX was written, if asked.
+    pub ptx_path: Option<std::path::PathBuf>,
+}
+
+/// Compile every kernel file with NVRTC for every `sm` in `archs`, to PTX and to a cubin; write
+/// the PTX under `ptx_dir` as `<file>.sm_XY.ptx`. Any NVRTC warning is an error: the kernels
+/// must compile clean. Needs `libnvrtc`, not a GPU.
+#[cfg(feature = "cuda")]
+pub fn build_all(
+    archs: &[u32],
+    ptx_dir: Option<&std::path::Path>,
+) -> Result<Vec<KernelBuild>, GpuError> {
+    use cuda::{compile, Target};
+    let mut out = Vec::new();
+    if let Some(d) = ptx_dir {
+        std::fs::create_dir_all(d)
+            .map_err(|e| GpuError::Unsupported(format!("cannot create {}: {e}", d.display())))?;
+    }
+    for k in KERNELS {
+        for &sm in archs {
+            let mut sizes = [0usize; 2];
+            let mut ptx = Vec::new();
+            for (i, target) in [Target::Ptx(sm), Target::Cubin(sm)].into_iter().enumerate() {
+                let c = compile(k, target)?;
+                if !c.log.is_empty() {
+                    return Err(GpuError::KernelCompile {
+                        kernel: k.file.to_string(),
+                        arch: target.arch(),
+                        log: format!("warnings (the kernels must compile clean): {}", c.log),
+                    });
+                }
+                sizes[i] = c.binary.len();
+                if i == 0 {
+                    ptx = c.binary;
+                }
+            }
+            let ptx_path = match ptx_dir {
+                Some(d) => {
+                    let p = d.join(format!("{}.sm_{sm}.ptx", k.file.trim_end_matches(".cu")));
+                    std::fs::write(&p, &ptx).map_err(|e| {
+                        GpuError::Unsupported(format!("cannot write {}: {e}", p.display()))
+                    })?;
+                    Some(p)
+                }
+                None => None,
+            };
+            out.push(KernelBuild {
+                file: k.file,
+                sm,
+                ptx_bytes: sizes[0],
+                cubin_bytes: sizes[1],
+                ptx_path,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Without the `cuda` feature: [`GpuError::NotBuilt`].
+#[cfg(not(feature = "cuda"))]
+pub fn build_all(
+    _archs: &[u32],
+    _ptx_dir: Option<&std::path::Path>,
+) -> Result<Vec<KernelBuild>, GpuError> {
+    Err(GpuError::NotBuilt)
+}
+
+/// What `edgefuse info` says about the GPU: the device, or why none is used.
+pub fn probe() -> Result<String, GpuError> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::Gpu::open(0).map(|g| g.describe())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(GpuError::NotBuilt)
     }
 }
 
