@@ -41,6 +41,7 @@ fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec) -> (u64, u64, u64) 
             ..Default::default()
         },
         ring_slots: 4,
+        device: edgefuse_runtime::gpu::DeviceChoice::Cpu,
     };
     let mut pipeline = Pipeline::new(bundle, cfg).expect("pipeline");
     let mut source = capture::open(uri).expect("source");
