@@ -77,6 +77,10 @@ struct KernelsArgs {
     /// Write each kernel file's PTX as DIR/<file>.<arch>.ptx (for ptxas).
     #[arg(long, value_name = "DIR")]
     ptx_dir: Option<PathBuf>,
+    /// Instead of compiling for --arch: time every kernel on this machine's GPU (ViT-B/32 and
+    /// BLIP-2 Q-Former shapes at batch 1) against the device's peaks.
+    #[arg(long)]
+    bench: bool,
 }
 
 /// `--device` values.
@@ -464,6 +468,21 @@ fn kernels(a: KernelsArgs) -> Result<()> {
                 )))
             })?;
         archs.push(sm);
+    }
+    if a.bench {
+        let (device, timings) = gpu::bench_kernels()?;
+        println!("{device}");
+        for t in &timings {
+            let peak = t
+                .peak
+                .map(|p| format!("  {:5.1}% of {p:.0} {}", 100.0 * t.rate / p, t.unit))
+                .unwrap_or_default();
+            println!(
+                "{:<52} {:>9.2} us  {:>9.1} {}{peak}",
+                t.name, t.median_us, t.rate, t.unit
+            );
+        }
+        return Ok(());
     }
     let builds = gpu::build_all(&archs, a.ptx_dir.as_deref())?;
     for b in &builds {

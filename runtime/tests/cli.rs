@@ -634,7 +634,8 @@ fn gpu_unusable_reason() -> Option<String> {
         .lines()
         .find(|l| l.starts_with("gpu "))
         .unwrap_or_else(|| panic!("no gpu line\n{}", r.context()));
-    line.split_once("not used: ").map(|(_, why)| why.to_string())
+    line.split_once("not used: ")
+        .map(|(_, why)| why.to_string())
 }
 
 #[test]
@@ -668,9 +669,11 @@ fn device_flag_cpu_auto_and_cuda_without_a_usable_gpu() {
     let cfg = tmp.path().join("edgefuse.toml");
     let c = cfg.to_str().unwrap();
     std::fs::write(&cfg, "frames = 1\ndevice = \"tpu\"\n").unwrap();
-    Run::new(&["run", "--config", c])
-        .code(2)
-        .stderr_has(&[&format!("{c}:2:"), "key `device`", "auto"]);
+    Run::new(&["run", "--config", c]).code(2).stderr_has(&[
+        &format!("{c}:2:"),
+        "key `device`",
+        "auto",
+    ]);
     std::fs::write(&cfg, "frames = 1\ndevice = \"cuda\"\n").unwrap();
     Run::new(&["run", "--config", c])
         .code(1)
@@ -704,9 +707,14 @@ fn kernels_command_checks_its_arguments_and_reports_missing_cuda() {
         return;
     }
     r.code(0);
-    assert!(r.stdout().contains("5 kernel files x 1 architectures compiled clean"));
+    assert!(r
+        .stdout()
+        .contains("5 kernel files x 1 architectures compiled clean"));
     let ptx = std::fs::read_to_string(tmp.path().join("linear.sm_87.ptx")).unwrap();
-    assert!(ptx.contains(".entry ef_linear_i8_mma"), "PTX lacks the mma kernel");
+    assert!(
+        ptx.contains(".entry ef_linear_i8_mma"),
+        "PTX lacks the mma kernel"
+    );
     assert!(ptx.contains("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32"));
     assert!(ptx.contains("dp4a.s32.s32"));
 }

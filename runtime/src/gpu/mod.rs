@@ -329,6 +329,36 @@ pub fn build_all(
     Err(GpuError::NotBuilt)
 }
 
+/// One kernel's measured speed (`edgefuse kernels --bench`).
+#[derive(Debug, Clone)]
+pub struct KernelTiming {
+    /// Kernel and shape.
+    pub name: String,
+    /// Median time per launch, microseconds (CUDA events around a batch of launches).
+    pub median_us: f64,
+    /// Achieved rate in `unit`.
+    pub rate: f64,
+    /// `GB/s`, `GFLOP/s` or `TOPS`.
+    pub unit: &'static str,
+    /// The device's peak in the same unit, when known.
+    pub peak: Option<f64>,
+}
+
+/// Open the GPU and time every kernel (`edgefuse kernels --bench`): the device description,
+/// its peak DRAM bandwidth and int8 peak, and the timings.
+pub fn bench_kernels() -> Result<(String, Vec<KernelTiming>), GpuError> {
+    #[cfg(feature = "cuda")]
+    {
+        let mut g = cuda::Gpu::open(0)?;
+        let t = cuda::bench_kernels(&mut g)?;
+        Ok((g.describe(), t))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(GpuError::NotBuilt)
+    }
+}
+
 /// What `edgefuse info` says about the GPU: the device, or why none is used.
 pub fn probe() -> Result<String, GpuError> {
     #[cfg(feature = "cuda")]
