@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// The repository root.
+/// The repository root: `$EDGEFUSE_REPO` when set (test binaries built on one machine and run
+/// from another checkout, as `scripts/gpu-check --prepare` does), else where this crate was built.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    match std::env::var_os("EDGEFUSE_REPO") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
 }
 
 /// The bundled default model.

@@ -4,7 +4,7 @@
 //!
 //! Tolerances are the ones stated in `edgefuse_runtime::gpu::reference`.
 
-#[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6")))]
+#[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6", feature = "cuda-jp7")))]
 #[test]
 fn gpu_parity_needs_the_cuda_feature() {
     println!(
@@ -13,7 +13,7 @@ fn gpu_parity_needs_the_cuda_feature() {
     );
 }
 
-#[cfg(any(feature = "cuda-jp5", feature = "cuda-jp6"))]
+#[cfg(any(feature = "cuda-jp5", feature = "cuda-jp6", feature = "cuda-jp7"))]
 mod cuda {
     use edgefuse_models::manifest::{
         ChannelOrder, Fusion, FusionMethod, HeadParams, Preprocess, ResizePolicy,

@@ -1,13 +1,19 @@
-//! The CUDA backend (cargo feature `cuda-jp5` or `cuda-jp6`): NVRTC compilation, the device,
+//! The CUDA backend (cargo feature `cuda-jp5`, `cuda-jp6` or `cuda-jp7`): NVRTC compilation, the device,
 //! kernel launches, and the accelerator the pipeline uses.
 //!
 //! cudarc opens `libcuda`/`libnvrtc` at run time. Its calls panic when a library is missing, so
 //! every entry point here checks presence first and returns a [`GpuError`] instead.
 
-#[cfg(all(feature = "cuda-jp5", feature = "cuda-jp6"))]
-compile_error!("enable one of the features cuda-jp5 and cuda-jp6: each selects a CUDA version");
-#[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6")))]
-compile_error!("enable CUDA through the feature cuda-jp5 (JetPack 5) or cuda-jp6 (JetPack 6)");
+#[cfg(any(
+    all(feature = "cuda-jp5", feature = "cuda-jp6"),
+    all(feature = "cuda-jp5", feature = "cuda-jp7"),
+    all(feature = "cuda-jp6", feature = "cuda-jp7")
+))]
+compile_error!(
+    "enable one of the features cuda-jp5, cuda-jp6, cuda-jp7: each selects a CUDA version"
+);
+#[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6", feature = "cuda-jp7")))]
+compile_error!("enable CUDA through the feature cuda-jp5 (JetPack 5), cuda-jp6 (JetPack 6) or cuda-jp7 (CUDA 13)");
 
 use std::ffi::CString;
 use std::sync::Arc;
@@ -31,7 +37,9 @@ use crate::frame::{Frame, PixelFormat};
 use crate::preprocess::Preprocessor;
 
 /// The CUDA version the bindings were generated for; the driver must support at least this.
-pub const BUILT_FOR: i32 = if cfg!(feature = "cuda-jp6") {
+pub const BUILT_FOR: i32 = if cfg!(feature = "cuda-jp7") {
+    13000
+} else if cfg!(feature = "cuda-jp6") {
     12060
 } else {
     11040
@@ -1063,7 +1071,7 @@ impl CudaAccelerator {
     }
 }
 
-#[cfg(feature = "cuda-jp6")]
+#[cfg(any(feature = "cuda-jp6", feature = "cuda-jp7"))]
 fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
     // Referencing the crate links it, which registers its `cuda` runtime with tract.
     let _ = std::any::type_name::<tract_cuda::CudaTransform>();
@@ -1087,7 +1095,7 @@ fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
     cpu_engine(bundle)
 }
 
-#[cfg(not(feature = "cuda-jp6"))]
+#[cfg(not(any(feature = "cuda-jp6", feature = "cuda-jp7")))]
 fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
     log::info!(
         "JetPack 5 build: the encoder and Q-Former run on the CPU, preprocessing on the GPU"

@@ -135,7 +135,7 @@ impl std::str::FromStr for DeviceChoice {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum GpuError {
     /// This binary has no CUDA support compiled in.
-    #[error("this edgefuse was built without CUDA support; rebuild with `--features cuda-jp6` (JetPack 6, CUDA 12) or `--features cuda-jp5` (JetPack 5, CUDA 11.4), or use --device cpu")]
+    #[error("this edgefuse was built without CUDA support; rebuild with `--features cuda-jp6` (JetPack 6, CUDA 12), `cuda-jp5` (JetPack 5, CUDA 11.4) or `cuda-jp7` (CUDA 13), or use --device cpu")]
     NotBuilt,
     /// `libcuda.so` could not be loaded.
     #[error("no NVIDIA driver: libcuda.so could not be loaded (install the driver / JetPack, or use --device cpu)")]
@@ -215,7 +215,9 @@ pub trait Accelerator: Send {
 
 /// What the CUDA build variant supports, for `edgefuse info`.
 pub fn build_variant() -> &'static str {
-    if cfg!(feature = "cuda-jp6") {
+    if cfg!(feature = "cuda-jp7") {
+        "cuda-jp7 (CUDA 13.0 bindings, our kernels + tract-cuda)"
+    } else if cfg!(feature = "cuda-jp6") {
         "cuda-jp6 (CUDA 12.6 bindings, our kernels + tract-cuda)"
     } else if cfg!(feature = "cuda-jp5") {
         "cuda-jp5 (CUDA 11.4 bindings, our kernels)"
