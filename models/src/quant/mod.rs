@@ -199,6 +199,16 @@ impl PartialEq for QLinear {
 impl Eq for QLinear {}
 
 impl QLinear {
+    /// The packed 7-bit weights and their per-channel scales.
+    pub fn weights(&self) -> &PackedWeights {
+        &self.weights
+    }
+
+    /// The activation scale (`amax / 127`).
+    pub fn act_scale(&self) -> f32 {
+        self.act_scale
+    }
+
     /// Quantize `w` with scale `amax / 127` for the activations.
     pub fn new(
         w: &Tensor,

@@ -18,6 +18,7 @@ use crate::frame::Frame;
 pub mod cache;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod graph;
 pub mod reference;
 
 /// One kernel source file.
