@@ -709,7 +709,7 @@ fn kernels_command_checks_its_arguments_and_reports_missing_cuda() {
     r.code(0);
     assert!(r
         .stdout()
-        .contains("5 kernel files x 1 architectures compiled clean"));
+        .contains("6 kernel files x 1 architectures compiled clean"));
     let ptx = std::fs::read_to_string(tmp.path().join("linear.sm_87.ptx")).unwrap();
     assert!(
         ptx.contains(".entry ef_linear_i8_mma"),

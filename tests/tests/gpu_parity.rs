@@ -486,6 +486,55 @@ mod cuda {
     }
 
     #[test]
+    fn graph_executor_matches_the_plan_run_on_the_cpu() {
+        use edgefuse_runtime::gpu::cuda::GraphExec;
+        use edgefuse_runtime::gpu::graph::{lower_bundle, run_cpu};
+        let Some((mut g, _)) = gpu("graph") else {
+            return;
+        };
+        let bundle = edgefuse_models::Bundle::open(edgefuse_tests::default_bundle()).unwrap();
+        let (enc, qf) = lower_bundle(&bundle).unwrap();
+        let qf = qf.unwrap();
+        let input = rand(enc.buffers[enc.input].len(), 20);
+        let want = run_cpu(&enc, &input).unwrap();
+        let want_q = run_cpu(&qf, &want[1]).unwrap();
+        let mut e = GraphExec::new(&mut g, enc).unwrap();
+        let mut q = GraphExec::new(&mut g, qf).unwrap();
+        let dx = g.upload(&input).unwrap();
+        for _ in 0..2 {
+            // Twice: the second run reuses every buffer.
+            e.set_input_from(&dx).unwrap();
+            e.run().unwrap();
+            q.set_input_from(e.output(1)).unwrap();
+            q.run().unwrap();
+            let emb = g.download(e.output(0)).unwrap();
+            assert_close(
+                "graph encoder embedding",
+                r::TOL_LINEAR_F32,
+                &emb,
+                &want[0],
+                max_abs(&want[0]),
+            );
+            let tok = g.download(e.output(1)).unwrap();
+            assert_close(
+                "graph encoder tokens",
+                r::TOL_LINEAR_F32,
+                &tok,
+                &want[1],
+                max_abs(&want[1]),
+            );
+            let qo = g.download(q.output(0)).unwrap();
+            assert_close(
+                "graph q-former",
+                r::TOL_LINEAR_F32,
+                &qo,
+                &want_q[0],
+                max_abs(&want_q[0]),
+            );
+        }
+    }
+
+    #[test]
     fn the_cuda_accelerator_classifies_like_the_cpu() {
         use edgefuse_models::Bundle;
         use edgefuse_runtime::gpu::{cuda::CudaAccelerator, Accelerator};

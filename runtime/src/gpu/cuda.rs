@@ -453,6 +453,8 @@ fn blocks(n: usize, per: usize) -> u32 {
 }
 
 /// The non-preprocessing kernels, loaded once; launches check their arguments on the host.
+/// Cloning shares the loaded functions (no allocation).
+#[derive(Clone)]
 pub struct Kernels {
     linear_f32: CudaFunction,
     quantize: CudaFunction,
@@ -645,8 +647,14 @@ impl Kernels {
         (lq, lk, heads, d): (usize, usize, usize, usize),
         scale: f32,
     ) -> Result<(), GpuError> {
+        if lq == 0 || lk == 0 || heads == 0 || d == 0 {
+            return Err(GpuError::Unsupported(format!(
+                "attention needs at least one query, key, head and channel (got {lq}, {lk}, {heads}, {d})"
+            )));
+        }
         let shared = (d + lk) * 4;
-        if shared > self.max_shared {
+        // 128 bytes of static shared memory (the reduction scratch) come on top.
+        if shared + 128 > self.max_shared {
             return Err(GpuError::Unsupported(format!(
                 "attention over {lk} keys of width {d} needs {shared} bytes of shared memory, the GPU has {}",
                 self.max_shared
@@ -683,6 +691,11 @@ impl Kernels {
         (rows, cols): (usize, usize),
         eps: f32,
     ) -> Result<(), GpuError> {
+        if rows == 0 || cols == 0 {
+            return Err(GpuError::Unsupported(
+                "layer norm of an empty tensor".into(),
+            ));
+        }
         check_len("x", x.len(), rows * cols)?;
         check_len("y", y.len(), rows * cols)?;
         check_len("gamma", gamma.len(), cols)?;
@@ -758,6 +771,11 @@ impl Kernels {
         clip: &mut CudaSlice<f32>,
         qf: &mut CudaSlice<f32>,
     ) -> Result<(), GpuError> {
+        if n_labels == 0 || dim == 0 {
+            return Err(GpuError::Unsupported(
+                "the fusion head needs labels and a width".into(),
+            ));
+        }
         check_len("embedding", emb.len(), dim)?;
         check_len("labels", labels.len(), n_labels * dim)?;
         check_len("clip", clip.len(), n_labels)?;
@@ -801,6 +819,11 @@ impl Kernels {
         top: (&mut CudaSlice<i32>, &mut CudaSlice<f32>),
     ) -> Result<(), GpuError> {
         let n = clip.len();
+        if n == 0 || top.0.is_empty() {
+            return Err(GpuError::Unsupported(
+                "the fusion head needs labels and k >= 1".into(),
+            ));
+        }
         check_len("qf", qf.len(), n)?;
         check_len("probs", probs.len(), n)?;
         check_len("tmp", tmp.len(), n)?;
@@ -818,6 +841,15 @@ impl Kernels {
         // SAFETY: matches ef_fuse_topk; n-long inputs/scratch and k-long outputs checked.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_fuse_topk")
     }
+}
+
+fn check_exact(what: &str, have: usize, need: usize) -> Result<(), GpuError> {
+    if have != need {
+        return Err(GpuError::Unsupported(format!(
+            "{what}: buffer holds {have} values, expected {need}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_len(what: &str, have: usize, need: usize) -> Result<(), GpuError> {
@@ -903,6 +935,8 @@ impl GpuPreprocess {
         if self.geometry == Some(key) {
             return Ok(());
         }
+        // Whatever fails below must not leave buffers of one geometry under another's key.
+        self.geometry = None;
         let (tx, ty, wx, wy) = self.taps.filter_taps(frame.width, frame.height);
         let upload_i = |v: &[i32]| {
             self.stream
@@ -951,6 +985,7 @@ impl GpuPreprocess {
 
     /// Preprocess `frame` into `out` (`[3, h, w]` f32) on the host.
     pub fn run(&mut self, frame: &Frame, out: &mut [f32]) -> Result<(), GpuError> {
+        check_exact("preprocess output", out.len(), 3 * self.out_w * self.out_h)?;
         self.launch(frame, false)?;
         self.stream
             .memcpy_dtoh(&self.out, out)
@@ -962,6 +997,7 @@ impl GpuPreprocess {
 
     /// Same, half precision (IEEE bits).
     pub fn run_f16(&mut self, frame: &Frame, out: &mut [u16]) -> Result<(), GpuError> {
+        check_exact("preprocess output", out.len(), 3 * self.out_w * self.out_h)?;
         self.launch(frame, true)?;
         self.stream
             .memcpy_dtoh(&self.out16, out)
@@ -971,11 +1007,19 @@ impl GpuPreprocess {
             .map_err(driver_err("preprocessing"))
     }
 
-    fn launch(&mut self, frame: &Frame, half: bool) -> Result<(), GpuError> {
+    /// Stage `frame` and launch the kernel into the device tensor (asynchronous).
+    pub(crate) fn launch(&mut self, frame: &Frame, half: bool) -> Result<(), GpuError> {
         // Never hand the kernel a frame shorter than its geometry says.
         Preprocessor::check(frame).map_err(|e| GpuError::Unsupported(e.to_string()))?;
         self.prepare(frame)?;
-        let pinned = self.pinned.as_mut().expect("prepared");
+        // The kernel reads the pinned frame through a raw mapped pointer on integrated GPUs,
+        // which cudarc's slice events do not track: wait for earlier launches before rewriting it.
+        self.stream
+            .synchronize()
+            .map_err(driver_err("waiting for the previous frame"))?;
+        let Some(pinned) = self.pinned.as_mut() else {
+            return Err(GpuError::Unsupported("frame buffer not prepared".into()));
+        };
         pinned
             .as_mut_slice()
             .map_err(driver_err("writing pinned frame memory"))?[..frame.data.len()]
@@ -1034,41 +1078,98 @@ impl GpuPreprocess {
     }
 }
 
-/// The CUDA accelerator: fused preprocessing on the GPU, then the encoder and Q-Former through
-/// tract-cuda (JetPack 6 build) when its runtime works, otherwise through tract on the CPU.
+/// How the accelerator runs the encoder and the Q-Former.
+enum Models {
+    /// Our kernels over the lowered graphs ([`super::graph`]): everything stays on the GPU
+    /// from the frame to the embeddings; int8 bundles run their linear layers in int8.
+    Ours {
+        enc: Box<GraphExec>,
+        qf: Option<Box<GraphExec>>,
+    },
+    /// tract (tract-cuda on the GPU, or tract on the CPU) from the host tensor.
+    Tract {
+        engine: Box<TractEngine>,
+        on_gpu: bool,
+        input: Vec<f32>,
+    },
+}
+
+/// Which engine runs the models: `$EDGEFUSE_GPU_MODELS` = `ours` (default), `tract-cuda` or
+/// `cpu`. Until measured on the target, `ours` is the default: it is the only path that keeps
+/// int8 bundles in int8 and works on JetPack 5; `scripts/gpu-check` times each.
+fn models_choice() -> String {
+    std::env::var("EDGEFUSE_GPU_MODELS").unwrap_or_else(|_| "ours".into())
+}
+
+/// The CUDA accelerator: fused preprocessing on the GPU, then the encoder and Q-Former on our
+/// kernels (or tract-cuda / the CPU, see [`models_choice`]), with per-stage CUDA-event timing.
 pub struct CudaAccelerator {
     gpu: Gpu,
     pre: GpuPreprocess,
-    engine: TractEngine,
-    engine_on_gpu: bool,
-    input: Vec<f32>,
-    start: cudarc::driver::CudaEvent,
-    stop: cudarc::driver::CudaEvent,
+    models: Models,
+    events: [cudarc::driver::CudaEvent; 4],
 }
 
 impl CudaAccelerator {
-    /// Open device 0 and prepare everything for `bundle`.
+    /// Open device 0 and prepare everything for `bundle`: kernels compiled (or loaded from the
+    /// cache), weights uploaded, every buffer allocated.
     pub fn new(bundle: &Bundle) -> Result<Self, GpuError> {
         let mut gpu = Gpu::open(0)?;
         let pre = GpuPreprocess::new(&mut gpu, &bundle.manifest().preprocess)?;
-        let (engine, engine_on_gpu) = models_engine(bundle)?;
+        let choice = models_choice();
+        let models = match choice.as_str() {
+            "ours" => match ours(&mut gpu, bundle) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("our GPU graph executor cannot run this bundle ({e}); trying tract");
+                    tract_models(bundle, true)?
+                }
+            },
+            "tract-cuda" => tract_models(bundle, true)?,
+            "cpu" => tract_models(bundle, false)?,
+            other => {
+                return Err(GpuError::Unsupported(format!(
+                    "EDGEFUSE_GPU_MODELS=`{other}`: use ours, tract-cuda or cpu"
+                )))
+            }
+        };
         let event = || {
             gpu.ctx
-                .new_event(None)
+                .new_event(Some(dsys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(driver_err("creating a CUDA event"))
         };
-        let (start, stop) = (event()?, event()?);
-        let [w, h] = bundle.manifest().preprocess.image_size;
+        let events = [event()?, event()?, event()?, event()?];
         Ok(Self {
-            input: vec![0.0; 3 * w as usize * h as usize],
             gpu,
             pre,
-            engine,
-            engine_on_gpu,
-            start,
-            stop,
+            models,
+            events,
         })
     }
+}
+
+fn ours(gpu: &mut Gpu, bundle: &Bundle) -> Result<Models, GpuError> {
+    let (enc, qf) = super::graph::lower_bundle(bundle)?;
+    let enc = Box::new(GraphExec::new(gpu, enc)?);
+    let qf = match qf {
+        Some(p) => Some(Box::new(GraphExec::new(gpu, p)?)),
+        None => None,
+    };
+    Ok(Models::Ours { enc, qf })
+}
+
+fn tract_models(bundle: &Bundle, gpu: bool) -> Result<Models, GpuError> {
+    let (engine, on_gpu) = if gpu {
+        models_engine(bundle)?
+    } else {
+        cpu_engine(bundle)?
+    };
+    let [w, h] = bundle.manifest().preprocess.image_size;
+    Ok(Models::Tract {
+        engine: Box::new(engine),
+        on_gpu,
+        input: vec![0.0; 3 * w as usize * h as usize],
+    })
 }
 
 #[cfg(any(feature = "cuda-jp6", feature = "cuda-jp7"))]
@@ -1097,9 +1198,7 @@ fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
 
 #[cfg(not(any(feature = "cuda-jp6", feature = "cuda-jp7")))]
 fn models_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
-    log::info!(
-        "JetPack 5 build: the encoder and Q-Former run on the CPU, preprocessing on the GPU"
-    );
+    log::warn!("this build has no tract-cuda (JetPack 5): tract runs the models on the CPU");
     cpu_engine(bundle)
 }
 
@@ -1111,14 +1210,20 @@ fn cpu_engine(bundle: &Bundle) -> Result<(TractEngine, bool), GpuError> {
 
 impl Accelerator for CudaAccelerator {
     fn describe(&self) -> String {
-        format!(
-            "{}: preprocessing on our kernel, encoder and Q-Former on {}",
-            self.gpu.describe(),
-            if self.engine_on_gpu {
-                "tract-cuda"
-            } else {
-                "the CPU (tract)"
+        let models = match &self.models {
+            Models::Ours { enc, .. } if enc.plan().host_nodes.is_empty() => {
+                "our kernels".to_string()
             }
+            Models::Ours { enc, .. } => format!(
+                "our kernels ({} nodes on the host)",
+                enc.plan().host_nodes.len()
+            ),
+            Models::Tract { on_gpu: true, .. } => "tract-cuda".into(),
+            Models::Tract { .. } => "the CPU (tract)".into(),
+        };
+        format!(
+            "{}: preprocessing on our kernel, encoder and Q-Former on {models}",
+            self.gpu.describe()
         )
     }
 
@@ -1129,33 +1234,58 @@ impl Accelerator for CudaAccelerator {
         queries: &mut [f32],
         times: &mut AccelTimes,
     ) -> Result<(), GpuError> {
-        let t0 = Instant::now();
-        self.start
-            .record(self.gpu.stream())
-            .map_err(driver_err("recording an event"))?;
-        self.pre.run(frame, &mut self.input)?;
-        self.stop
-            .record(self.gpu.stream())
-            .map_err(driver_err("recording an event"))?;
-        let t1 = Instant::now();
-        let model_err = |e: crate::engine::EngineError| GpuError::Driver {
-            what: "running the models".into(),
-            message: e.to_string(),
+        let stream = self.gpu.stream().clone();
+        let rec = |e: &cudarc::driver::CudaEvent| {
+            e.record(&stream).map_err(driver_err("recording an event"))
         };
-        self.engine
-            .run_encoder(&self.input, embedding)
-            .map_err(model_err)?;
-        let t2 = Instant::now();
-        if self.engine.has_qformer() {
-            self.engine.run_qformer(queries).map_err(model_err)?;
+        let t0 = Instant::now();
+        match &mut self.models {
+            Models::Ours { enc, qf } => {
+                rec(&self.events[0])?;
+                self.pre.launch(frame, false)?;
+                rec(&self.events[1])?;
+                enc.set_input_from(&self.pre.out)?;
+                enc.run()?;
+                rec(&self.events[2])?;
+                if let Some(qf) = qf {
+                    qf.set_input_from(enc.output(1))?;
+                    qf.run()?;
+                }
+                rec(&self.events[3])?;
+                check_exact("embedding", embedding.len(), enc.output(0).len())?;
+                stream
+                    .memcpy_dtoh(enc.output(0), embedding)
+                    .map_err(driver_err("copying the embedding"))?;
+                if let Some(qf) = qf {
+                    check_exact("queries", queries.len(), qf.output(0).len())?;
+                    stream
+                        .memcpy_dtoh(qf.output(0), queries)
+                        .map_err(driver_err("copying the queries"))?;
+                }
+                self.gpu.synchronize()?;
+                let ms = |a: usize, b: usize| {
+                    self.events[a]
+                        .elapsed_ms(&self.events[b])
+                        .map(|v| std::time::Duration::from_secs_f64(f64::from(v.max(0.0)) / 1e3))
+                        .unwrap_or_default()
+                };
+                *times = [ms(0, 1), ms(1, 2), ms(2, 3)];
+            }
+            Models::Tract { engine, input, .. } => {
+                self.pre.run(frame, input)?;
+                let t1 = Instant::now();
+                let model_err = |e: crate::engine::EngineError| GpuError::Driver {
+                    what: "running the models".into(),
+                    message: e.to_string(),
+                };
+                engine.run_encoder(input, embedding).map_err(model_err)?;
+                let t2 = Instant::now();
+                if engine.has_qformer() {
+                    engine.run_qformer(queries).map_err(model_err)?;
+                }
+                *times = [t1 - t0, t2 - t1, t2.elapsed()];
+            }
         }
-        let t3 = Instant::now();
-        let kernel_ms = self
-            .start
-            .elapsed_ms(&self.stop)
-            .map_err(driver_err("reading event times"))?;
-        log::trace!("preprocess kernel + copies {kernel_ms:.3} ms");
-        *times = [t1 - t0, t2 - t1, t3 - t2];
         Ok(())
     }
 }
@@ -1203,7 +1333,7 @@ impl Gpu {
     ) -> Result<f64, GpuError> {
         let ev = || {
             self.ctx
-                .new_event(None)
+                .new_event(Some(dsys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(driver_err("creating an event"))
         };
         let (a, b) = (ev()?, ev()?);
@@ -1377,4 +1507,449 @@ pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
         peak: Some(bw),
     });
     Ok(out)
+}
+
+// SAFETY: plain #[repr(C)] structs of i32 arrays, laid out exactly like graph.cu's EfBroadcast,
+// EfPermute, EfMatMul and EfConv (4-byte fields, no padding); passed to kernels by value.
+unsafe impl DeviceRepr for super::graph::Broadcast {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::graph::Permute {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::graph::MatMul {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::graph::Conv2d {}
+
+struct GraphFns {
+    binary: CudaFunction,
+    unary: CudaFunction,
+    reduce: CudaFunction,
+    rms_norm: CudaFunction,
+    softmax: CudaFunction,
+    permute: CudaFunction,
+    gather: CudaFunction,
+    concat: CudaFunction,
+    matmul: CudaFunction,
+    conv: CudaFunction,
+}
+
+/// Per-step device data prepared once.
+enum StepData {
+    None,
+    Indices(CudaSlice<i32>),
+    Int8 {
+        w: CudaSlice<i8>,
+        scales: CudaSlice<f32>,
+        q: CudaSlice<i8>,
+    },
+}
+
+/// A lowered graph ([`super::graph::Plan`]) resident on the GPU: every buffer allocated and
+/// every constant uploaded when it is built; [`GraphExec::run`] only launches kernels (and, for
+/// `Step::Host` nodes, copies through the host).
+pub struct GraphExec {
+    plan: super::graph::Plan,
+    bufs: Vec<CudaSlice<f32>>,
+    data: Vec<StepData>,
+    host: Vec<Vec<f32>>,
+    fns: GraphFns,
+    kernels: Kernels,
+    int8: Int8Kernel,
+    stream: Arc<CudaStream>,
+}
+
+impl GraphExec {
+    /// Allocate and upload `plan` on `gpu`.
+    pub fn new(gpu: &mut Gpu, plan: super::graph::Plan) -> Result<Self, GpuError> {
+        use super::graph::Step;
+        let f = |gpu: &mut Gpu, name: &str| gpu.function("graph.cu", name);
+        let fns = GraphFns {
+            binary: f(gpu, "ef_binary")?,
+            unary: f(gpu, "ef_unary")?,
+            reduce: f(gpu, "ef_reduce")?,
+            rms_norm: f(gpu, "ef_rms_norm")?,
+            softmax: f(gpu, "ef_softmax")?,
+            permute: f(gpu, "ef_permute")?,
+            gather: f(gpu, "ef_gather")?,
+            concat: f(gpu, "ef_concat_part")?,
+            matmul: f(gpu, "ef_matmul")?,
+            conv: f(gpu, "ef_conv2d")?,
+        };
+        let kernels = Kernels::load(gpu)?;
+        let int8 = if kernels.has_mma() {
+            Int8Kernel::Mma
+        } else {
+            Int8Kernel::Dp4a
+        };
+        let mut bufs = Vec::with_capacity(plan.buffers.len());
+        for b in &plan.buffers {
+            bufs.push(match &b.init {
+                Some(d) => gpu.upload(d)?,
+                None => gpu.zeros::<f32>(b.len())?,
+            });
+        }
+        let mut data = Vec::with_capacity(plan.steps.len());
+        let mut has_host = false;
+        for s in &plan.steps {
+            data.push(match s {
+                Step::Gather { indices, .. } => StepData::Indices(gpu.upload(indices)?),
+                Step::Int8Linear { m, weights, .. } => StepData::Int8 {
+                    w: gpu.upload(&weights.q)?,
+                    scales: gpu.upload(&weights.scales)?,
+                    q: gpu.zeros::<i8>(m * weights.kp)?,
+                },
+                Step::Host { .. } => {
+                    has_host = true;
+                    StepData::None
+                }
+                _ => StepData::None,
+            });
+        }
+        let host = if has_host {
+            plan.buffers.iter().map(|b| vec![0.0; b.len()]).collect()
+        } else {
+            Vec::new()
+        };
+        if !plan.host_nodes.is_empty() {
+            log::warn!(
+                "{} graph nodes run on the host (two copies each): {:?}",
+                plan.host_nodes.len(),
+                plan.host_nodes
+            );
+        }
+        Ok(Self {
+            plan,
+            bufs,
+            data,
+            host,
+            fns,
+            kernels,
+            int8,
+            stream: gpu.stream.clone(),
+        })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &super::graph::Plan {
+        &self.plan
+    }
+
+    /// The input buffer (write the model input here, e.g. by a device-to-device copy).
+    pub fn input_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.bufs[self.plan.input]
+    }
+
+    /// Output `i` of the model.
+    pub fn output(&self, i: usize) -> &CudaSlice<f32> {
+        &self.bufs[self.plan.outputs[i]]
+    }
+
+    /// Copy `src` (device) into the input buffer.
+    pub fn set_input_from(&mut self, src: &CudaSlice<f32>) -> Result<(), GpuError> {
+        let i = self.plan.input;
+        check_len("graph input", src.len(), self.bufs[i].len())?;
+        let n = self.bufs[i].len();
+        self.stream
+            .memcpy_dtod(&src.slice(..n), &mut self.bufs[i])
+            .map_err(driver_err("copying the model input"))
+    }
+
+    /// Launch every step on the stream (asynchronous). No host or device allocation.
+    pub fn run(&mut self) -> Result<(), GpuError> {
+        let steps = std::mem::take(&mut self.plan.steps);
+        let mut data = std::mem::take(&mut self.data);
+        let mut r = Ok(());
+        for (step, d) in steps.iter().zip(data.iter_mut()) {
+            r = self.step(step, d);
+            if r.is_err() {
+                break;
+            }
+        }
+        self.plan.steps = steps;
+        self.data = data;
+        r
+    }
+
+    /// Split-borrow up to three input buffers and one output buffer (outputs are fresh buffers,
+    /// never an input of their own step).
+    fn io(
+        &mut self,
+        ins: [usize; 3],
+        n: usize,
+        out: usize,
+    ) -> ([&CudaSlice<f32>; 3], &mut CudaSlice<f32>) {
+        let (left, right) = self.bufs.split_at_mut(out);
+        let (o, rest) = right.split_first_mut().expect("output buffer");
+        let pick = |i: usize| -> &CudaSlice<f32> {
+            if i < out {
+                &left[i]
+            } else {
+                &rest[i - out - 1]
+            }
+        };
+        let first = pick(ins[0]);
+        let get = |j: usize| if j < n { pick(ins[j]) } else { first };
+        ([first, get(1), get(2)], o)
+    }
+
+    fn step(&mut self, step: &super::graph::Step, data: &mut StepData) -> Result<(), GpuError> {
+        use super::graph::Step;
+        let stream = self.stream.clone();
+        let launch1d = |n: usize| LaunchConfig::for_num_elems(n as u32);
+        let rows = |n: usize| LaunchConfig {
+            grid_dim: (n.max(1) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        match step {
+            &Step::Binary {
+                op,
+                a,
+                b,
+                out,
+                shape,
+            } => {
+                let f = self.fns.binary.clone();
+                let n = self.bufs[out].len() as i32;
+                let opc = op as i32;
+                let (ins, y) = self.io([a, b, 0], 2, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(&opc)
+                    .arg(ins[0])
+                    .arg(ins[1])
+                    .arg(y)
+                    .arg(&n)
+                    .arg(&shape);
+                // SAFETY: matches ef_binary; broadcast strides were computed from the buffers'
+                // shapes, so every index is inside its buffer; n = output length.
+                launched(
+                    unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
+                    "ef_binary",
+                )
+            }
+            &Step::Unary { op, x, out } => {
+                let f = self.fns.unary.clone();
+                let n = self.bufs[out].len() as i32;
+                let opc = op as i32;
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(&opc).arg(ins[0]).arg(y).arg(&n);
+                // SAFETY: matches ef_unary; input and output hold n values.
+                launched(
+                    unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
+                    "ef_unary",
+                )
+            }
+            &Step::Reduce { op, x, out, dims } => {
+                let f = self.fns.reduce.clone();
+                let [o, len, inner] = dims.map(|v| v as i32);
+                let opc = op as i32;
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(&opc).arg(ins[0]).arg(y).arg(&o).arg(&len).arg(&inner);
+                // SAFETY: matches ef_reduce; one block of 128 threads per output row.
+                launched(
+                    unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
+                    "ef_reduce",
+                )
+            }
+            &Step::RmsNorm { x, out, dims, eps } => {
+                let f = self.fns.rms_norm.clone();
+                let [o, len, inner] = dims.map(|v| v as i32);
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0]).arg(y).arg(&o).arg(&len).arg(&inner).arg(&eps);
+                // SAFETY: matches ef_rms_norm; one block per row.
+                launched(
+                    unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
+                    "ef_rms_norm",
+                )
+            }
+            &Step::Softmax { x, out, dims } => {
+                let f = self.fns.softmax.clone();
+                let [o, len, inner] = dims.map(|v| v as i32);
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0]).arg(y).arg(&o).arg(&len).arg(&inner);
+                // SAFETY: matches ef_softmax; one block per row.
+                launched(
+                    unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
+                    "ef_softmax",
+                )
+            }
+            &Step::Permute { x, out, shape } => {
+                let f = self.fns.permute.clone();
+                let n = self.bufs[out].len() as i32;
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0]).arg(y).arg(&n).arg(&shape);
+                // SAFETY: matches ef_permute; source strides come from the input's shape.
+                launched(
+                    unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
+                    "ef_permute",
+                )
+            }
+            Step::Gather {
+                x,
+                out,
+                dims,
+                indices,
+            } => {
+                let (x, out, dims) = (*x, *out, *dims);
+                let f = self.fns.gather.clone();
+                let [o, len, inner] = dims.map(|v| v as i32);
+                let count = indices.len() as i32;
+                let n = (dims[0] * indices.len() * dims[2]) as u32;
+                let StepData::Indices(idx) = data else {
+                    return Err(GpuError::Unsupported("gather indices missing".into()));
+                };
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0])
+                    .arg(y)
+                    .arg(&*idx)
+                    .arg(&o)
+                    .arg(&len)
+                    .arg(&inner)
+                    .arg(&count);
+                // SAFETY: matches ef_gather; indices were checked to be < len when lowered.
+                launched(
+                    unsafe { l.launch(LaunchConfig::for_num_elems(n)) }.map(|_| ()),
+                    "ef_gather",
+                )
+            }
+            &Step::ConcatPart {
+                x,
+                out,
+                dims,
+                total,
+                offset,
+            } => {
+                let f = self.fns.concat.clone();
+                let [o, len, inner] = dims.map(|v| v as i32);
+                let (t, off) = (total as i32, offset as i32);
+                let n = dims.iter().product::<usize>();
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0])
+                    .arg(y)
+                    .arg(&o)
+                    .arg(&len)
+                    .arg(&inner)
+                    .arg(&t)
+                    .arg(&off);
+                // SAFETY: matches ef_concat_part; offset + len <= total by construction.
+                launched(
+                    unsafe { l.launch(launch1d(n)) }.map(|_| ()),
+                    "ef_concat_part",
+                )
+            }
+            &Step::MatMul { a, b, out, shape } => {
+                let s = shape;
+                // A linear layer (x [m,k] · W[n,k]ᵀ) goes to the tiled linear kernel.
+                let linear = s.batch == [1, 1]
+                    && s.sa[2] == s.k
+                    && s.sa[3] == 1
+                    && s.sb[2] == 1
+                    && s.sb[3] == s.k
+                    && s.sc[2] == s.n
+                    && s.sc[3] == 1;
+                let k = self.kernels.clone();
+                let f = self.fns.matmul.clone();
+                let (ins, y) = self.io([a, b, 0], 2, out);
+                if linear {
+                    return k.linear_f32(
+                        ins[0],
+                        ins[1],
+                        None,
+                        y,
+                        (s.m as usize, s.n as usize, s.k as usize),
+                        Activation::None,
+                    );
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (
+                        blocks(s.n as usize, 16),
+                        blocks(s.m as usize, 16),
+                        (s.batch[0] * s.batch[1]) as u32,
+                    ),
+                    block_dim: (16, 16, 1),
+                    shared_mem_bytes: 0,
+                };
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0]).arg(ins[1]).arg(y).arg(&s);
+                // SAFETY: matches ef_matmul; strides come from the operands' shapes.
+                launched(unsafe { l.launch(cfg) }.map(|_| ()), "ef_matmul")
+            }
+            &Step::Conv {
+                x,
+                w,
+                bias,
+                out,
+                shape,
+            } => {
+                let f = self.fns.conv.clone();
+                let n = self.bufs[out].len();
+                let null = 0u64;
+                let (ins, y) = self.io([x, w, bias.unwrap_or(x)], 2 + bias.is_some() as usize, out);
+                let mut l = stream.launch_builder(&f);
+                l.arg(ins[0]).arg(ins[1]);
+                match bias {
+                    Some(_) => l.arg(ins[2]),
+                    None => l.arg(&null),
+                };
+                l.arg(y).arg(&shape);
+                // SAFETY: matches ef_conv2d; geometry from the node's facts; padding checked.
+                launched(unsafe { l.launch(launch1d(n)) }.map(|_| ()), "ef_conv2d")
+            }
+            Step::Int8Linear {
+                x,
+                out,
+                m,
+                weights,
+                act_scale,
+            } => {
+                let (x, out, m, act_scale) = (*x, *out, *m, *act_scale);
+                let which = self.int8;
+                let k = self.kernels.clone();
+                let StepData::Int8 { w, scales, q } = data else {
+                    return Err(GpuError::Unsupported("int8 weights missing".into()));
+                };
+                let (ins, y) = self.io([x, 0, 0], 1, out);
+                k.quantize_i8(ins[0], q, (m, weights.k, weights.kp), act_scale)?;
+                k.linear_i8(
+                    which,
+                    q,
+                    w,
+                    scales,
+                    act_scale,
+                    None,
+                    y,
+                    (m, weights.n, weights.kp),
+                    Activation::None,
+                )
+            }
+            Step::Host {
+                node,
+                inputs,
+                outputs,
+            } => {
+                for &b in inputs {
+                    let mut h = std::mem::take(&mut self.host[b]);
+                    self.stream
+                        .memcpy_dtoh(&self.bufs[b], &mut h[..])
+                        .map_err(driver_err("copying to the host"))?;
+                    self.host[b] = h;
+                }
+                self.stream.synchronize().map_err(driver_err("host step"))?;
+                let outs = super::graph::eval_host(node, inputs, &self.plan, &self.host)?;
+                for (&b, v) in outputs.iter().zip(outs) {
+                    self.stream
+                        .memcpy_htod(&v[..], &mut self.bufs[b])
+                        .map_err(driver_err("copying to the device"))?;
+                    self.host[b] = v;
+                }
+                Ok(())
+            }
+        }
+    }
 }

@@ -63,6 +63,22 @@ pub const KERNELS: &[KernelSource] = &[
         entry_points: &["ef_layer_norm", "ef_add", "ef_activation", "ef_f32_to_f16"],
     },
     KernelSource {
+        file: "graph.cu",
+        text: include_str!("kernels/graph.cu"),
+        entry_points: &[
+            "ef_binary",
+            "ef_unary",
+            "ef_reduce",
+            "ef_rms_norm",
+            "ef_softmax",
+            "ef_permute",
+            "ef_gather",
+            "ef_concat_part",
+            "ef_matmul",
+            "ef_conv2d",
+        ],
+    },
+    KernelSource {
         file: "fusion.cu",
         text: include_str!("kernels/fusion.cu"),
         entry_points: &["ef_head_logits", "ef_fuse_topk"],

@@ -104,7 +104,8 @@ extern "C" __global__ void ef_fuse_topk(const float* __restrict__ clip,
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             bool taken = false;
             for (int s = 0; s < r; ++s) taken |= top_idx[s] == i;
-            if (!taken && (probs[i] > bp || (probs[i] == bp && i < bi))) {
+            // The first untaken label is always a candidate, so a NaN row still yields indices.
+            if (!taken && (bi == 0x7fffffff || probs[i] > bp || (probs[i] == bp && i < bi))) {
                 bp = probs[i];
                 bi = i;
             }

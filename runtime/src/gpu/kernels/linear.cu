@@ -10,7 +10,8 @@
 // ef_linear_i8_mma   the same on the int8 tensor cores: mma.sync m16n8k32 (sm_80+: Orin sm_87,
 //                    H100/H200 sm_90). A warp computes 16 rows x 32 columns; a block of 4 warps
 //                    64 x 32. Operands are read straight from global memory (L1/L2 serve the
-//                    reuse); Kp is a multiple of 32 and N of 8 (the host pads the weights).
+//                    reuse); Kp is a multiple of 32 (the host pads the weights' rows); columns
+//                    past N are zero-filled and not stored.
 
 #define EF_TM 64
 #define EF_TN 64
@@ -62,13 +63,18 @@ ef_linear_f32(const float* __restrict__ x, const float* __restrict__ w,
     }
 }
 
-extern "C" __global__ void ef_quantize_i8(const float* __restrict__ x, signed char* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(1024)
+ef_quantize_i8(const float* __restrict__ x, signed char* __restrict__ q,
                                           int m, int k, int kp, float inv_scale) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)m * kp) return;
     const int row = (int)(i / kp), col = (int)(i % kp);
     float v = 0.0f;
-    if (col < k) v = fminf(fmaxf(roundf(x[(size_t)row * k + col] * inv_scale), -127.0f), 127.0f);
+    if (col < k) {
+        const float r = roundf(x[(size_t)row * k + col] * inv_scale);
+        // NaN quantizes to 0, as on the CPU path (`NaN as i8`).
+        v = r != r ? 0.0f : fminf(fmaxf(r, -127.0f), 127.0f);
+    }
     q[i] = (signed char)(int)v;
 }
 

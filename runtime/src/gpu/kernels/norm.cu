@@ -25,18 +25,21 @@ extern "C" __global__ void ef_layer_norm(const float* __restrict__ x,
 }
 
 // y = a + b (the residual connection; y may alias a or b).
-extern "C" __global__ void ef_add(const float* a, const float* b, float* y, int n) {
+extern "C" __global__ void __launch_bounds__(1024)
+ef_add(const float* a, const float* b, float* y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = a[i] + b[i];
 }
 
 // x = act(x) in place (EF_ACT_* of common.cuh).
-extern "C" __global__ void ef_activation(float* x, int n, int act) {
+extern "C" __global__ void __launch_bounds__(1024)
+ef_activation(float* x, int n, int act) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = ef_act(x[i], act);
 }
 
-extern "C" __global__ void ef_f32_to_f16(const float* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(1024)
+ef_f32_to_f16(const float* __restrict__ x,
                                          unsigned short* __restrict__ y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = ef_f32_to_f16_bits(x[i]);

@@ -3,7 +3,8 @@
 //
 // The filter taps are computed on the host by the same code as the CPU preprocessor and
 // uploaded once per source geometry, so both paths sample the same source pixels with the same
-// weights; they differ only in float summation order. Taps per axis: for output i, source
+// weights in the same order (rows first); they differ only where the compiler fuses a multiply
+// and an add (--fmad=true). Taps per axis: for output i, source
 // indices start[i] .. start[i]+len[i]-1 with weights w[off[i] ..], packed as int3 (start, len,
 // off) in `tx`/`ty`.
 
