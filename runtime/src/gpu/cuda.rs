@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use cudarc::driver::{
     result::DriverError, sys as dsys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
-    DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+    DeviceRepr, LaunchConfig, PinnedHostSlice, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{result as nres, sys as nsys, Ptx};
 
@@ -443,6 +443,82 @@ impl Gpu {
     }
 }
 
+/// A kernel launch whose argument list lives on the stack: cudarc's launch builder allocates a
+/// vector per launch, which would put heap allocations on the per-frame path.
+struct Launch<'a> {
+    stream: &'a CudaStream,
+    f: &'a CudaFunction,
+    args: heapless::Vec<Arg, 24>,
+}
+
+#[derive(Clone, Copy)]
+enum Arg {
+    /// A device pointer, passed by value.
+    Dev(dsys::CUdeviceptr),
+    /// A host value the kernel takes by value (scalar or #[repr(C)] struct).
+    Host(*const std::ffi::c_void),
+}
+
+impl<'a> Launch<'a> {
+    fn new(stream: &'a CudaStream, f: &'a CudaFunction) -> Self {
+        Self {
+            stream,
+            f,
+            args: heapless::Vec::new(),
+        }
+    }
+
+    fn push(&mut self, a: Arg) -> &mut Self {
+        // 24 is more than any kernel here takes (the largest, ef_preprocess_*, takes 20).
+        assert!(self.args.push(a).is_ok(), "more than 24 kernel arguments");
+        self
+    }
+
+    /// A device buffer.
+    fn dev<T>(&mut self, s: &CudaSlice<T>) -> &mut Self {
+        use cudarc::driver::DevicePtr;
+        let (p, _sync) = s.device_ptr(self.stream);
+        self.push(Arg::Dev(p))
+    }
+
+    /// A value the kernel takes by value; it must outlive the launch.
+    fn val<T: DeviceRepr>(&mut self, v: &'a T) -> &mut Self {
+        self.push(Arg::Host(v as *const T as *const std::ffi::c_void))
+    }
+
+    /// # Safety
+    /// The arguments must match the kernel's parameter list in number, order and type, and every
+    /// index the kernel computes from them must stay inside the buffers passed.
+    unsafe fn launch(&self, cfg: LaunchConfig) -> Result<(), DriverError> {
+        let mut devs = [0 as dsys::CUdeviceptr; 24];
+        let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); 24];
+        for (i, a) in self.args.iter().enumerate() {
+            if let Arg::Dev(p) = a {
+                devs[i] = *p;
+            }
+        }
+        for (i, a) in self.args.iter().enumerate() {
+            params[i] = match a {
+                Arg::Dev(_) => (&mut devs[i]) as *mut dsys::CUdeviceptr as *mut std::ffi::c_void,
+                Arg::Host(p) => *p as *mut std::ffi::c_void,
+            };
+        }
+        let n = self.args.len();
+        // SAFETY: the caller guarantees the argument list; `params` points at `devs` and at
+        // values that outlive this call; the function and stream belong to the same context.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                self.f.cu_function(),
+                cfg.grid_dim,
+                cfg.block_dim,
+                cfg.shared_mem_bytes,
+                self.stream.cu_stream(),
+                &mut params[..n],
+            )
+        }
+    }
+}
+
 /// Launch helper: map the launch error.
 fn launched(r: Result<(), DriverError>, kernel: &str) -> Result<(), GpuError> {
     r.map_err(|e| driver_err(&format!("launching {kernel}"))(e))
@@ -537,13 +613,13 @@ impl Kernels {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&self.linear_f32);
-        b.arg(x).arg(w);
+        let mut b = Launch::new(&self.stream, &self.linear_f32);
+        b.dev(x).dev(w);
         match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
+            Some(bias) => b.dev(bias),
+            None => b.val(&null),
         };
-        b.arg(y).arg(&mi).arg(&ni).arg(&ki).arg(&a);
+        b.dev(y).val(&mi).val(&ni).val(&ki).val(&a);
         // SAFETY: the argument list matches ef_linear_f32's signature; every buffer holds the
         // element count the kernel indexes (checked above); the grid covers m × n.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_linear_f32")
@@ -566,8 +642,8 @@ impl Kernels {
         }
         let (mi, ki, kpi, inv) = (m as i32, k as i32, kp as i32, 1.0f32 / scale);
         let cfg = LaunchConfig::for_num_elems((m * kp) as u32);
-        let mut b = self.stream.launch_builder(&self.quantize);
-        b.arg(x).arg(q).arg(&mi).arg(&ki).arg(&kpi).arg(&inv);
+        let mut b = Launch::new(&self.stream, &self.quantize);
+        b.dev(x).dev(q).val(&mi).val(&ki).val(&kpi).val(&inv);
         // SAFETY: matches ef_quantize_i8; x holds m·k and q m·kp values; threads past m·kp exit.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_quantize_i8")
     }
@@ -624,13 +700,13 @@ impl Kernels {
         };
         let (mi, ni, kpi, a) = (m as i32, n as i32, kp as i32, act as i32);
         let null = 0u64;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(q).arg(w).arg(w_scale).arg(&x_scale);
+        let mut b = Launch::new(&self.stream, f);
+        b.dev(q).dev(w).dev(w_scale).val(&x_scale);
         match bias {
-            Some(bias) => b.arg(bias),
-            None => b.arg(&null),
+            Some(bias) => b.dev(bias),
+            None => b.val(&null),
         };
-        b.arg(y).arg(&mi).arg(&ni).arg(&kpi).arg(&a);
+        b.dev(y).val(&mi).val(&ni).val(&kpi).val(&a);
         // SAFETY: matches the kernel's signature; q is m·kp, w n·kp (kp % 32 == 0, so every
         // 32-bit load is aligned and in bounds), scales/bias n, y m·n; the grid covers m × n.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), name)
@@ -673,9 +749,9 @@ impl Kernels {
             block_dim: (128, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        let mut b = self.stream.launch_builder(&self.attention);
-        b.arg(q.0).arg(&qs).arg(k.0).arg(&ks).arg(v.0).arg(&vs);
-        b.arg(o).arg(&os).arg(&lqi).arg(&lki).arg(&di).arg(&scale);
+        let mut b = Launch::new(&self.stream, &self.attention);
+        b.dev(q.0).val(&qs).dev(k.0).val(&ks).dev(v.0).val(&vs);
+        b.dev(o).val(&os).val(&lqi).val(&lki).val(&di).val(&scale);
         // SAFETY: matches ef_attention_f32; every strided row read stays inside its buffer
         // (checked above); the dynamic shared memory holds d + lk floats.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_attention_f32")
@@ -706,14 +782,14 @@ impl Kernels {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&self.layer_norm);
-        b.arg(x)
-            .arg(gamma)
-            .arg(beta)
-            .arg(y)
-            .arg(&r)
-            .arg(&c)
-            .arg(&eps);
+        let mut b = Launch::new(&self.stream, &self.layer_norm);
+        b.dev(x)
+            .dev(gamma)
+            .dev(beta)
+            .dev(y)
+            .val(&r)
+            .val(&c)
+            .val(&eps);
         // SAFETY: matches ef_layer_norm; buffers sized above; one block per row.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_layer_norm")
     }
@@ -729,8 +805,8 @@ impl Kernels {
         check_len("a", a.len(), n)?;
         check_len("b", bb.len(), n)?;
         let ni = n as i32;
-        let mut b = self.stream.launch_builder(&self.add);
-        b.arg(a).arg(bb).arg(y).arg(&ni);
+        let mut b = Launch::new(&self.stream, &self.add);
+        b.dev(a).dev(bb).dev(y).val(&ni);
         // SAFETY: matches ef_add; all three buffers hold n values; threads past n exit.
         launched(
             unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.map(|_| ()),
@@ -742,8 +818,8 @@ impl Kernels {
     pub fn activation(&self, x: &mut CudaSlice<f32>, act: Activation) -> Result<(), GpuError> {
         let (n, a) = (x.len() as i32, act as i32);
         let cfg = LaunchConfig::for_num_elems(n as u32);
-        let mut b = self.stream.launch_builder(&self.activation);
-        b.arg(x).arg(&n).arg(&a);
+        let mut b = Launch::new(&self.stream, &self.activation);
+        b.dev(x).val(&n).val(&a);
         // SAFETY: matches ef_activation; threads past n exit.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_activation")
     }
@@ -753,8 +829,8 @@ impl Kernels {
         check_len("y", y.len(), x.len())?;
         let n = x.len() as i32;
         let cfg = LaunchConfig::for_num_elems(n as u32);
-        let mut b = self.stream.launch_builder(&self.to_f16);
-        b.arg(x).arg(y).arg(&n);
+        let mut b = Launch::new(&self.stream, &self.to_f16);
+        b.dev(x).dev(y).val(&n);
         // SAFETY: matches ef_f32_to_f16; both buffers hold n values.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_f32_to_f16")
     }
@@ -793,14 +869,14 @@ impl Kernels {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&self.head_logits);
-        b.arg(emb);
+        let mut b = Launch::new(&self.stream, &self.head_logits);
+        b.dev(emb);
         match queries {
-            Some((q, _)) => b.arg(q),
-            None => b.arg(emb), // never read: nq = 0
+            Some((q, _)) => b.dev(q),
+            None => b.dev(emb), // never read: nq = 0
         };
-        b.arg(&nqi).arg(labels).arg(&nl).arg(&d);
-        b.arg(&clip_scale).arg(&qf_scale).arg(clip).arg(qf);
+        b.val(&nqi).dev(labels).val(&nl).val(&d);
+        b.val(&clip_scale).val(&qf_scale).dev(clip).dev(qf);
         // SAFETY: matches ef_head_logits; sizes checked above; one block per label.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_head_logits")
     }
@@ -835,9 +911,9 @@ impl Kernels {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&self.fuse_topk);
-        b.arg(clip).arg(qf).arg(&ni).arg(&method).arg(&cw).arg(&qw);
-        b.arg(probs).arg(tmp).arg(&ki).arg(top.0).arg(top.1);
+        let mut b = Launch::new(&self.stream, &self.fuse_topk);
+        b.dev(clip).dev(qf).val(&ni).val(&method).val(&cw).val(&qw);
+        b.dev(probs).dev(tmp).val(&ki).dev(top.0).dev(top.1);
         // SAFETY: matches ef_fuse_topk; n-long inputs/scratch and k-long outputs checked.
         launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_fuse_topk")
     }
@@ -1046,30 +1122,30 @@ impl GpuPreprocess {
             shared_mem_bytes: 0,
         };
         let f = if half { &self.f16_fn } else { &self.f32_fn };
-        let mut b = self.stream.launch_builder(f);
+        let mut b = Launch::new(&self.stream, f);
         match self.staged.as_ref() {
-            Some(s) => b.arg(s),
-            None => b.arg(&self.mapped),
+            Some(s) => b.dev(s),
+            None => b.val(&self.mapped),
         };
-        b.arg(&fmt).arg(&w).arg(&h);
-        b.arg(self.tx.as_ref().expect("prepared"))
-            .arg(self.ty.as_ref().expect("prepared"))
-            .arg(self.wx.as_ref().expect("prepared"))
-            .arg(self.wy.as_ref().expect("prepared"));
-        b.arg(&ow).arg(&oh);
-        b.arg(&c0)
-            .arg(&c1)
-            .arg(&c2)
-            .arg(&s0)
-            .arg(&s1)
-            .arg(&s2)
-            .arg(&b0)
-            .arg(&b1)
-            .arg(&b2);
+        b.val(&fmt).val(&w).val(&h);
+        b.dev(self.tx.as_ref().expect("prepared"))
+            .dev(self.ty.as_ref().expect("prepared"))
+            .dev(self.wx.as_ref().expect("prepared"))
+            .dev(self.wy.as_ref().expect("prepared"));
+        b.val(&ow).val(&oh);
+        b.val(&c0)
+            .val(&c1)
+            .val(&c2)
+            .val(&s0)
+            .val(&s1)
+            .val(&s2)
+            .val(&b0)
+            .val(&b1)
+            .val(&b2);
         if half {
-            b.arg(&mut self.out16);
+            b.dev(&self.out16);
         } else {
-            b.arg(&mut self.out);
+            b.dev(&self.out);
         }
         // SAFETY: matches ef_preprocess_*; the source holds a whole frame of this geometry and
         // format (length checked by the caller), the taps were computed for this geometry and
@@ -1712,13 +1788,13 @@ impl GraphExec {
                 let n = self.bufs[out].len() as i32;
                 let opc = op as i32;
                 let (ins, y) = self.io([a, b, 0], 2, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(&opc)
-                    .arg(ins[0])
-                    .arg(ins[1])
-                    .arg(y)
-                    .arg(&n)
-                    .arg(&shape);
+                let mut l = Launch::new(&stream, &f);
+                l.val(&opc)
+                    .dev(ins[0])
+                    .dev(ins[1])
+                    .dev(y)
+                    .val(&n)
+                    .val(&shape);
                 // SAFETY: matches ef_binary; broadcast strides were computed from the buffers'
                 // shapes, so every index is inside its buffer; n = output length.
                 launched(
@@ -1731,8 +1807,8 @@ impl GraphExec {
                 let n = self.bufs[out].len() as i32;
                 let opc = op as i32;
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(&opc).arg(ins[0]).arg(y).arg(&n);
+                let mut l = Launch::new(&stream, &f);
+                l.val(&opc).dev(ins[0]).dev(y).val(&n);
                 // SAFETY: matches ef_unary; input and output hold n values.
                 launched(
                     unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
@@ -1744,8 +1820,8 @@ impl GraphExec {
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let opc = op as i32;
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(&opc).arg(ins[0]).arg(y).arg(&o).arg(&len).arg(&inner);
+                let mut l = Launch::new(&stream, &f);
+                l.val(&opc).dev(ins[0]).dev(y).val(&o).val(&len).val(&inner);
                 // SAFETY: matches ef_reduce; one block of 128 threads per output row.
                 launched(
                     unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
@@ -1756,8 +1832,8 @@ impl GraphExec {
                 let f = self.fns.rms_norm.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0]).arg(y).arg(&o).arg(&len).arg(&inner).arg(&eps);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0]).dev(y).val(&o).val(&len).val(&inner).val(&eps);
                 // SAFETY: matches ef_rms_norm; one block per row.
                 launched(
                     unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
@@ -1768,8 +1844,8 @@ impl GraphExec {
                 let f = self.fns.softmax.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0]).arg(y).arg(&o).arg(&len).arg(&inner);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0]).dev(y).val(&o).val(&len).val(&inner);
                 // SAFETY: matches ef_softmax; one block per row.
                 launched(
                     unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
@@ -1780,8 +1856,8 @@ impl GraphExec {
                 let f = self.fns.permute.clone();
                 let n = self.bufs[out].len() as i32;
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0]).arg(y).arg(&n).arg(&shape);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0]).dev(y).val(&n).val(&shape);
                 // SAFETY: matches ef_permute; source strides come from the input's shape.
                 launched(
                     unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
@@ -1803,14 +1879,14 @@ impl GraphExec {
                     return Err(GpuError::Unsupported("gather indices missing".into()));
                 };
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0])
-                    .arg(y)
-                    .arg(&*idx)
-                    .arg(&o)
-                    .arg(&len)
-                    .arg(&inner)
-                    .arg(&count);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0])
+                    .dev(y)
+                    .dev(&*idx)
+                    .val(&o)
+                    .val(&len)
+                    .val(&inner)
+                    .val(&count);
                 // SAFETY: matches ef_gather; indices were checked to be < len when lowered.
                 launched(
                     unsafe { l.launch(LaunchConfig::for_num_elems(n)) }.map(|_| ()),
@@ -1829,14 +1905,14 @@ impl GraphExec {
                 let (t, off) = (total as i32, offset as i32);
                 let n = dims.iter().product::<usize>();
                 let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0])
-                    .arg(y)
-                    .arg(&o)
-                    .arg(&len)
-                    .arg(&inner)
-                    .arg(&t)
-                    .arg(&off);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0])
+                    .dev(y)
+                    .val(&o)
+                    .val(&len)
+                    .val(&inner)
+                    .val(&t)
+                    .val(&off);
                 // SAFETY: matches ef_concat_part; offset + len <= total by construction.
                 launched(
                     unsafe { l.launch(launch1d(n)) }.map(|_| ()),
@@ -1875,8 +1951,8 @@ impl GraphExec {
                     block_dim: (16, 16, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0]).arg(ins[1]).arg(y).arg(&s);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0]).dev(ins[1]).dev(y).val(&s);
                 // SAFETY: matches ef_matmul; strides come from the operands' shapes.
                 launched(unsafe { l.launch(cfg) }.map(|_| ()), "ef_matmul")
             }
@@ -1891,13 +1967,13 @@ impl GraphExec {
                 let n = self.bufs[out].len();
                 let null = 0u64;
                 let (ins, y) = self.io([x, w, bias.unwrap_or(x)], 2 + bias.is_some() as usize, out);
-                let mut l = stream.launch_builder(&f);
-                l.arg(ins[0]).arg(ins[1]);
+                let mut l = Launch::new(&stream, &f);
+                l.dev(ins[0]).dev(ins[1]);
                 match bias {
-                    Some(_) => l.arg(ins[2]),
-                    None => l.arg(&null),
+                    Some(_) => l.dev(ins[2]),
+                    None => l.val(&null),
                 };
-                l.arg(y).arg(&shape);
+                l.dev(y).val(&shape);
                 // SAFETY: matches ef_conv2d; geometry from the node's facts; padding checked.
                 launched(unsafe { l.launch(launch1d(n)) }.map(|_| ()), "ef_conv2d")
             }
