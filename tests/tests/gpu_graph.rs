@@ -12,6 +12,10 @@ use edgefuse_runtime::gpu::graph::{lower_bundle, run_cpu, Step};
 use edgefuse_runtime::preprocess::Preprocessor;
 use edgefuse_tests::{default_bundle, samples};
 
+fn emulated() -> bool {
+    std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some()
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     let d = a
         .iter()
@@ -46,7 +50,9 @@ fn check(bundle: &Bundle, what: &str, tol: f32) {
     let mut emb = vec![0.0; engine.embedding_dim()];
     let mut queries = vec![0.0; engine.queries_len()];
     let mut worst = (0f32, 0f32);
-    for i in 0..4 {
+    // Fewer frames under emulation (scripts/test-aarch64): the plan's reference loops are slow.
+    let frames = if emulated() { 1 } else { 4 };
+    for i in 0..frames {
         let frame = render(640, 480, PixelFormat::Yuyv, i, "synthetic://");
         pre.run(&frame, &mut input).unwrap();
         engine.run_encoder(&input, &mut emb).unwrap();
@@ -82,7 +88,14 @@ fn int8_plan_reproduces_tract_int8() {
     let float = Bundle::open(default_bundle()).unwrap();
     let uri = format!("file://{}", samples("mnist").display());
     let mut src = capture::open(&uri).unwrap();
-    let cal = calibrate::collect(&float, src.as_mut(), "entropy", 40, |_| {}).unwrap();
+    let cal = calibrate::collect(
+        &float,
+        src.as_mut(),
+        "entropy",
+        if emulated() { 10 } else { 40 },
+        |_| {},
+    )
+    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("int8");
     calibrate::stage_bundle(&float, &cal, &[], &out)
