@@ -33,9 +33,10 @@ fn check(bundle: &Bundle, what: &str, tol: f32) {
         p.steps.iter().filter(|s| f(s)).count()
     };
     println!(
-        "{what}: encoder {} steps ({} matmul, {} int8, {} conv), q-former {} steps; host nodes: {:?} / {:?}",
+        "{what}: encoder {} steps ({} matmul of which {} linear-layout, {} int8, {} conv), q-former {} steps; host nodes: {:?} / {:?}",
         enc.steps.len(),
         count(&enc, |s| matches!(s, Step::MatMul { .. })),
+        count(&enc, |s| matches!(s, Step::MatMul { shape, .. } if shape.is_linear())),
         count(&enc, |s| matches!(s, Step::Int8Linear { .. })),
         count(&enc, |s| matches!(s, Step::Conv { .. })),
         qf.steps.len(),

@@ -271,6 +271,10 @@ impl Gpu {
             return Err(GpuError::NoDevice);
         }
         let ctx = CudaContext::new(ordinal).map_err(driver_err("creating the CUDA context"))?;
+        // SAFETY: called before any allocation on this context; edgefuse uses one stream, in
+        // which launches and copies are ordered anyway, so cudarc's per-buffer events (two driver
+        // calls per kernel argument) only cost time.
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
             .map_err(driver_err("cuDeviceGetAttribute"))?;
@@ -490,6 +494,7 @@ impl<'a> Launch<'a> {
     /// The arguments must match the kernel's parameter list in number, order and type, and every
     /// index the kernel computes from them must stay inside the buffers passed.
     unsafe fn launch(&self, cfg: LaunchConfig) -> Result<(), DriverError> {
+        self.stream.context().bind_to_thread()?;
         let mut devs = [0 as dsys::CUdeviceptr; 24];
         let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); 24];
         for (i, a) in self.args.iter().enumerate() {
@@ -1226,6 +1231,18 @@ impl CudaAccelerator {
 
 fn ours(gpu: &mut Gpu, bundle: &Bundle) -> Result<Models, GpuError> {
     let (enc, qf) = super::graph::lower_bundle(bundle)?;
+    let host: Vec<&String> = enc
+        .host_nodes
+        .iter()
+        .chain(qf.iter().flat_map(|q| &q.host_nodes))
+        .collect();
+    if !host.is_empty() {
+        // Host steps would copy through the host and allocate per frame: not on the hot path.
+        return Err(GpuError::Unsupported(format!(
+            "{} graph nodes have no GPU kernel: {host:?}",
+            host.len()
+        )));
+    }
     let enc = Box::new(GraphExec::new(gpu, enc)?);
     let qf = match qf {
         Some(p) => Some(Box::new(GraphExec::new(gpu, p)?)),
@@ -1731,18 +1748,30 @@ impl GraphExec {
 
     /// Launch every step on the stream (asynchronous). No host or device allocation.
     pub fn run(&mut self) -> Result<(), GpuError> {
-        let steps = std::mem::take(&mut self.plan.steps);
-        let mut data = std::mem::take(&mut self.data);
-        let mut r = Ok(());
-        for (step, d) in steps.iter().zip(data.iter_mut()) {
-            r = self.step(step, d);
-            if r.is_err() {
-                break;
+        /// Puts the steps back even if a step panics.
+        struct Taken<'a> {
+            exec: &'a mut GraphExec,
+            steps: Vec<super::graph::Step>,
+            data: Vec<StepData>,
+        }
+        impl Drop for Taken<'_> {
+            fn drop(&mut self) {
+                self.exec.plan.steps = std::mem::take(&mut self.steps);
+                self.exec.data = std::mem::take(&mut self.data);
             }
         }
-        self.plan.steps = steps;
-        self.data = data;
-        r
+        let steps = std::mem::take(&mut self.plan.steps);
+        let data = std::mem::take(&mut self.data);
+        let mut t = Taken {
+            exec: self,
+            steps,
+            data,
+        };
+        for i in 0..t.steps.len() {
+            let (steps, data) = (&t.steps, &mut t.data);
+            t.exec.step(&steps[i], &mut data[i])?;
+        }
+        Ok(())
     }
 
     /// Split-borrow up to three input buffers and one output buffer (outputs are fresh buffers,
@@ -1769,6 +1798,25 @@ impl GraphExec {
 
     fn step(&mut self, step: &super::graph::Step, data: &mut StepData) -> Result<(), GpuError> {
         use super::graph::Step;
+        // A step producing no element launches nothing (a zero grid is a launch error).
+        let out_len = |o: usize| self.plan.buffers[o].len();
+        let empty = match step {
+            Step::Binary { out, .. }
+            | Step::Unary { out, .. }
+            | Step::Reduce { out, .. }
+            | Step::RmsNorm { out, .. }
+            | Step::Softmax { out, .. }
+            | Step::Permute { out, .. }
+            | Step::Gather { out, .. }
+            | Step::MatMul { out, .. }
+            | Step::Conv { out, .. }
+            | Step::Int8Linear { out, .. } => out_len(*out) == 0,
+            Step::ConcatPart { dims, .. } => dims.iter().product::<usize>() == 0,
+            Step::Host { .. } => false,
+        };
+        if empty {
+            return Ok(());
+        }
         let stream = self.stream.clone();
         let launch1d = |n: usize| LaunchConfig::for_num_elems(n as u32);
         let rows = |n: usize| LaunchConfig {
@@ -1785,7 +1833,7 @@ impl GraphExec {
                 shape,
             } => {
                 let f = self.fns.binary.clone();
-                let n = self.bufs[out].len() as i32;
+                let n = self.plan.buffers[out].len() as i32;
                 let opc = op as i32;
                 let (ins, y) = self.io([a, b, 0], 2, out);
                 let mut l = Launch::new(&stream, &f);
@@ -1804,7 +1852,7 @@ impl GraphExec {
             }
             &Step::Unary { op, x, out } => {
                 let f = self.fns.unary.clone();
-                let n = self.bufs[out].len() as i32;
+                let n = self.plan.buffers[out].len() as i32;
                 let opc = op as i32;
                 let (ins, y) = self.io([x, 0, 0], 1, out);
                 let mut l = Launch::new(&stream, &f);
@@ -1854,7 +1902,7 @@ impl GraphExec {
             }
             &Step::Permute { x, out, shape } => {
                 let f = self.fns.permute.clone();
-                let n = self.bufs[out].len() as i32;
+                let n = self.plan.buffers[out].len() as i32;
                 let (ins, y) = self.io([x, 0, 0], 1, out);
                 let mut l = Launch::new(&stream, &f);
                 l.dev(ins[0]).dev(y).val(&n).val(&shape);
@@ -1922,13 +1970,7 @@ impl GraphExec {
             &Step::MatMul { a, b, out, shape } => {
                 let s = shape;
                 // A linear layer (x [m,k] · W[n,k]ᵀ) goes to the tiled linear kernel.
-                let linear = s.batch == [1, 1]
-                    && s.sa[2] == s.k
-                    && s.sa[3] == 1
-                    && s.sb[2] == 1
-                    && s.sb[3] == s.k
-                    && s.sc[2] == s.n
-                    && s.sc[3] == 1;
+                let linear = s.is_linear();
                 let k = self.kernels.clone();
                 let f = self.fns.matmul.clone();
                 let (ins, y) = self.io([a, b, 0], 2, out);
@@ -1964,7 +2006,7 @@ impl GraphExec {
                 shape,
             } => {
                 let f = self.fns.conv.clone();
-                let n = self.bufs[out].len();
+                let n = self.plan.buffers[out].len();
                 let null = 0u64;
                 let (ins, y) = self.io([x, w, bias.unwrap_or(x)], 2 + bias.is_some() as usize, out);
                 let mut l = Launch::new(&stream, &f);
@@ -2007,6 +2049,7 @@ impl GraphExec {
             Step::Host {
                 node,
                 inputs,
+                input_shapes,
                 outputs,
             } => {
                 for &b in inputs {
@@ -2017,7 +2060,7 @@ impl GraphExec {
                     self.host[b] = h;
                 }
                 self.stream.synchronize().map_err(driver_err("host step"))?;
-                let outs = super::graph::eval_host(node, inputs, &self.plan, &self.host)?;
+                let outs = super::graph::eval_host(node, inputs, input_shapes, &self.host)?;
                 for (&b, v) in outputs.iter().zip(outs) {
                     self.stream
                         .memcpy_htod(&v[..], &mut self.bufs[b])

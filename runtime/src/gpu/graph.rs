@@ -120,6 +120,20 @@ pub struct MatMul {
     pub sc: [i32; 4],
 }
 
+impl MatMul {
+    /// Whether this is a plain linear layer `y[m,n] = x[m,k]·w[n,k]ᵀ`, all row-major and
+    /// contiguous: the layout of the tiled `ef_linear_f32` kernel.
+    pub fn is_linear(&self) -> bool {
+        self.batch == [1, 1]
+            && self.sa[2] == self.k
+            && self.sa[3] == 1
+            && self.sb[2] == 1
+            && self.sb[3] == self.k
+            && self.sc[2] == self.n
+            && self.sc[3] == 1
+    }
+}
+
 /// A direct 2-D convolution, NCHW input, OIHW weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -274,6 +288,8 @@ pub enum Step {
         node: Box<TypedNode>,
         /// Input buffers, in order.
         inputs: Vec<usize>,
+        /// The node's input shapes (a buffer reached through a reshape has another shape).
+        input_shapes: Vec<Vec<usize>>,
         /// Output buffers.
         outputs: Vec<usize>,
     },
@@ -392,6 +408,9 @@ impl Lowering<'_> {
     fn lower_node(&mut self, node: &TypedNode) -> Result<(), GpuError> {
         let op = &node.op;
         if op.downcast_ref::<TypedSource>().is_some() {
+            if self.plan.input != usize::MAX {
+                return Err(unsupported(node, "a second model input (one is supported)"));
+            }
             let b = self.out(node)?;
             self.plan.input = b;
             return Ok(());
@@ -416,6 +435,11 @@ impl Lowering<'_> {
             .iter()
             .map(|i| self.buf(*i))
             .collect::<Result<Vec<_>, _>>()?;
+        let input_shapes = node
+            .inputs
+            .iter()
+            .map(|i| self.shape(*i))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut outputs = Vec::new();
         for slot in 0..node.outputs.len() {
             let o = OutletId::new(node.id, slot);
@@ -429,6 +453,7 @@ impl Lowering<'_> {
         self.plan.steps.push(Step::Host {
             node: Box::new(node.clone()),
             inputs,
+            input_shapes,
             outputs,
         });
         Ok(())
@@ -570,7 +595,7 @@ impl Lowering<'_> {
                     let x = self.buf(node.inputs[0])?;
                     let o = OutletId::new(node.id, 0);
                     let shape = self.shape(o)?;
-                    // A constant input would alias shared data: copy through a reshape-free step.
+                    // Aliasing a constant is safe: no step writes a buffer it did not create.
                     self.map.insert(o, x);
                     if self.plan.buffers[x].len() != shape.iter().product::<usize>() {
                         return Err(unsupported(node, "reshape changes the element count"));
@@ -644,10 +669,35 @@ impl Lowering<'_> {
             {
                 return Ok(false);
             }
-            let Some(shape) = self.einsum_shape(node, e)? else {
+            let Some(mut shape) = self.einsum_shape(node, e)? else {
                 return Ok(false);
             };
-            let (a, b) = (self.buf(node.inputs[0])?, self.buf(node.inputs[1])?);
+            let a = self.buf(node.inputs[0])?;
+            let mut b = self.buf(node.inputs[1])?;
+            // A linear layer whose constant weights are stored [k, n] (ONNX MatMul x·Wᵀ):
+            // keep a transposed [n, k] copy so the step runs on the tiled linear kernel.
+            let (k, n) = (shape.k as usize, shape.n as usize);
+            if shape.batch == [1, 1]
+                && shape.sb[2] == shape.n
+                && shape.sb[3] == 1
+                && shape.sa[2] == shape.k
+                && shape.sa[3] == 1
+                && shape.sc[2] == shape.n
+                && shape.sc[3] == 1
+            {
+                if let Some(w) = self.plan.buffers[b].init.clone() {
+                    if w.len() == k * n {
+                        let mut t = vec![0f32; k * n];
+                        for kk in 0..k {
+                            for nn in 0..n {
+                                t[nn * k + kk] = w[kk * n + nn];
+                            }
+                        }
+                        b = self.new_buffer(vec![n, k], Some(t.into()));
+                        shape.sb = [0, 0, 1, shape.k];
+                    }
+                }
+            }
             let out = self.out(node)?;
             self.plan.steps.push(Step::MatMul { a, b, out, shape });
             return Ok(true);
@@ -766,11 +816,12 @@ impl Lowering<'_> {
             if ax.inputs.iter().any(|p| p.len() > 1) || ax.outputs.iter().any(|p| p.len() > 1) {
                 return Ok(None);
             }
-            let size = pa
-                .map(|p| sa[p])
-                .or(pb.map(|p| sb[p]))
-                .or(pc.map(|p| sc[p]))
-                .unwrap_or(1);
+            let sizes = [pa.map(|p| sa[p]), pb.map(|p| sb[p]), pc.map(|p| sc[p])];
+            let size = sizes.iter().flatten().copied().max().unwrap_or(1);
+            // einsum broadcasts a size-1 axis against a longer one: not a plain product.
+            if sizes.iter().flatten().any(|s| *s != size) {
+                return Ok(None);
+            }
             if size == 1 {
                 continue;
             }
@@ -963,7 +1014,7 @@ pub fn run_cpu(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, GpuError> {
     }
     mem[plan.input].copy_from_slice(input);
     for step in &plan.steps {
-        exec_cpu(step, plan, &mut mem)?;
+        exec_cpu(step, &mut mem)?;
     }
     Ok(plan.outputs.iter().map(|o| mem[*o].clone()).collect())
 }
@@ -972,7 +1023,7 @@ fn take(mem: &mut [Vec<f32>], out: usize) -> Vec<f32> {
     std::mem::take(&mut mem[out])
 }
 
-fn exec_cpu(step: &Step, plan: &Plan, mem: &mut [Vec<f32>]) -> Result<(), GpuError> {
+fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), GpuError> {
     match step {
         Step::Binary {
             op,
@@ -1165,9 +1216,10 @@ fn exec_cpu(step: &Step, plan: &Plan, mem: &mut [Vec<f32>]) -> Result<(), GpuErr
         Step::Host {
             node,
             inputs,
+            input_shapes,
             outputs,
         } => {
-            let outs = eval_host(node, inputs, plan, mem)?;
+            let outs = eval_host(node, inputs, input_shapes, mem)?;
             for (o, t) in outputs.iter().zip(outs) {
                 mem[*o] = t;
             }
@@ -1180,13 +1232,13 @@ fn exec_cpu(step: &Step, plan: &Plan, mem: &mut [Vec<f32>]) -> Result<(), GpuErr
 pub fn eval_host(
     node: &TypedNode,
     inputs: &[usize],
-    plan: &Plan,
+    shapes: &[Vec<usize>],
     mem: &[Vec<f32>],
 ) -> Result<Vec<Vec<f32>>, GpuError> {
     let err = |e: TractError| GpuError::Unsupported(format!("host node `{}`: {e:#}", node.name));
     let mut tv = TVec::new();
-    for i in inputs {
-        let t = Tensor::from_shape(&plan.buffers[*i].shape, &mem[*i]).map_err(err)?;
+    for (i, shape) in inputs.iter().zip(shapes) {
+        let t = Tensor::from_shape(shape, &mem[*i]).map_err(err)?;
         tv.push(t.into_tvalue());
     }
     let outs =
