@@ -18,6 +18,9 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
+    /// Every format, in the order V4L2 negotiation prefers them (then RGB, BGR).
+    pub const ALL: [PixelFormat; 5] = [Self::Yuyv, Self::Nv12, Self::Grey, Self::Rgb, Self::Bgr];
+
     /// Bytes needed for a tightly packed `width × height` frame, `None` when the geometry is
     /// invalid for the format (odd width for YUYV, odd sides for NV12) or overflows.
     pub fn frame_len(self, width: u32, height: u32) -> Option<usize> {

@@ -454,13 +454,7 @@ mod tests {
 
     #[test]
     fn matches_reference_for_every_format_and_policy() {
-        for format in [
-            PixelFormat::Yuyv,
-            PixelFormat::Nv12,
-            PixelFormat::Grey,
-            PixelFormat::Rgb,
-            PixelFormat::Bgr,
-        ] {
+        for format in PixelFormat::ALL {
             for (sw, sh) in [(64, 48), (40, 60), (32, 32), (20, 14)] {
                 for (resize, order) in [
                     (ResizePolicy::ShortestSideCenterCrop, ChannelOrder::Rgb),

@@ -138,13 +138,7 @@ mod cuda {
             let mut pre = GpuPreprocess::new(&mut g, &sp).unwrap();
             let mut cpu = Preprocessor::new(&sp);
             let n = cpu.output_len();
-            for format in [
-                PixelFormat::Yuyv,
-                PixelFormat::Nv12,
-                PixelFormat::Grey,
-                PixelFormat::Rgb,
-                PixelFormat::Bgr,
-            ] {
+            for format in PixelFormat::ALL {
                 for (w, h) in [(640, 480), (320, 240)] {
                     let frame = render(w, h, format, 3, "synthetic://");
                     let (mut want, mut got, mut half) = (vec![0.0; n], vec![0.0; n], vec![0u16; n]);

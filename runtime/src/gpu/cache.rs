@@ -42,15 +42,14 @@ impl CacheKey {
         sm: u32,
         driver: i32,
     ) -> Self {
-        let mut h = Sha256::new();
-        h.update(source.as_bytes());
+        let mut text = source.as_bytes().to_vec();
         for o in options {
-            h.update([0u8]);
-            h.update(o.as_bytes());
+            text.push(0);
+            text.extend_from_slice(o.as_bytes());
         }
-        h.update(format!("nvrtc {}.{}", nvrtc_version.0, nvrtc_version.1).as_bytes());
-        let digest = h.finalize();
-        let hash = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        text.extend_from_slice(format!("nvrtc {}.{}", nvrtc_version.0, nvrtc_version.1).as_bytes());
+        let mut hash = edgefuse_models::sha256_hex(&text);
+        hash.truncate(16);
         Self {
             kernel: kernel.to_string(),
             sm,
@@ -114,11 +113,6 @@ impl KernelCache {
     /// A cache in `dir`; `None` disables caching (every kernel is compiled).
     pub fn new(dir: Option<PathBuf>) -> Self {
         Self { dir }
-    }
-
-    /// The directory, if caching is on.
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
     }
 
     /// The binary for `key`: from disk when a valid entry exists, else from `build`, which is

@@ -338,11 +338,6 @@ impl Gpu {
             .map_err(driver_err("synchronising the stream"))
     }
 
-    /// Use `cache` for compiled kernels (default: [`default_dir`]).
-    pub fn set_cache(&mut self, cache: KernelCache) {
-        self.cache = cache;
-    }
-
     /// Compile (or load from the cache) and load the module of kernel file `file`.
     pub fn module(&mut self, file: &'static str) -> Result<Arc<CudaModule>, GpuError> {
         if let Some((_, m)) = self.modules.iter().find(|(f, _)| *f == file) {
@@ -627,7 +622,7 @@ impl Kernels {
         b.dev(y).val(&mi).val(&ni).val(&ki).val(&a);
         // SAFETY: the argument list matches ef_linear_f32's signature; every buffer holds the
         // element count the kernel indexes (checked above); the grid covers m × n.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_linear_f32")
+        launched(unsafe { b.launch(cfg) }, "ef_linear_f32")
     }
 
     /// Quantize `x [m, k]` into `q [m, kp]` with activation scale `scale`.
@@ -650,7 +645,7 @@ impl Kernels {
         let mut b = Launch::new(&self.stream, &self.quantize);
         b.dev(x).dev(q).val(&mi).val(&ki).val(&kpi).val(&inv);
         // SAFETY: matches ef_quantize_i8; x holds m·k and q m·kp values; threads past m·kp exit.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_quantize_i8")
+        launched(unsafe { b.launch(cfg) }, "ef_quantize_i8")
     }
 
     /// `y = act(acc · x_scale · w_scale[n] + bias)` with `acc = q · wᵀ` exactly in i32.
@@ -714,7 +709,7 @@ impl Kernels {
         b.dev(y).val(&mi).val(&ni).val(&kpi).val(&a);
         // SAFETY: matches the kernel's signature; q is m·kp, w n·kp (kp % 32 == 0, so every
         // 32-bit load is aligned and in bounds), scales/bias n, y m·n; the grid covers m × n.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), name)
+        launched(unsafe { b.launch(cfg) }, name)
     }
 
     /// Fused attention; operands as `(buffer, row stride)`; `o` dense `[lq, heads·d]`.
@@ -759,7 +754,7 @@ impl Kernels {
         b.dev(o).val(&os).val(&lqi).val(&lki).val(&di).val(&scale);
         // SAFETY: matches ef_attention_f32; every strided row read stays inside its buffer
         // (checked above); the dynamic shared memory holds d + lk floats.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_attention_f32")
+        launched(unsafe { b.launch(cfg) }, "ef_attention_f32")
     }
 
     /// Row-wise layer norm of `x [rows, cols]`.
@@ -796,7 +791,7 @@ impl Kernels {
             .val(&c)
             .val(&eps);
         // SAFETY: matches ef_layer_norm; buffers sized above; one block per row.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_layer_norm")
+        launched(unsafe { b.launch(cfg) }, "ef_layer_norm")
     }
 
     /// `y = a + b`.
@@ -814,7 +809,7 @@ impl Kernels {
         b.dev(a).dev(bb).dev(y).val(&ni);
         // SAFETY: matches ef_add; all three buffers hold n values; threads past n exit.
         launched(
-            unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.map(|_| ()),
+            unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) },
             "ef_add",
         )
     }
@@ -826,7 +821,7 @@ impl Kernels {
         let mut b = Launch::new(&self.stream, &self.activation);
         b.dev(x).val(&n).val(&a);
         // SAFETY: matches ef_activation; threads past n exit.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_activation")
+        launched(unsafe { b.launch(cfg) }, "ef_activation")
     }
 
     /// IEEE half bits of `x`.
@@ -837,7 +832,7 @@ impl Kernels {
         let mut b = Launch::new(&self.stream, &self.to_f16);
         b.dev(x).dev(y).val(&n);
         // SAFETY: matches ef_f32_to_f16; both buffers hold n values.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_f32_to_f16")
+        launched(unsafe { b.launch(cfg) }, "ef_f32_to_f16")
     }
 
     /// Head logits: `clip [labels]` and, with `queries`, `qf [labels]`.
@@ -883,7 +878,7 @@ impl Kernels {
         b.val(&nqi).dev(labels).val(&nl).val(&d);
         b.val(&clip_scale).val(&qf_scale).dev(clip).dev(qf);
         // SAFETY: matches ef_head_logits; sizes checked above; one block per label.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_head_logits")
+        launched(unsafe { b.launch(cfg) }, "ef_head_logits")
     }
 
     /// Late fusion, softmax and top-k (`method`: 0 CLIP only, 1 weighted logits, 2 weighted
@@ -920,7 +915,7 @@ impl Kernels {
         b.dev(clip).dev(qf).val(&ni).val(&method).val(&cw).val(&qw);
         b.dev(probs).dev(tmp).val(&ki).dev(top.0).dev(top.1);
         // SAFETY: matches ef_fuse_topk; n-long inputs/scratch and k-long outputs checked.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_fuse_topk")
+        launched(unsafe { b.launch(cfg) }, "ef_fuse_topk")
     }
 }
 
@@ -1155,7 +1150,7 @@ impl GpuPreprocess {
         // SAFETY: matches ef_preprocess_*; the source holds a whole frame of this geometry and
         // format (length checked by the caller), the taps were computed for this geometry and
         // only index source pixels inside it, the output holds 3·out_w·out_h values.
-        launched(unsafe { b.launch(cfg) }.map(|_| ()), "ef_preprocess")
+        launched(unsafe { b.launch(cfg) }, "ef_preprocess")
     }
 }
 
@@ -1231,18 +1226,6 @@ impl CudaAccelerator {
 
 fn ours(gpu: &mut Gpu, bundle: &Bundle) -> Result<Models, GpuError> {
     let (enc, qf) = super::graph::lower_bundle(bundle)?;
-    let host: Vec<&String> = enc
-        .host_nodes
-        .iter()
-        .chain(qf.iter().flat_map(|q| &q.host_nodes))
-        .collect();
-    if !host.is_empty() {
-        // Host steps would copy through the host and allocate per frame: not on the hot path.
-        return Err(GpuError::Unsupported(format!(
-            "{} graph nodes have no GPU kernel: {host:?}",
-            host.len()
-        )));
-    }
     let enc = Box::new(GraphExec::new(gpu, enc)?);
     let qf = match qf {
         Some(p) => Some(Box::new(GraphExec::new(gpu, p)?)),
@@ -1643,7 +1626,6 @@ pub struct GraphExec {
     plan: super::graph::Plan,
     bufs: Vec<CudaSlice<f32>>,
     data: Vec<StepData>,
-    host: Vec<Vec<f32>>,
     fns: GraphFns,
     kernels: Kernels,
     int8: Int8Kernel,
@@ -1652,8 +1634,17 @@ pub struct GraphExec {
 
 impl GraphExec {
     /// Allocate and upload `plan` on `gpu`.
+    /// Refuses a plan with host steps: those would copy through the host and allocate every
+    /// frame, which the GPU path does not do.
     pub fn new(gpu: &mut Gpu, plan: super::graph::Plan) -> Result<Self, GpuError> {
         use super::graph::Step;
+        if !plan.host_nodes.is_empty() {
+            return Err(GpuError::Unsupported(format!(
+                "{} graph nodes have no GPU kernel: {:?}",
+                plan.host_nodes.len(),
+                plan.host_nodes
+            )));
+        }
         let f = |gpu: &mut Gpu, name: &str| gpu.function("graph.cu", name);
         let fns = GraphFns {
             binary: f(gpu, "ef_binary")?,
@@ -1681,7 +1672,6 @@ impl GraphExec {
             });
         }
         let mut data = Vec::with_capacity(plan.steps.len());
-        let mut has_host = false;
         for s in &plan.steps {
             data.push(match s {
                 Step::Gather { indices, .. } => StepData::Indices(gpu.upload(indices)?),
@@ -1690,30 +1680,13 @@ impl GraphExec {
                     scales: gpu.upload(&weights.scales)?,
                     q: gpu.zeros::<i8>(m * weights.kp)?,
                 },
-                Step::Host { .. } => {
-                    has_host = true;
-                    StepData::None
-                }
                 _ => StepData::None,
             });
-        }
-        let host = if has_host {
-            plan.buffers.iter().map(|b| vec![0.0; b.len()]).collect()
-        } else {
-            Vec::new()
-        };
-        if !plan.host_nodes.is_empty() {
-            log::warn!(
-                "{} graph nodes run on the host (two copies each): {:?}",
-                plan.host_nodes.len(),
-                plan.host_nodes
-            );
         }
         Ok(Self {
             plan,
             bufs,
             data,
-            host,
             fns,
             kernels,
             int8,
@@ -1724,11 +1697,6 @@ impl GraphExec {
     /// The plan.
     pub fn plan(&self) -> &super::graph::Plan {
         &self.plan
-    }
-
-    /// The input buffer (write the model input here, e.g. by a device-to-device copy).
-    pub fn input_mut(&mut self) -> &mut CudaSlice<f32> {
-        &mut self.bufs[self.plan.input]
     }
 
     /// Output `i` of the model.
@@ -1774,28 +1742,6 @@ impl GraphExec {
         Ok(())
     }
 
-    /// Split-borrow up to three input buffers and one output buffer (outputs are fresh buffers,
-    /// never an input of their own step).
-    fn io(
-        &mut self,
-        ins: [usize; 3],
-        n: usize,
-        out: usize,
-    ) -> ([&CudaSlice<f32>; 3], &mut CudaSlice<f32>) {
-        let (left, right) = self.bufs.split_at_mut(out);
-        let (o, rest) = right.split_first_mut().expect("output buffer");
-        let pick = |i: usize| -> &CudaSlice<f32> {
-            if i < out {
-                &left[i]
-            } else {
-                &rest[i - out - 1]
-            }
-        };
-        let first = pick(ins[0]);
-        let get = |j: usize| if j < n { pick(ins[j]) } else { first };
-        ([first, get(1), get(2)], o)
-    }
-
     fn step(&mut self, step: &super::graph::Step, data: &mut StepData) -> Result<(), GpuError> {
         use super::graph::Step;
         // A step producing no element launches nothing (a zero grid is a launch error).
@@ -1817,7 +1763,17 @@ impl GraphExec {
         if empty {
             return Ok(());
         }
-        let stream = self.stream.clone();
+        let Self {
+            plan,
+            bufs,
+            fns,
+            kernels,
+            int8,
+            stream,
+            ..
+        } = self;
+        let (plan, fns, kernels, stream): (&super::graph::Plan, &GraphFns, &Kernels, &CudaStream) =
+            (plan, fns, kernels, stream);
         let launch1d = |n: usize| LaunchConfig::for_num_elems(n as u32);
         let rows = |n: usize| LaunchConfig {
             grid_dim: (n.max(1) as u32, 1, 1),
@@ -1832,11 +1788,10 @@ impl GraphExec {
                 out,
                 shape,
             } => {
-                let f = self.fns.binary.clone();
-                let n = self.plan.buffers[out].len() as i32;
+                let n = plan.buffers[out].len() as i32;
                 let opc = op as i32;
-                let (ins, y) = self.io([a, b, 0], 2, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [a, b, 0], 2, out);
+                let mut l = Launch::new(stream, &fns.binary);
                 l.val(&opc)
                     .dev(ins[0])
                     .dev(ins[1])
@@ -1845,72 +1800,49 @@ impl GraphExec {
                     .val(&shape);
                 // SAFETY: matches ef_binary; broadcast strides were computed from the buffers'
                 // shapes, so every index is inside its buffer; n = output length.
-                launched(
-                    unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
-                    "ef_binary",
-                )
+                launched(unsafe { l.launch(launch1d(n as usize)) }, "ef_binary")
             }
             &Step::Unary { op, x, out } => {
-                let f = self.fns.unary.clone();
-                let n = self.plan.buffers[out].len() as i32;
+                let n = plan.buffers[out].len() as i32;
                 let opc = op as i32;
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.unary);
                 l.val(&opc).dev(ins[0]).dev(y).val(&n);
                 // SAFETY: matches ef_unary; input and output hold n values.
-                launched(
-                    unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
-                    "ef_unary",
-                )
+                launched(unsafe { l.launch(launch1d(n as usize)) }, "ef_unary")
             }
             &Step::Reduce { op, x, out, dims } => {
-                let f = self.fns.reduce.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let opc = op as i32;
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.reduce);
                 l.val(&opc).dev(ins[0]).dev(y).val(&o).val(&len).val(&inner);
                 // SAFETY: matches ef_reduce; one block of 128 threads per output row.
-                launched(
-                    unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
-                    "ef_reduce",
-                )
+                launched(unsafe { l.launch(rows(dims[0] * dims[2])) }, "ef_reduce")
             }
             &Step::RmsNorm { x, out, dims, eps } => {
-                let f = self.fns.rms_norm.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.rms_norm);
                 l.dev(ins[0]).dev(y).val(&o).val(&len).val(&inner).val(&eps);
                 // SAFETY: matches ef_rms_norm; one block per row.
-                launched(
-                    unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
-                    "ef_rms_norm",
-                )
+                launched(unsafe { l.launch(rows(dims[0] * dims[2])) }, "ef_rms_norm")
             }
             &Step::Softmax { x, out, dims } => {
-                let f = self.fns.softmax.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.softmax);
                 l.dev(ins[0]).dev(y).val(&o).val(&len).val(&inner);
                 // SAFETY: matches ef_softmax; one block per row.
-                launched(
-                    unsafe { l.launch(rows(dims[0] * dims[2])) }.map(|_| ()),
-                    "ef_softmax",
-                )
+                launched(unsafe { l.launch(rows(dims[0] * dims[2])) }, "ef_softmax")
             }
             &Step::Permute { x, out, shape } => {
-                let f = self.fns.permute.clone();
-                let n = self.plan.buffers[out].len() as i32;
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let n = plan.buffers[out].len() as i32;
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.permute);
                 l.dev(ins[0]).dev(y).val(&n).val(&shape);
                 // SAFETY: matches ef_permute; source strides come from the input's shape.
-                launched(
-                    unsafe { l.launch(launch1d(n as usize)) }.map(|_| ()),
-                    "ef_permute",
-                )
+                launched(unsafe { l.launch(launch1d(n as usize)) }, "ef_permute")
             }
             Step::Gather {
                 x,
@@ -1919,15 +1851,14 @@ impl GraphExec {
                 indices,
             } => {
                 let (x, out, dims) = (*x, *out, *dims);
-                let f = self.fns.gather.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let count = indices.len() as i32;
                 let n = (dims[0] * indices.len() * dims[2]) as u32;
                 let StepData::Indices(idx) = data else {
                     return Err(GpuError::Unsupported("gather indices missing".into()));
                 };
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.gather);
                 l.dev(ins[0])
                     .dev(y)
                     .dev(&*idx)
@@ -1937,7 +1868,7 @@ impl GraphExec {
                     .val(&count);
                 // SAFETY: matches ef_gather; indices were checked to be < len when lowered.
                 launched(
-                    unsafe { l.launch(LaunchConfig::for_num_elems(n)) }.map(|_| ()),
+                    unsafe { l.launch(LaunchConfig::for_num_elems(n)) },
                     "ef_gather",
                 )
             }
@@ -1948,12 +1879,11 @@ impl GraphExec {
                 total,
                 offset,
             } => {
-                let f = self.fns.concat.clone();
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let (t, off) = (total as i32, offset as i32);
                 let n = dims.iter().product::<usize>();
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                let mut l = Launch::new(stream, &fns.concat);
                 l.dev(ins[0])
                     .dev(y)
                     .val(&o)
@@ -1962,20 +1892,15 @@ impl GraphExec {
                     .val(&t)
                     .val(&off);
                 // SAFETY: matches ef_concat_part; offset + len <= total by construction.
-                launched(
-                    unsafe { l.launch(launch1d(n)) }.map(|_| ()),
-                    "ef_concat_part",
-                )
+                launched(unsafe { l.launch(launch1d(n)) }, "ef_concat_part")
             }
             &Step::MatMul { a, b, out, shape } => {
                 let s = shape;
                 // A linear layer (x [m,k] · W[n,k]ᵀ) goes to the tiled linear kernel.
                 let linear = s.is_linear();
-                let k = self.kernels.clone();
-                let f = self.fns.matmul.clone();
-                let (ins, y) = self.io([a, b, 0], 2, out);
+                let (ins, y) = io(bufs, [a, b, 0], 2, out);
                 if linear {
-                    return k.linear_f32(
+                    return kernels.linear_f32(
                         ins[0],
                         ins[1],
                         None,
@@ -1993,10 +1918,10 @@ impl GraphExec {
                     block_dim: (16, 16, 1),
                     shared_mem_bytes: 0,
                 };
-                let mut l = Launch::new(&stream, &f);
+                let mut l = Launch::new(stream, &fns.matmul);
                 l.dev(ins[0]).dev(ins[1]).dev(y).val(&s);
                 // SAFETY: matches ef_matmul; strides come from the operands' shapes.
-                launched(unsafe { l.launch(cfg) }.map(|_| ()), "ef_matmul")
+                launched(unsafe { l.launch(cfg) }, "ef_matmul")
             }
             &Step::Conv {
                 x,
@@ -2005,11 +1930,15 @@ impl GraphExec {
                 out,
                 shape,
             } => {
-                let f = self.fns.conv.clone();
-                let n = self.plan.buffers[out].len();
+                let n = plan.buffers[out].len();
                 let null = 0u64;
-                let (ins, y) = self.io([x, w, bias.unwrap_or(x)], 2 + bias.is_some() as usize, out);
-                let mut l = Launch::new(&stream, &f);
+                let (ins, y) = io(
+                    bufs,
+                    [x, w, bias.unwrap_or(x)],
+                    2 + bias.is_some() as usize,
+                    out,
+                );
+                let mut l = Launch::new(stream, &fns.conv);
                 l.dev(ins[0]).dev(ins[1]);
                 match bias {
                     Some(_) => l.dev(ins[2]),
@@ -2017,7 +1946,7 @@ impl GraphExec {
                 };
                 l.dev(y).val(&shape);
                 // SAFETY: matches ef_conv2d; geometry from the node's facts; padding checked.
-                launched(unsafe { l.launch(launch1d(n)) }.map(|_| ()), "ef_conv2d")
+                launched(unsafe { l.launch(launch1d(n)) }, "ef_conv2d")
             }
             Step::Int8Linear {
                 x,
@@ -2027,14 +1956,13 @@ impl GraphExec {
                 act_scale,
             } => {
                 let (x, out, m, act_scale) = (*x, *out, *m, *act_scale);
-                let which = self.int8;
-                let k = self.kernels.clone();
+                let which = *int8;
                 let StepData::Int8 { w, scales, q } = data else {
                     return Err(GpuError::Unsupported("int8 weights missing".into()));
                 };
-                let (ins, y) = self.io([x, 0, 0], 1, out);
-                k.quantize_i8(ins[0], q, (m, weights.k, weights.kp), act_scale)?;
-                k.linear_i8(
+                let (ins, y) = io(bufs, [x, 0, 0], 1, out);
+                kernels.quantize_i8(ins[0], q, (m, weights.k, weights.kp), act_scale)?;
+                kernels.linear_i8(
                     which,
                     q,
                     w,
@@ -2046,29 +1974,33 @@ impl GraphExec {
                     Activation::None,
                 )
             }
-            Step::Host {
-                node,
-                inputs,
-                input_shapes,
-                outputs,
-            } => {
-                for &b in inputs {
-                    let mut h = std::mem::take(&mut self.host[b]);
-                    self.stream
-                        .memcpy_dtoh(&self.bufs[b], &mut h[..])
-                        .map_err(driver_err("copying to the host"))?;
-                    self.host[b] = h;
-                }
-                self.stream.synchronize().map_err(driver_err("host step"))?;
-                let outs = super::graph::eval_host(node, inputs, input_shapes, &self.host)?;
-                for (&b, v) in outputs.iter().zip(outs) {
-                    self.stream
-                        .memcpy_htod(&v[..], &mut self.bufs[b])
-                        .map_err(driver_err("copying to the device"))?;
-                    self.host[b] = v;
-                }
-                Ok(())
-            }
+            // GraphExec::new refuses plans with host steps.
+            Step::Host { node, .. } => Err(GpuError::Unsupported(format!(
+                "graph node `{}` has no GPU kernel",
+                node.name
+            ))),
         }
     }
+}
+
+/// Split-borrow up to three input buffers and one output buffer (outputs are fresh buffers,
+/// never an input of their own step).
+fn io(
+    bufs: &mut [CudaSlice<f32>],
+    ins: [usize; 3],
+    n: usize,
+    out: usize,
+) -> ([&CudaSlice<f32>; 3], &mut CudaSlice<f32>) {
+    let (left, right) = bufs.split_at_mut(out);
+    let (o, rest) = right.split_first_mut().expect("output buffer");
+    let pick = |i: usize| -> &CudaSlice<f32> {
+        if i < out {
+            &left[i]
+        } else {
+            &rest[i - out - 1]
+        }
+    };
+    let first = pick(ins[0]);
+    let get = |j: usize| if j < n { pick(ins[j]) } else { first };
+    ([first, get(1), get(2)], o)
 }

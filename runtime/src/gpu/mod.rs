@@ -182,7 +182,7 @@ pub enum GpuError {
         need: u32,
     },
     /// NVRTC rejected a kernel.
-    #[error("kernel {kernel} failed to compile for {arch}: {log}")]
+    #[error("kernel {kernel} failed to compile for {arch}: {log} (a bug or an NVRTC too old for the kernels: please report it with this log; --device cpu runs without the GPU)")]
     KernelCompile {
         /// Kernel file.
         kernel: String,
@@ -192,13 +192,13 @@ pub enum GpuError {
         log: String,
     },
     /// Device memory ran out while building the pipeline.
-    #[error("out of GPU memory while {what}")]
+    #[error("out of GPU memory while {what}: stop other GPU programs (nvidia-smi / tegrastats show them), use a smaller bundle, or --device cpu")]
     OutOfMemory {
         /// What was being allocated.
         what: String,
     },
     /// A driver call failed (launch error, lost device, ECC error, …).
-    #[error("CUDA error in {what}: {message}")]
+    #[error("CUDA error in {what}: {message} (check the GPU and driver with nvidia-smi / tegrastats and the kernel log; --device cpu runs without it)")]
     Driver {
         /// The operation.
         what: String,

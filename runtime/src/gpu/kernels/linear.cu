@@ -17,28 +17,32 @@
 #define EF_TN 64
 #define EF_TK 16
 
-extern "C" __global__ void __launch_bounds__(256)
-ef_linear_f32(const float* __restrict__ x, const float* __restrict__ w,
-              const float* __restrict__ bias, float* __restrict__ y, int m, int n, int k,
-              int act) {
-    __shared__ float xs[EF_TK][EF_TM + 4];
-    __shared__ float ws[EF_TK][EF_TN + 4];
+// Multiply-accumulate of one tile element: f32, or 4 packed int8 pairs (dp4a, defined below).
+__device__ __forceinline__ float ef_mac(float a, float b, float c) { return c + a * b; }
+__device__ __forceinline__ int ef_mac(int a, int b, int c);
+
+// acc = x[m0.., :] . w[n0.., :]^T for this block's 64 x 64 tile, 4 x 4 per thread (256 threads),
+// k in slices of 16 elements of T: T = float (k floats) or int (k words of 4 packed int8).
+template <typename T>
+__device__ __forceinline__ void ef_tile(const T* __restrict__ x, const T* __restrict__ w, int m,
+                                        int n, int k, T (&acc)[4][4]) {
+    __shared__ T xs[EF_TK][EF_TM + 4];
+    __shared__ T ws[EF_TK][EF_TN + 4];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int m0 = blockIdx.y * EF_TM, n0 = blockIdx.x * EF_TN;
-    float acc[4][4];
     for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+        for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
     for (int k0 = 0; k0 < k; k0 += EF_TK) {
         for (int i = tid; i < EF_TM * EF_TK; i += 256) {
             const int r = i / EF_TK, c = i % EF_TK, kk = k0 + c;
             const int mm = m0 + r, nn = n0 + r;
-            xs[c][r] = (mm < m && kk < k) ? x[(size_t)mm * k + kk] : 0.0f;
-            ws[c][r] = (nn < n && kk < k) ? w[(size_t)nn * k + kk] : 0.0f;
+            xs[c][r] = (mm < m && kk < k) ? x[(size_t)mm * k + kk] : T(0);
+            ws[c][r] = (nn < n && kk < k) ? w[(size_t)nn * k + kk] : T(0);
         }
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < EF_TK; ++kk) {
-            float a[4], b[4];
+            T a[4], b[4];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 a[i] = xs[kk][ty * 4 + i];
@@ -47,20 +51,42 @@ ef_linear_f32(const float* __restrict__ x, const float* __restrict__ w,
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+                for (int j = 0; j < 4; ++j) acc[i][j] = ef_mac(a[i], b[j], acc[i][j]);
         }
         __syncthreads();
     }
+}
+
+// y = act(acc * scale * col_scale[n] + bias[n]) for the tile of ef_tile (col_scale, bias may be
+// null). With scale 1 and no col_scale the products are exact, so the f32 kernel stores
+// act(acc + bias).
+template <typename T>
+__device__ __forceinline__ void ef_tile_store(const T (&acc)[4][4], int m, int n, float scale,
+                                              const float* __restrict__ col_scale,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ y, int act) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int m0 = blockIdx.y * EF_TM, n0 = blockIdx.x * EF_TN;
     for (int i = 0; i < 4; ++i) {
         const int mm = m0 + ty * 4 + i;
         if (mm >= m) continue;
         for (int j = 0; j < 4; ++j) {
             const int nn = n0 + tx * 4 + j;
             if (nn >= n) continue;
-            float v = acc[i][j] + (bias ? bias[nn] : 0.0f);
+            const float s = scale * (col_scale ? col_scale[nn] : 1.0f);
+            const float v = (float)acc[i][j] * s + (bias ? bias[nn] : 0.0f);
             y[(size_t)mm * n + nn] = ef_act(v, act);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+ef_linear_f32(const float* __restrict__ x, const float* __restrict__ w,
+              const float* __restrict__ bias, float* __restrict__ y, int m, int n, int k,
+              int act) {
+    float acc[4][4];
+    ef_tile(x, w, m, n, k, acc);
+    ef_tile_store(acc, m, n, 1.0f, nullptr, bias, y, act);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
@@ -91,54 +117,18 @@ __device__ __forceinline__ int ef_dp4a(int a, int b, int c) {
 #endif
 }
 
-// Tiles of 64 x 64 outputs, 64-deep k slices (16 packed words), 4 x 4 outputs per thread.
-// x: [m, kp] int8, w: [n, kp] int8, kp a multiple of 4.
+__device__ __forceinline__ int ef_mac(int a, int b, int c) { return ef_dp4a(a, b, c); }
+
+// The f32 kernel's tiles over packed int8 words: 64-deep k slices (16 words); x: [m, kp] int8,
+// w: [n, kp] int8, kp a multiple of 4.
 extern "C" __global__ void __launch_bounds__(256)
 ef_linear_i8_dp4a(const int* __restrict__ x, const int* __restrict__ w,
                   const float* __restrict__ w_scale, float x_scale,
                   const float* __restrict__ bias, float* __restrict__ y, int m, int n, int kp,
                   int act) {
-    __shared__ int xs[16][EF_TM + 1];
-    __shared__ int ws[16][EF_TN + 1];
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int m0 = blockIdx.y * EF_TM, n0 = blockIdx.x * EF_TN;
-    const int kw = kp / 4;
     int acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0;
-    for (int k0 = 0; k0 < kw; k0 += 16) {
-        for (int i = tid; i < EF_TM * 16; i += 256) {
-            const int r = i / 16, c = i % 16, kk = k0 + c;
-            const int mm = m0 + r, nn = n0 + r;
-            xs[c][r] = (mm < m && kk < kw) ? x[(size_t)mm * kw + kk] : 0;
-            ws[c][r] = (nn < n && kk < kw) ? w[(size_t)nn * kw + kk] : 0;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < 16; ++kk) {
-            int a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                a[i] = xs[kk][ty * 4 + i];
-                b[i] = ws[kk][tx * 4 + i];
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = ef_dp4a(a[i], b[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-    for (int i = 0; i < 4; ++i) {
-        const int mm = m0 + ty * 4 + i;
-        if (mm >= m) continue;
-        for (int j = 0; j < 4; ++j) {
-            const int nn = n0 + tx * 4 + j;
-            if (nn >= n) continue;
-            float v = (float)acc[i][j] * (x_scale * w_scale[nn]) + (bias ? bias[nn] : 0.0f);
-            y[(size_t)mm * n + nn] = ef_act(v, act);
-        }
-    }
+    ef_tile(x, w, m, n, kp / 4, acc);
+    ef_tile_store(acc, m, n, x_scale, w_scale, bias, y, act);
 }
 
 // Fragment layouts of mma.m16n8k32 .s8 (PTX ISA, "Matrix fragments for mma.m16n8k32"), with

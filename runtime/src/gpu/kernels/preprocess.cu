@@ -76,39 +76,36 @@ __device__ __forceinline__ void ef_resample(const unsigned char* __restrict__ sr
     }
 }
 
+__device__ __forceinline__ void ef_store(float* p, float v) { *p = v; }
+// IEEE half, round to nearest even, for f16 models.
+__device__ __forceinline__ void ef_store(unsigned short* p, float v) { *p = ef_f32_to_f16_bits(v); }
+
+#define EF_PRE_PARAMS                                                                           \
+    const unsigned char *__restrict__ src, int fmt, int w, int h, const int *__restrict__ tx,  \
+        const int *__restrict__ ty, const float *__restrict__ wx, const float *__restrict__ wy, \
+        int out_w, int out_h, int c0, int c1, int c2, float s0, float s1, float s2, float b0,   \
+        float b1, float b2
+#define EF_PRE_ARGS src, fmt, w, h, tx, ty, wx, wy, out_w, out_h, c0, c1, c2, s0, s1, s2, b0, b1, b2
+
 // out[c][oy][ox] = acc[chan_c] * scale_c - bias_c, with scale = 1/(255 std), bias = mean/std and
 // chan the source channel feeding output channel c (RGB or BGR models).
-extern "C" __global__ void ef_preprocess_f32(
-    const unsigned char* __restrict__ src, int fmt, int w, int h,
-    const int* __restrict__ tx, const int* __restrict__ ty,
-    const float* __restrict__ wx, const float* __restrict__ wy, int out_w, int out_h,
-    int c0, int c1, int c2, float s0, float s1, float s2, float b0, float b1, float b2,
-    float* __restrict__ out) {
+template <typename T>
+__device__ __forceinline__ void ef_preprocess(EF_PRE_PARAMS, T* __restrict__ out) {
     const int ox = blockIdx.x * blockDim.x + threadIdx.x;
     const int oy = blockIdx.y * blockDim.y + threadIdx.y;
     if (ox >= out_w || oy >= out_h) return;
     float acc[3];
     ef_resample(src, fmt, w, h, tx, ty, wx, wy, ox, oy, acc);
     const size_t plane = (size_t)out_w * out_h, at = (size_t)oy * out_w + ox;
-    out[at] = acc[c0] * s0 - b0;
-    out[plane + at] = acc[c1] * s1 - b1;
-    out[2 * plane + at] = acc[c2] * s2 - b2;
+    ef_store(out + at, acc[c0] * s0 - b0);
+    ef_store(out + plane + at, acc[c1] * s1 - b1);
+    ef_store(out + 2 * plane + at, acc[c2] * s2 - b2);
 }
 
-// Same, writing IEEE half (round to nearest even) for f16 models.
-extern "C" __global__ void ef_preprocess_f16(
-    const unsigned char* __restrict__ src, int fmt, int w, int h,
-    const int* __restrict__ tx, const int* __restrict__ ty,
-    const float* __restrict__ wx, const float* __restrict__ wy, int out_w, int out_h,
-    int c0, int c1, int c2, float s0, float s1, float s2, float b0, float b1, float b2,
-    unsigned short* __restrict__ out) {
-    const int ox = blockIdx.x * blockDim.x + threadIdx.x;
-    const int oy = blockIdx.y * blockDim.y + threadIdx.y;
-    if (ox >= out_w || oy >= out_h) return;
-    float acc[3];
-    ef_resample(src, fmt, w, h, tx, ty, wx, wy, ox, oy, acc);
-    const size_t plane = (size_t)out_w * out_h, at = (size_t)oy * out_w + ox;
-    out[at] = ef_f32_to_f16_bits(acc[c0] * s0 - b0);
-    out[plane + at] = ef_f32_to_f16_bits(acc[c1] * s1 - b1);
-    out[2 * plane + at] = ef_f32_to_f16_bits(acc[c2] * s2 - b2);
+extern "C" __global__ void ef_preprocess_f32(EF_PRE_PARAMS, float* __restrict__ out) {
+    ef_preprocess(EF_PRE_ARGS, out);
+}
+
+extern "C" __global__ void ef_preprocess_f16(EF_PRE_PARAMS, unsigned short* __restrict__ out) {
+    ef_preprocess(EF_PRE_ARGS, out);
 }
