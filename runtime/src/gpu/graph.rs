@@ -5,8 +5,10 @@
 //! The plan is backend-neutral. [`run_cpu`] executes it with plain loops: that is how the lowering
 //! is checked without a GPU (against tract's own output, `tests/tests/gpu_graph.rs`), and the
 //! CUDA executor (`cuda::GraphExec`) runs the same steps with the kernels of `kernels/graph.cu`
-//! and `kernels/linear.cu`. A node whose op has no lowering runs through tract's own evaluation
-//! on the host (`Step::Host`), named in [`Plan::host_nodes`]; on the GPU that costs two copies.
+//! and `kernels/linear.cu`. A node whose op has no lowering becomes a `Step::Host` (tract's own
+//! evaluation), named in [`Plan::host_nodes`]: [`run_cpu`] executes it, the CUDA executor refuses
+//! such a plan (it would copy through the host every frame) and the accelerator then runs the
+//! models through tract instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
