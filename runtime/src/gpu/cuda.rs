@@ -1178,7 +1178,7 @@ fn models_choice() -> String {
 }
 
 /// The CUDA accelerator: fused preprocessing on the GPU, then the encoder and Q-Former on our
-/// kernels (or tract-cuda / the CPU, see [`models_choice`]), with per-stage CUDA-event timing.
+/// kernels (or tract-cuda / the CPU: `$EDGEFUSE_GPU_MODELS`), with per-stage CUDA-event timing.
 pub struct CudaAccelerator {
     gpu: Gpu,
     pre: GpuPreprocess,

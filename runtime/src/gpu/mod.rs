@@ -3,7 +3,7 @@
 //!
 //! * [`KERNELS`]: the `.cu` sources, each compiled as `common.cuh` + the file, with no CUDA
 //!   headers, so a Jetson needs only the driver and `libnvrtc` at run time.
-//! * [`reference`]: a CPU implementation of every kernel with its stated tolerance; the GPU parity
+//! * [`reference`](mod@reference): a CPU implementation of every kernel with its stated tolerance; the GPU parity
 //!   tests compare against these (and against the production CPU preprocessor and fusion head).
 //! * [`cache`]: compiled cubins on disk keyed by source hash, `sm` and driver version.
 //! * [`DeviceChoice`] / [`Accelerator`]: `--device auto|cpu|cuda`, and the interface the pipeline
