@@ -1,22 +1,27 @@
-//! edgefuse runtime: camera frames → CLIP image encoder → Q-Former → late-fusion zero-shot →
-//! decision, on the CPU with tract.
+//! edgefuse runtime, the library of the data path: camera frames → preprocessing → CLIP image
+//! encoder → Q-Former → fusion → decision → actuation, on the CPU with tract or on an NVIDIA
+//! GPU (feature `cuda-jp5`/`cuda-jp6`/`cuda-jp7`) with the CPU as the fallback.
 //!
-//! Stage modules follow the data path: [`capture`] (frame sources by URI) → [`ring`] →
-//! [`trigger`] → [`preprocess`] → [`engine`] (tract) → [`fusion`] → [`decision`]; [`pipeline`]
-//! wires them with per-stage timing, [`alloc`] counts heap allocations per stage scope.
+//! Modules in the order of the data path: [`capture`] (frame sources by URI, [`frame`]) →
+//! [`ring`] → [`trigger`] → [`preprocess`] → the models behind one backend seam ([`engine`] on
+//! the CPU with tract, [`gpu`] with CUDA) → [`fusion`] → [`decision`] → [`actuate`] (GPIO
+//! actuators, status LED, GPIO triggers). [`pipeline`] wires them with per-stage timing;
+//! [`alloc`] counts heap allocations per stage scope, [`stats`] keeps latency histograms,
+//! [`cpu`] checks the CPU features a binary was built for, [`duration`] is the one duration
+//! grammar of every option. The command line lives in the `edgefuse-cli` crate; calibration in
+//! `edgefuse-calibration`.
 
 #![deny(missing_docs)]
 
+pub mod actuate;
 pub mod alloc;
-pub mod calibrate;
 pub mod capture;
-pub mod config;
 pub mod cpu;
 pub mod decision;
+pub mod duration;
 pub mod engine;
 pub mod frame;
 pub mod fusion;
-pub mod gpio;
 pub mod gpu;
 pub mod pipeline;
 pub mod preprocess;

@@ -4,11 +4,27 @@
 //! `motion[:threshold=T,area=A]` when the downscaled luma differs from the previous frame's by more
 //! than `T` (0..255) over at least a fraction `A` of the cells; `external` when an
 //! [`ExternalTrigger`] has fired since the last frame; `gpio:pin=N,…` is an external trigger on
-//! a GPIO input (see [`crate::gpio`]).
+//! a GPIO input (see [`crate::actuate`]).
 
 use std::time::{Duration, Instant};
 
+use crate::actuate::spec::{GpioTriggerSpec, WiringError};
+use crate::duration::{parse_duration, DURATION_HELP};
 use crate::frame::{Frame, PixelFormat};
+
+/// A trigger that cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TriggerError {
+    /// The spec does not parse; the message names it and the grammar.
+    #[error("{0}")]
+    Syntax(String),
+    /// The `gpio:` part does not parse.
+    #[error(transparent)]
+    Gpio(#[from] WiringError),
+    /// `external` or `gpio:` without an input to read.
+    #[error("the external trigger needs an input: give --trigger gpio:pin=N on a board")]
+    NoInput,
+}
 
 /// Grid the motion detector downscales luma to.
 pub const MOTION_GRID: (usize, usize) = (32, 24);
@@ -37,41 +53,51 @@ pub enum TriggerSpec {
     External,
     /// A GPIO input (`gpio:pin=7,edge=rising,debounce=20ms`); the caller opens the pin and
     /// supplies it as the external trigger.
-    Gpio(crate::gpio::GpioTriggerSpec),
+    Gpio(GpioTriggerSpec),
 }
 
 impl std::str::FromStr for TriggerSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = TriggerError;
+    fn from_str(s: &str) -> Result<Self, TriggerError> {
+        let err = |m: String| TriggerError::Syntax(m);
         let (name, args) = s.split_once(':').unwrap_or((s, ""));
         match name {
             "continuous" if args.is_empty() => Ok(Self::Continuous),
             "interval" => {
-                let ms: u64 = args
-                    .trim_end_matches("ms")
-                    .parse()
-                    .map_err(|_| format!("trigger `{s}`: expected interval:<milliseconds>, e.g. interval:500"))?;
-                if ms == 0 {
-                    return Err(format!("trigger `{s}`: the interval must be > 0 ms"));
+                let period = parse_duration(args).ok_or_else(|| {
+                    err(format!(
+                        "trigger `{s}`: expected interval:<period>, {DURATION_HELP} (a bare number is milliseconds)"
+                    ))
+                })?;
+                if period.is_zero() {
+                    return Err(err(format!("trigger `{s}`: the interval must be > 0 ms")));
                 }
-                Ok(Self::Interval(Duration::from_millis(ms)))
+                Ok(Self::Interval(period))
             }
             "motion" => {
                 let (mut threshold, mut area) = (12.0f32, 0.02f32);
                 for kv in args.split(',').filter(|a| !a.is_empty()) {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| format!("trigger `{s}`: expected key=value in `{kv}`"))?;
-                    let v: f32 = v.parse().map_err(|_| format!("trigger `{s}`: `{kv}` is not a number"))?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| err(format!("trigger `{s}`: expected key=value in `{kv}`")))?;
+                    let v: f32 = v
+                        .parse()
+                        .map_err(|_| err(format!("trigger `{s}`: `{kv}` is not a number")))?;
                     match k {
                         "threshold" if (0.0..=255.0).contains(&v) => threshold = v,
                         "area" if (0.0..=1.0).contains(&v) => area = v,
-                        _ => return Err(format!("trigger `{s}`: `{kv}`: use threshold=0..255 and area=0..1")),
+                        _ => {
+                            return Err(err(format!(
+                                "trigger `{s}`: `{kv}`: use threshold=0..255 and area=0..1"
+                            )))
+                        }
                     }
                 }
                 Ok(Self::Motion { threshold, area })
             }
             "external" if args.is_empty() => Ok(Self::External),
             "gpio" => Ok(Self::Gpio(args.parse()?)),
-            _ => Err(format!("unknown trigger `{s}`: use continuous, interval:<ms>, motion[:threshold=T,area=A] or gpio:pin=N[,edge=rising|falling|both][,debounce=20ms]")),
+            _ => Err(err(format!("unknown trigger `{s}`: use continuous, interval:<ms>, motion[:threshold=T,area=A] or gpio:pin=N[,edge=rising|falling|both][,debounce=20ms]"))),
         }
     }
 }
@@ -109,7 +135,7 @@ impl Trigger {
     pub fn new(
         spec: &TriggerSpec,
         external: Option<Box<dyn ExternalTrigger>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TriggerError> {
         Ok(match spec {
             TriggerSpec::Continuous => Trigger::Continuous,
             TriggerSpec::Interval(p) => Trigger::Interval {
@@ -119,9 +145,9 @@ impl Trigger {
             TriggerSpec::Motion { threshold, area } => {
                 Trigger::Motion(Box::new(MotionDetector::new(*threshold, *area)))
             }
-            TriggerSpec::External | TriggerSpec::Gpio(_) => Trigger::External(external.ok_or(
-                "the external trigger needs an input: give --trigger gpio:pin=N on a board",
-            )?),
+            TriggerSpec::External | TriggerSpec::Gpio(_) => {
+                Trigger::External(external.ok_or(TriggerError::NoInput)?)
+            }
         })
     }
 
@@ -260,7 +286,23 @@ mod tests {
         assert!("sometimes"
             .parse::<TriggerSpec>()
             .unwrap_err()
+            .to_string()
             .contains("continuous"));
+        // The one duration grammar: 2s and 250ms work here as they do for pulse= and debounce=.
+        for (v, ms) in [
+            ("interval:2s", 2000),
+            ("interval:250ms", 250),
+            ("interval:250", 250),
+        ] {
+            assert_eq!(
+                v.parse::<TriggerSpec>().unwrap(),
+                TriggerSpec::Interval(Duration::from_millis(ms))
+            );
+        }
+        assert!(matches!(
+            "gpio:edge=up".parse::<TriggerSpec>(),
+            Err(TriggerError::Gpio(_))
+        ));
     }
 
     #[test]

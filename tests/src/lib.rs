@@ -30,12 +30,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// `file -> label` from a samples folder's `labels.csv`.
 pub fn ground_truth(dir: &std::path::Path) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(dir.join("labels.csv")).expect("labels.csv");
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(','))
-        .map(|(f, l)| (f.to_string(), l.trim().to_string()))
-        .collect()
+    edgefuse_calibration::truth::read_labels_csv(dir).expect("labels.csv")
 }
 
 /// Copy a bundle folder into a fresh temporary folder (for tests that damage it).

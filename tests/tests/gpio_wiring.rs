@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 
 use edgefuse_board::{ActuatorMode, Edge, TriggerInput};
 use edgefuse_models::Bundle;
+use edgefuse_runtime::actuate::{EdgeClock, Io, PolledTrigger};
 use edgefuse_runtime::capture;
 use edgefuse_runtime::decision::DecisionConfig;
-use edgefuse_runtime::gpio::{EdgeClock, Io, PolledTrigger};
 use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits};
 use edgefuse_runtime::trigger::Trigger;
 use edgefuse_tests::{default_bundle, samples};
@@ -74,7 +74,7 @@ fn trigger_edges_on_a_frame_sequence_fire_the_mapped_actuators() {
             r.frame.seq,
             labels[r.top.iter().next().unwrap().0 as usize].clone(),
         ));
-        if let Some(l) = io.on_result(r) {
+        if let Some(l) = io.on_events(r.events) {
             latencies.push(l);
         }
         io.tick(std::time::Instant::now());

@@ -2,8 +2,8 @@
 //! library (the same code as `edgefuse calibrate`), load the int8 bundle, and compare it with
 //! float on the samples: top-1 agreement and accuracy. Plus the TensorRT cache round trip.
 
+use edgefuse_calibration as calibrate;
 use edgefuse_models::Bundle;
-use edgefuse_runtime::calibrate;
 use edgefuse_runtime::capture;
 use edgefuse_runtime::frame::Frame;
 use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig};
@@ -11,13 +11,11 @@ use edgefuse_tests::{default_bundle, ground_truth, samples};
 
 #[test]
 fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
-    // All 300 samples natively; 100 under emulation (scripts/test-aarch64), where qemu runs the
-    // model ~50× slower.
-    let frames: usize = if std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some() {
-        100
-    } else {
-        300
-    };
+    // All 300 samples natively. Under emulation (scripts/test-aarch64), where qemu runs the model
+    // ~50× slower, 20 frames check that the aarch64 int8 kernels give the same embeddings; the
+    // accuracy figures are the native run's.
+    let emulated = std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some();
+    let frames: usize = if emulated { 20 } else { 300 };
     let float = Bundle::open(default_bundle()).unwrap();
     let uri = format!("file://{}", samples("mnist").display());
     let mut src = capture::open(&uri).unwrap();
@@ -82,11 +80,17 @@ fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
         pct(right_q)
     );
     assert_eq!(n, frames);
-    // Margins allow one frame of difference in 100 (the 10 000-frame figures are in
-    // docs/BENCHMARKS.md).
-    assert!(pct(agree) >= 99.0, "agreement {:.2}%", pct(agree));
-    assert!(pct(right_f) - pct(right_q) <= 1.0, "accuracy drop");
     assert!(min_cos > 0.99, "embedding cosine {min_cos}");
+    if emulated {
+        println!(
+            "accuracy margins not asserted under emulation ({n} frames are too few for them); the native run asserts them on 300"
+        );
+    } else {
+        // Margins allow one frame of difference in 100 (the 10 000-frame figures are in
+        // docs/BENCHMARKS.md).
+        assert!(pct(agree) >= 99.0, "agreement {:.2}%", pct(agree));
+        assert!(pct(right_f) - pct(right_q) <= 1.0, "accuracy drop");
+    }
 
     // The TensorRT cache: header, then one line per layer whose hex is the f32 bits of amax/127.
     let cache = std::fs::read_to_string(out.join("calibration.cache")).unwrap();

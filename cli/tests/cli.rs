@@ -109,14 +109,15 @@ impl Run {
     }
 }
 
+/// Under emulation (`scripts/test-aarch64` sets EDGEFUSE_TEST_EMULATED; qemu runs the model ~50×
+/// slower) the long end-to-end measurements shrink to a smoke run of the same command; the
+/// native run measures them in full.
+fn emulated() -> bool {
+    std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some()
+}
+
 fn ground_truth(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    std::fs::read_to_string(dir.join("labels.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(','))
-        .map(|(f, l)| (f.to_string(), l.trim().to_string()))
-        .collect()
+    edgefuse_calibration::truth::read_labels_csv(dir).expect("labels.csv")
 }
 
 fn top1_of(line: &str) -> (String, String) {
@@ -135,9 +136,16 @@ fn top1_of(line: &str) -> (String, String) {
 fn run_on_bundled_mnist_samples_matches_ground_truth() {
     let dir = repo().join("models/samples/mnist");
     let uri = format!("file://{}", dir.display());
+    let truth = ground_truth(&dir);
+    if emulated() {
+        let r = Run::new(&["run", "--source", &uri, "--json", "--frames", "10"]);
+        assert_eq!(r.code(0).json_lines().len(), 10, "{}", r.context());
+        r.stderr_has(&["summary: 10 frames classified"]);
+        println!("emulated: 10-frame smoke run; the 300-frame accuracy run is the native test's");
+        return;
+    }
     let r = Run::new(&["run", "--source", &uri, "--json"]);
     r.code(0);
-    let truth = ground_truth(&dir);
     let lines: Vec<String> = r.stdout().lines().map(str::to_string).collect();
     assert_eq!(
         lines.len(),
@@ -578,13 +586,15 @@ fn calibrate_bad_input_is_refused_and_writes_nothing() {
         .collect();
     assert_eq!(leftovers.len(), 1, "only the `few` folder: {leftovers:?}");
 
-    // A real calibration, then: the result runs, and calibrating it again is refused.
+    // A real calibration, then: the result runs, and calibrating it again is refused. Under
+    // emulation on the fewest frames calibration accepts.
+    let frames = if emulated() { "8" } else { "40" };
     let r = Run::new(&[
         "calibrate",
         "--source",
         &samples,
         "--frames",
-        "40",
+        frames,
         "--method",
         "percentile:99.99",
         "--out",
@@ -602,12 +612,12 @@ fn calibrate_bad_input_is_refused_and_writes_nothing() {
     }
     let fid: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("fidelity.json")).unwrap()).unwrap();
-    assert_eq!(fid["eval_frames"], 40);
+    assert_eq!(fid["eval_frames"].to_string(), frames);
     assert!(fid["layers"].as_array().unwrap().len() >= 20);
     Run::new(&["info", "--model", o]).code(0);
-    let r = Run::new(&["run", "--model", o, "--frames", "20", "--json"]);
+    let r = Run::new(&["run", "--model", o, "--frames", "5", "--json"]);
     r.code(0);
-    assert_eq!(r.stdout().lines().count(), 20);
+    assert_eq!(r.stdout().lines().count(), 5);
     Run::new(&[
         "calibrate",
         "--model",

@@ -1,0 +1,150 @@
+//! `edgefuse bench`: per-stage latency, throughput, allocations and memory as one JSON object.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use serde::{Serialize, Serializer};
+
+use edgefuse_runtime::capture;
+use edgefuse_runtime::gpu::DeviceChoice;
+use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits, STAGES};
+use edgefuse_runtime::stats::Histogram;
+use edgefuse_runtime::trigger::Trigger;
+
+use crate::output::install_ctrlc;
+use crate::paths::{open_bundle, ModelArg};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Frame source [default: synthetic 640x480 YUYV].
+    #[arg(long, value_name = "URI")]
+    source: Option<String>,
+    /// Frames measured after warm-up.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    frames: u64,
+    /// Frames run before measuring.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// Accepted for symmetry with `run`; bench always prints JSON.
+    #[arg(long)]
+    json: bool,
+    /// Where the models run (as `run --device`) [default: auto].
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<DeviceChoice>,
+}
+
+/// Median and 99th percentile of one stage, milliseconds.
+#[derive(Debug, Serialize)]
+struct Quantiles {
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl From<&Histogram> for Quantiles {
+    fn from(h: &Histogram) -> Self {
+        Self {
+            p50_ms: h.quantile_ms(0.5),
+            p99_ms: h.quantile_ms(0.99),
+        }
+    }
+}
+
+/// Stages as a JSON object in pipeline order.
+#[derive(Debug)]
+struct Stages(Vec<(&'static str, Quantiles)>);
+
+impl Serialize for Stages {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Allocations {
+    pipeline: f64,
+    engine: f64,
+}
+
+/// The bench report (documented in the README).
+#[derive(Debug, Serialize)]
+struct Report {
+    source: String,
+    device: String,
+    gpu_fallbacks: u32,
+    frames: u64,
+    stages: Stages,
+    end_to_end: Quantiles,
+    fps: f64,
+    allocations_per_frame: Allocations,
+    peak_rss_mb: f64,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let bundle = open_bundle(a.model.model.as_deref())?;
+    let uri = a
+        .source
+        .clone()
+        .unwrap_or_else(|| "synthetic://?width=640&height=480&format=yuyv".to_string());
+    let mut source = capture::open(&uri)?;
+    let cfg = PipelineConfig {
+        device: a.device.unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
+    let device = pipeline.device();
+    let mut trigger = Trigger::Continuous;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_ctrlc(&stop);
+    let limits = RunLimits {
+        max_frames: Some(a.frames),
+        warmup: a.warmup,
+    };
+    let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |_| Ok(()));
+    result.with_context(|| format!("bench on {uri} stopped"))?;
+    if s.frames == 0 {
+        return Err(anyhow!(
+            "{uri} produced no frames after {} warm-up frames; give a longer source",
+            a.warmup
+        ));
+    }
+    let last = STAGES.len() - 1;
+    let report = Report {
+        source: uri,
+        device,
+        gpu_fallbacks: pipeline.fallbacks(),
+        frames: s.frames,
+        stages: Stages(
+            STAGES[..last]
+                .iter()
+                .zip(&s.stages)
+                .map(|(name, h)| (*name, h.into()))
+                .collect(),
+        ),
+        end_to_end: (&s.stages[last]).into(),
+        fps: s.frames as f64 / s.wall.as_secs_f64().max(1e-9),
+        allocations_per_frame: Allocations {
+            pipeline: s.allocations.0 as f64 / s.frames as f64,
+            engine: s.allocations.1 as f64 / s.frames as f64,
+        },
+        peak_rss_mb: peak_rss_mb(),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

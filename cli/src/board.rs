@@ -1,0 +1,129 @@
+//! `edgefuse board`: the Jetson 40-pin header maps and board detection.
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use edgefuse_board::jetson::Board;
+use edgefuse_board::jetson_pins::Direction;
+use edgefuse_board::linux::{detect_board, non_gpio_pins};
+
+use crate::options::BoardName;
+use crate::UsageError;
+
+#[derive(Args, Debug)]
+pub struct BoardArgs {
+    #[command(subcommand)]
+    action: BoardAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum BoardAction {
+    /// Print the header's GPIO pins: BOARD number, chip label, line offset, SoC name.
+    Pins {
+        /// nano, xavier-nx, agx-xavier, orin-nano, orin-nx or agx-orin [default: detected].
+        #[arg(long, value_name = "NAME")]
+        board: Option<BoardName>,
+        /// A JSON array of {pin, chip, line, soc_name, pwm, direction} objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the board this machine is, from the device tree.
+    Detect,
+}
+
+/// One header pin in `board pins --json`.
+#[derive(Debug, Serialize)]
+struct PinRow<'a> {
+    pin: u8,
+    chip: &'a str,
+    line: u32,
+    soc_name: &'a str,
+    pwm: bool,
+    direction: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pinmux: Option<&'a str>,
+}
+
+fn direction(d: Direction) -> &'static str {
+    match d {
+        Direction::Both => "both",
+        Direction::InputOnly => "input-only",
+        Direction::OutputOnly => "output-only",
+    }
+}
+
+fn detect(root: &Path) -> Result<(Board, String)> {
+    detect_board(root).map_err(|e| UsageError(e.to_string()).into())
+}
+
+pub fn board(a: BoardArgs) -> Result<()> {
+    let root = Path::new("/");
+    match a.action {
+        BoardAction::Detect => {
+            let (b, model) = detect(root)?;
+            println!("{}\t{}\t{model}", b.name(), b.title());
+            Ok(())
+        }
+        BoardAction::Pins { board, json } => {
+            let b = match board {
+                Some(n) => n.0,
+                None => detect(root)?.0,
+            };
+            // Pinmux state is only readable by root with debugfs; report it when it is.
+            let muxed = non_gpio_pins(root, b);
+            let mux_of = |pin: u8| -> Option<&str> {
+                muxed
+                    .as_ref()
+                    .and_then(|m| m.iter().find(|(p, _)| *p == pin).map(|(_, f)| f.as_str()))
+            };
+            if json {
+                let rows: Vec<PinRow<'_>> = b
+                    .pins()
+                    .iter()
+                    .map(|p| PinRow {
+                        pin: p.board,
+                        chip: p.chip,
+                        line: p.line,
+                        soc_name: p.soc_name,
+                        pwm: p.pwm,
+                        direction: direction(p.direction),
+                        pinmux: mux_of(p.board),
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{} ({}), 40-pin header, BOARD numbering",
+                b.title(),
+                b.name()
+            );
+            println!(
+                "{:>4}  {:<18} {:>5}  {:<10} {:<4} direction",
+                "pin", "chip", "line", "soc", "pwm"
+            );
+            for p in b.pins() {
+                let note = match mux_of(p.board) {
+                    Some(f) => format!("  pinmux: {f} (not GPIO; set the pinmux with jetson-io)"),
+                    None => String::new(),
+                };
+                println!(
+                    "{:>4}  {:<18} {:>5}  {:<10} {:<4} {}{note}",
+                    p.board,
+                    p.chip,
+                    p.line,
+                    p.soc_name,
+                    if p.pwm { "yes" } else { "" },
+                    direction(p.direction)
+                );
+            }
+            if muxed.is_none() && b.is_orin() {
+                println!("(pinmux state not readable: run as root with debugfs mounted to see pins muxed away from GPIO)");
+            }
+            Ok(())
+        }
+    }
+}

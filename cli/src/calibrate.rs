@@ -1,0 +1,136 @@
+//! `edgefuse calibrate`: frames → activation ranges → a checked int8 bundle with its fidelity
+//! report. The work is the calibration crate's; this file is arguments, progress and output.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use edgefuse_calibration::{self as cal, CalibrateError, CalibrationError};
+use edgefuse_models::Bundle;
+use edgefuse_runtime::capture;
+
+use crate::paths::{open_bundle, ModelArg};
+use crate::UsageError;
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Calibration frames: any source `run` accepts (a camera, a folder of images, …).
+    #[arg(long, value_name = "URI")]
+    source: String,
+    /// minmax, percentile[:P] (default P 99.99), entropy (TensorRT KL) or mse.
+    #[arg(long, default_value = "entropy")]
+    method: String,
+    /// Frames to use.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    frames: u64,
+    /// Keep this linear layer in float (repeatable; see the per-layer report for candidates).
+    #[arg(long, value_name = "LAYER")]
+    skip: Vec<String>,
+    /// Frames for the fidelity report [default: --source again].
+    #[arg(long, value_name = "URI")]
+    eval: Option<String>,
+    /// Frames of --eval to use [default: --frames].
+    #[arg(long, value_name = "N")]
+    eval_frames: Option<u64>,
+    /// The int8 bundle folder to create (must not exist).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// The calibration errors that are the user's to fix (exit code 2).
+fn usage(e: CalibrateError) -> anyhow::Error {
+    match e {
+        CalibrateError::AlreadyQuantized(_)
+        | CalibrateError::UnknownSkip(..)
+        | CalibrateError::TooFewFrames { .. }
+        | CalibrateError::Calibration(CalibrationError::UnknownMethod(_)) => {
+            UsageError(e.to_string()).into()
+        }
+        e => e.into(),
+    }
+}
+
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let bundle = open_bundle(a.model.model.as_deref())?;
+    if a.out.exists() {
+        return Err(UsageError(format!(
+            "--out {}: already exists; remove it or choose another folder",
+            a.out.display()
+        ))
+        .into());
+    }
+    let mut source = capture::open(&a.source)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = std::time::Instant::now();
+    let total = a.frames;
+    let c = cal::collect(&bundle, source.as_mut(), &a.method, a.frames, |n| {
+        if tty {
+            eprint!("\rcalibrating: {n}/{total} frames");
+        } else if n % 50 == 0 {
+            eprintln!("calibrating: {n}/{total} frames");
+        }
+    })
+    .map_err(usage)?;
+    if tty {
+        eprintln!();
+    }
+    c.check_skip(&a.skip).map_err(usage)?;
+    eprintln!(
+        "collected {} frames in {:.1} s; {} linear layers ({} kept in float)",
+        c.frames,
+        started.elapsed().as_secs_f64(),
+        c.layers.len(),
+        a.skip.len()
+    );
+    let staged = cal::stage_bundle(&bundle, &c, &a.skip, &a.out).map_err(usage)?;
+
+    // Fidelity: float and int8 side by side on the evaluation frames.
+    let int8 = Bundle::open(&staged.tmp)?;
+    let eval_uri = a.eval.clone().unwrap_or_else(|| a.source.clone());
+    let mut src = capture::open(&eval_uri)?;
+    let eval_frames = a.eval_frames.unwrap_or(a.frames);
+    let f = cal::evaluate(
+        &bundle,
+        &int8,
+        src.as_mut(),
+        &eval_uri,
+        eval_frames,
+        &c,
+        &a.skip,
+    )
+    .context("fidelity evaluation")?;
+    let mut report = serde_json::to_string(&f)?;
+    report.push('\n');
+    staged.add_file("fidelity.json", &report)?;
+    let out = staged.commit()?;
+    println!("int8 bundle: {}", out.display());
+    println!(
+        "fidelity on {} frames of {eval_uri}: embedding cosine mean {:.6} (min {:.6}), q-former cosine {:.6}, top-1 agreement {:.2}%",
+        f.eval_frames,
+        f.embedding_cosine_mean,
+        f.embedding_cosine_min,
+        f.qformer_cosine_mean,
+        100.0 * f.top1_agreement
+    );
+    if f.labelled_frames > 0 {
+        println!(
+            "accuracy on {} labelled frames: float {:.2}%, int8 {:.2}% ({:+.2} points)",
+            f.labelled_frames,
+            100.0 * f.accuracy_float,
+            100.0 * f.accuracy_int8,
+            100.0 * (f.accuracy_int8 - f.accuracy_float)
+        );
+    }
+    println!("most sensitive layers (relative activation quantization error; keep one in float with --skip LAYER):");
+    for l in f.most_sensitive().into_iter().take(5) {
+        println!(
+            "  {:>8.4}  {} {} ({}x{})",
+            l.activation_rel_error, l.model, l.layer, l.k, l.n
+        );
+    }
+    println!("wrote calibration.json, calibration.cache (TensorRT), fidelity.json");
+    Ok(())
+}

@@ -1,0 +1,671 @@
+//! `run`'s options, one type for both ways of giving them: [`RunOptions`] is filled by the
+//! command line (clap) and by the configuration file (serde/TOML,
+//! `/etc/edgefuse/edgefuse.toml` in the package) alike; [`RunOptions::over`] lays the command
+//! line over the file. Every key of the file is an option name with `_` for `-`. Each value
+//! type checks its range once, for both; each default lives in the runtime type it configures
+//! (`DecisionConfig`, `PipelineConfig`, `DeviceChoice`), and `--help` shows it from there.
+//!
+//! Unknown keys and bad values are rejected when the file is read, with the file, line and key,
+//! so a service with a broken configuration stops at start instead of running with something
+//! it did not ask for.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use edgefuse_board::jetson::Board;
+use edgefuse_runtime::actuate::{ActuatorSpec, LedSpec, Wiring};
+use edgefuse_runtime::decision::DecisionConfig;
+use edgefuse_runtime::gpu::DeviceChoice;
+use edgefuse_runtime::pipeline::PipelineConfig;
+use edgefuse_runtime::trigger::TriggerSpec;
+
+use crate::UsageError;
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}; check the path given to --config (the service uses /etc/edgefuse/edgefuse.toml)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a bad value.
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value (0 when unknown).
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// "key `name`: " when the offending key is known, else empty.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// An integer option restricted to `MIN..=MAX`, checked while the file is parsed so the error
+/// points at the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ranged<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Ranged<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const MIN: u64, const MAX: u64>;
+        impl<const MIN: u64, const MAX: u64> de::Visitor<'_> for V<MIN, MAX> {
+            type Value = Ranged<MIN, MAX>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an integer in {MIN}..={MAX}")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                if v < 0 {
+                    return Err(E::custom(format!(
+                        "{v} is out of range; allowed {MIN}..={MAX}"
+                    )));
+                }
+                self.visit_u64(v as u64)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if v < MIN || v > MAX {
+                    return Err(E::custom(format!(
+                        "{v} is out of range; allowed {MIN}..={MAX}"
+                    )));
+                }
+                Ok(Ranged(v))
+            }
+        }
+        d.deserialize_i64(V::<MIN, MAX>)
+    }
+}
+
+/// A probability in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Unit(pub f32);
+
+impl<'de> Deserialize<'de> for Unit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=1.0).contains(&v) {
+            return Err(de::Error::custom(format!("{v} must be between 0 and 1")));
+        }
+        Ok(Unit(v as f32))
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> FromStr for Ranged<MIN, MAX> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: u64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an integer in {MIN}..={MAX}"))?;
+        if v < MIN || v > MAX {
+            return Err(format!("{v} is out of range; allowed {MIN}..={MAX}"));
+        }
+        Ok(Ranged(v))
+    }
+}
+
+impl FromStr for Unit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: f32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number"))?;
+        if !(0.0..=1.0).contains(&v) {
+            return Err(format!("{v} must be between 0 and 1"));
+        }
+        Ok(Unit(v))
+    }
+}
+
+/// A board name (`nano`, `orin-nano`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardName(pub Board);
+
+impl FromStr for BoardName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Board::from_name(s).map(BoardName).ok_or_else(|| {
+            format!(
+                "unknown board `{s}`; supported: {}",
+                Board::ALL.map(Board::name).join(", ")
+            )
+        })
+    }
+}
+
+/// One per-label threshold and where it was given (for messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelThreshold {
+    /// The label.
+    pub label: String,
+    /// Its threshold.
+    pub value: f32,
+    /// `--label-threshold `7=0.9`` or `FILE [label_thresholds]`.
+    pub origin: String,
+}
+
+impl FromStr for LabelThreshold {
+    type Err = String;
+    /// The command-line form `LABEL=X`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (label, v) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("`{s}`: expected LABEL=X"))?;
+        let value = v.parse::<Unit>().map_err(|e| format!("`{s}`: {e}"))?.0;
+        Ok(Self {
+            label: label.to_string(),
+            value,
+            origin: format!("--label-threshold `{s}`"),
+        })
+    }
+}
+
+/// Any value with a `FromStr` grammar, read from a TOML string: the file accepts exactly what
+/// the command line accepts.
+fn de_from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(de::Error::custom)
+}
+
+/// `[label_thresholds]`: a table of `"label" = 0.8`.
+fn de_label_thresholds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LabelThreshold>, D::Error> {
+    let table = BTreeMap::<String, Unit>::deserialize(d)?;
+    Ok(table
+        .into_iter()
+        .map(|(label, v)| LabelThreshold {
+            label,
+            value: v.0,
+            origin: "[label_thresholds]".into(),
+        })
+        .collect())
+}
+
+/// `[on]`: a table of `"label" = "pin:11,pulse=200ms"`.
+fn de_actuators<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ActuatorSpec>, D::Error> {
+    let table = BTreeMap::<String, String>::deserialize(d)?;
+    table
+        .iter()
+        .map(|(label, spec)| ActuatorSpec::parse(label, spec).map_err(de::Error::custom))
+        .collect()
+}
+
+/// `run`'s options; `None` (or empty) = not given here.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunOptions {
+    /// Model bundle folder [default: $EDGEFUSE_MODEL, else the bundled default model].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Frame source: v4l2:///dev/videoN, file://PATH (image or folder), synthetic:// [default: the bundled sample frames].
+    #[arg(long, value_name = "URI")]
+    pub source: Option<String>,
+    /// continuous, interval:<period>, motion[:threshold=T,area=A], gpio:pin=N[,edge=rising|falling|both][,debounce=20ms] [default: continuous]. Periods: 200, 200ms or 2s.
+    #[arg(long, value_name = "SPEC")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub trigger: Option<TriggerSpec>,
+    /// Labels reported per frame (1..=16).
+    #[arg(long, value_name = "N")]
+    pub top_k: Option<Ranged<1, 16>>,
+    /// Minimum probability for a label to win a frame.
+    #[arg(long, value_name = "X")]
+    pub threshold: Option<Unit>,
+    /// Per-label threshold, LABEL=X (repeatable).
+    #[arg(long = "label-threshold", value_name = "LABEL=X")]
+    #[serde(default, deserialize_with = "de_label_thresholds")]
+    pub label_thresholds: Vec<LabelThreshold>,
+    /// A label fires after winning N of the last --window frames (1..=32).
+    #[arg(long, value_name = "N")]
+    pub fire_wins: Option<Ranged<1, 32>>,
+    /// Hysteresis window in frames (1..=32).
+    #[arg(long, value_name = "N")]
+    pub window: Option<Ranged<1, 32>>,
+    /// An active label is released after losing this many frames in a row (1..=1000).
+    #[arg(long, value_name = "N")]
+    pub release: Option<Ranged<1, 1000>>,
+    /// Minimum milliseconds between two firings of the same label (up to one day).
+    #[arg(long, value_name = "MS")]
+    pub cooldown_ms: Option<Ranged<0, 86_400_000>>,
+    /// Stop after N classified frames.
+    #[arg(long, value_name = "N")]
+    pub frames: Option<Ranged<1, { u64::MAX >> 1 }>>,
+    /// One JSON object per classified frame on stdout (summary on stderr).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub json: Option<bool>,
+    /// Board whose header numbering `pin:N` uses (nano, xavier-nx, agx-xavier, orin-nano, orin-nx, agx-orin) [default: detected].
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub board: Option<BoardName>,
+    /// Drive a pin when LABEL fires: LABEL=pin:N[,pulse=200ms|hold][,active-low] (repeatable).
+    #[arg(long = "on", value_name = "LABEL=PIN", value_parser = ActuatorSpec::parse_flag)]
+    #[serde(default, deserialize_with = "de_actuators")]
+    pub on: Vec<ActuatorSpec>,
+    /// Status LED (ready: on, classifying: fast blink, error: 3 blinks): pin:N[,active-low].
+    #[arg(long, value_name = "PIN")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub status_led: Option<LedSpec>,
+    /// Where the models run.
+    #[arg(long, value_name = "DEVICE")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub device: Option<DeviceChoice>,
+}
+
+impl RunOptions {
+    /// These options (the command line) laid over `file`'s: a value given here wins. Label
+    /// thresholds apply in order, the file's first; an actuator given here replaces the file's
+    /// for the same label.
+    pub fn over(self, file: RunOptions) -> RunOptions {
+        let mut label_thresholds = file.label_thresholds;
+        label_thresholds.extend(self.label_thresholds);
+        let mut on = file.on;
+        for a in self.on {
+            on.retain(|x| x.label != a.label);
+            on.push(a);
+        }
+        RunOptions {
+            model: self.model.or(file.model),
+            source: self.source.or(file.source),
+            trigger: self.trigger.or(file.trigger),
+            top_k: self.top_k.or(file.top_k),
+            threshold: self.threshold.or(file.threshold),
+            label_thresholds,
+            fire_wins: self.fire_wins.or(file.fire_wins),
+            window: self.window.or(file.window),
+            release: self.release.or(file.release),
+            cooldown_ms: self.cooldown_ms.or(file.cooldown_ms),
+            frames: self.frames.or(file.frames),
+            json: self.json.or(file.json),
+            board: self.board.or(file.board),
+            on,
+            status_led: self.status_led.or(file.status_led),
+            device: self.device.or(file.device),
+        }
+    }
+
+    /// Read a configuration file (label-threshold origins name it).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut o = Self::parse(&text, path)?;
+        for t in &mut o.label_thresholds {
+            t.origin = format!("{} {}", path.display(), t.origin);
+        }
+        Ok(o)
+    }
+
+    /// The trigger [default: continuous].
+    pub fn trigger(&self) -> TriggerSpec {
+        self.trigger.clone().unwrap_or(TriggerSpec::Continuous)
+    }
+
+    /// Whether to print JSON lines.
+    pub fn json(&self) -> bool {
+        self.json.unwrap_or(false)
+    }
+
+    /// What is wired to GPIO (the trigger too, when it is a GPIO input).
+    pub fn wiring(&self) -> Wiring {
+        Wiring {
+            trigger: match &self.trigger {
+                Some(TriggerSpec::Gpio(g)) => Some(g.clone()),
+                _ => None,
+            },
+            actuators: self.on.clone(),
+            status_led: self.status_led.clone(),
+        }
+    }
+
+    /// The decision settings for a bundle with `labels`: the runtime's defaults with what was
+    /// given laid over them, label thresholds resolved to indices.
+    pub fn decision(&self, labels: &[String]) -> Result<DecisionConfig, UsageError> {
+        let mut d = DecisionConfig::default();
+        if let Some(t) = self.threshold {
+            d.threshold = t.0;
+        }
+        if let Some(v) = self.fire_wins {
+            d.fire_wins = v.0 as u32;
+        }
+        if let Some(v) = self.window {
+            d.window = v.0 as u32;
+        }
+        if let Some(v) = self.release {
+            d.release_losses = v.0 as u32;
+        }
+        if let Some(v) = self.cooldown_ms {
+            d.cooldown = Duration::from_millis(v.0);
+        }
+        for t in &self.label_thresholds {
+            let idx = labels.iter().position(|l| *l == t.label).ok_or_else(|| {
+                UsageError(format!(
+                    "{}: no label `{}`; labels are {labels:?}",
+                    t.origin, t.label
+                ))
+            })? as u16;
+            d.label_thresholds.retain(|(i, _)| *i != idx);
+            d.label_thresholds.push((idx, t.value));
+        }
+        if d.fire_wins > d.window {
+            return Err(UsageError(format!(
+                "--fire-wins (fire_wins) {} is larger than --window (window) {}: a label can win at most `window` frames of the window",
+                d.fire_wins, d.window
+            )));
+        }
+        Ok(d)
+    }
+
+    /// The pipeline settings for a bundle with `labels`.
+    pub fn pipeline(&self, labels: &[String]) -> Result<PipelineConfig, UsageError> {
+        let mut cfg = PipelineConfig {
+            decision: self.decision(labels)?,
+            device: self.device.unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some(k) = self.top_k {
+            cfg.top_k = k.0 as usize;
+        }
+        Ok(cfg)
+    }
+}
+
+/// `--help` text for the options whose default lives in a runtime type, with that default.
+pub fn help_with_defaults(cmd: clap::Command) -> clap::Command {
+    let d = DecisionConfig::default();
+    let p = PipelineConfig::default();
+    let device = DeviceChoice::default();
+    cmd.mut_subcommand("run", |run| {
+        run.mut_arg("top_k", |a| {
+            a.help(format!("Labels reported per frame (1..=16) [default: {}]", p.top_k))
+        })
+        .mut_arg("threshold", |a| {
+            a.help(format!(
+                "Minimum probability for a label to win a frame [default: {}]",
+                d.threshold
+            ))
+        })
+        .mut_arg("fire_wins", |a| {
+            a.help(format!(
+                "A label fires after winning N of the last --window frames (1..=32) [default: {}]",
+                d.fire_wins
+            ))
+        })
+        .mut_arg("window", |a| {
+            a.help(format!("Hysteresis window in frames (1..=32) [default: {}]", d.window))
+        })
+        .mut_arg("release", |a| {
+            a.help(format!(
+                "An active label is released after losing this many frames in a row (1..=1000) [default: {}]",
+                d.release_losses
+            ))
+        })
+        .mut_arg("cooldown_ms", |a| {
+            a.help(format!(
+                "Minimum milliseconds between two firings of the same label [default: {}]",
+                d.cooldown.as_millis()
+            ))
+        })
+        .mut_arg("device", |a| {
+            a.help(format!(
+                "{} [default: {device}]",
+                edgefuse_runtime::gpu::DEVICE_HELP
+            ))
+        })
+    })
+}
+
+impl RunOptions {
+    /// Parse configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column, key) = match e.span() {
+                Some(span) => locate(text, span.start),
+                None => (0, 0, String::new()),
+            };
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                key: if key.is_empty() {
+                    key
+                } else {
+                    format!("key `{key}`: ")
+                },
+                message: e.message().trim_end().to_string(),
+            }
+        })
+    }
+}
+
+/// 1-based line and column of byte `offset`, and the key assigned on that line (if any).
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').trim_matches('\'').to_string())
+        .filter(|k| !k.starts_with('[') && !k.starts_with('#'))
+        .unwrap_or_default();
+    (line, column, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RunOptions, ConfigError> {
+        RunOptions::parse(s, Path::new("/etc/edgefuse/edgefuse.toml"))
+    }
+
+    #[test]
+    fn every_run_option_parses() {
+        let c = parse(
+            r#"
+model = "/usr/share/edgefuse/default"
+source = "v4l2:///dev/video0?width=640&height=480"
+trigger = "motion:threshold=0.1,area=0.02"
+top_k = 5
+threshold = 0.6
+fire_wins = 2
+window = 3
+release = 2
+cooldown_ms = 1500
+frames = 100
+json = true
+board = "orin-nano"
+status_led = "pin:12"
+
+[label_thresholds]
+"seven" = 0.9
+
+[on]
+"seven" = "pin:11,pulse=200ms"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.top_k, Some(Ranged(5)));
+        assert_eq!(c.threshold, Some(Unit(0.6)));
+        assert_eq!(c.window, Some(Ranged(3)));
+        assert_eq!(c.cooldown_ms, Some(Ranged(1500)));
+        assert_eq!(c.frames, Some(Ranged(100)));
+        assert_eq!(c.json, Some(true));
+        assert!(matches!(c.trigger, Some(TriggerSpec::Motion { .. })));
+        assert_eq!(c.label_thresholds.len(), 1);
+        assert_eq!(
+            (
+                c.label_thresholds[0].label.as_str(),
+                c.label_thresholds[0].value
+            ),
+            ("seven", 0.9)
+        );
+        assert_eq!(
+            c.on,
+            vec![ActuatorSpec::parse("seven", "pin:11,pulse=200ms").unwrap()]
+        );
+        assert_eq!(c.board, Some(BoardName(Board::OrinNano)));
+        assert_eq!(c.status_led, Some("pin:12".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_file_and_the_command_line_share_one_grammar() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            o: RunOptions,
+        }
+        let cli = |args: &[&str]| {
+            Cmd::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.o)
+        };
+        // The same value through both doors gives the same option.
+        let f = parse("trigger = \"interval:2s\"\ntop_k = 4\nthreshold = 0.25\ndevice = \"CPU\"\n")
+            .unwrap();
+        let c = cli(&[
+            "--trigger",
+            "interval:2s",
+            "--top-k",
+            "4",
+            "--threshold",
+            "0.25",
+            "--device",
+            "CPU",
+        ])
+        .unwrap();
+        assert_eq!(f.trigger, c.trigger);
+        assert_eq!(
+            (f.top_k, f.threshold, f.device),
+            (c.top_k, c.threshold, c.device)
+        );
+        // The same bad value is refused by both, with the same reason.
+        let fe = parse("top_k = 17\n").unwrap_err().to_string();
+        let ce = cli(&["--top-k", "17"]).err().unwrap().to_string();
+        assert!(
+            fe.contains("allowed 1..=16") && ce.contains("allowed 1..=16"),
+            "{fe}\n{ce}"
+        );
+        let fe = parse("board = \"pi\"\n").unwrap_err().to_string();
+        let ce = cli(&["--board", "pi"]).err().unwrap().to_string();
+        assert!(fe.contains("unknown board `pi`") && ce.contains("unknown board `pi`"));
+        // --json alone means true; --json=false overrides a file's json = true.
+        assert_eq!(cli(&["--json"]).unwrap().json, Some(true));
+        let over = cli(&["--json=false"])
+            .unwrap()
+            .over(parse("json = true\n").unwrap());
+        assert!(!over.json());
+    }
+
+    #[test]
+    fn the_command_line_wins_and_defaults_come_from_the_runtime() {
+        let file = parse(
+            "threshold = 0.9\nwindow = 4\n[label_thresholds]\n\"1\" = 0.3\n[on]\n\"1\" = \"pin:11\"\n\"2\" = \"pin:13\"\n",
+        )
+        .unwrap();
+        let cli = RunOptions {
+            threshold: Some(Unit(0.7)),
+            on: vec![ActuatorSpec::parse("2", "pin:15,hold").unwrap()],
+            label_thresholds: vec!["1=0.6".parse().unwrap()],
+            ..Default::default()
+        };
+        let o = cli.over(file);
+        let labels: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        let d = o.decision(&labels).unwrap();
+        let def = DecisionConfig::default();
+        assert_eq!(d.threshold, 0.7);
+        assert_eq!(d.window, 4);
+        assert_eq!(d.fire_wins, def.fire_wins);
+        assert_eq!(
+            d.label_thresholds,
+            vec![(1, 0.6)],
+            "the later (command-line) value wins"
+        );
+        assert_eq!(o.on.len(), 2);
+        assert_eq!(o.on[1].mode, edgefuse_board::ActuatorMode::Hold);
+        let p = RunOptions::default().pipeline(&labels).unwrap();
+        assert_eq!(p.top_k, PipelineConfig::default().top_k);
+        assert_eq!(p.device, DeviceChoice::default());
+    }
+
+    #[test]
+    fn empty_file_sets_nothing() {
+        let c = parse("# nothing\n").unwrap();
+        assert!(c.model.is_none() && c.top_k.is_none() && c.on.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("top_k = 3\n\nthreshhold = 0.4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "/etc/edgefuse/edgefuse.toml:3:1: key `threshhold`: unknown field `threshhold`"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("threshold"), "lists the valid keys: {e}");
+    }
+
+    #[test]
+    fn bad_values_name_line_and_key() {
+        let e = parse("json = false\ntop_k = 99\n").unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("key `top_k`"), "{e}");
+        assert!(e.contains("allowed 1..=16"), "{e}");
+
+        let e = parse("threshold = 1.5\n").unwrap_err().to_string();
+        assert!(e.contains(":1:") && e.contains("between 0 and 1"), "{e}");
+
+        let e = parse("trigger = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("key `trigger`") && e.contains("sometimes"),
+            "{e}"
+        );
+
+        let e = parse("window = \"three\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("key `window`") && e.contains("an integer in 1..=32"),
+            "{e}"
+        );
+
+        let e = parse("[label_thresholds]\nseven = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("key `seven`"), "{e}");
+    }
+
+    #[test]
+    fn broken_toml_names_the_line() {
+        let e = parse("top_k = 3\nsource = \"v4l2://\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = RunOptions::load(Path::new("/nonexistent/edgefuse.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/edgefuse.toml"), "{e}");
+    }
+}

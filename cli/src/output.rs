@@ -1,0 +1,174 @@
+//! What `run` prints: one line per classified frame (text, or JSON written without allocating)
+//! and the summary; and the Ctrl-C handler shared by `run` and `bench`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefuse_runtime::actuate::HardwareReport;
+use edgefuse_runtime::decision::EventKind;
+use edgefuse_runtime::pipeline::{FrameResult, RunSummary, STAGES};
+
+/// Set `stop` on Ctrl-C or SIGTERM.
+pub fn install_ctrlc(stop: &Arc<AtomicBool>) {
+    let s = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::Relaxed)) {
+        log::warn!("cannot install the Ctrl-C handler ({e}); stop with SIGKILL");
+    }
+}
+
+fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(b"\"")?;
+    for c in s.chars() {
+        match c {
+            '"' => w.write_all(b"\\\"")?,
+            '\\' => w.write_all(b"\\\\")?,
+            '\n' => w.write_all(b"\\n")?,
+            '\r' => w.write_all(b"\\r")?,
+            '\t' => w.write_all(b"\\t")?,
+            c if (c as u32) < 0x20 => write!(w, "\\u{:04x}", c as u32)?,
+            c => write!(w, "{c}")?,
+        }
+    }
+    w.write_all(b"\"")
+}
+
+/// The `--json` line of one frame. Written field by field into the caller's buffered writer:
+/// no allocation per frame.
+pub fn write_json(
+    w: &mut impl Write,
+    r: &FrameResult<'_>,
+    labels: &[String],
+    uri: &str,
+    latency: Option<Duration>,
+) -> std::io::Result<()> {
+    write!(w, "{{\"frame\":{},\"source\":", r.frame.seq)?;
+    let source = if r.frame.source.is_empty() {
+        uri
+    } else {
+        r.frame.source.as_str()
+    };
+    write_json_str(w, source)?;
+    w.write_all(b",\"top\":[")?;
+    for (i, (l, p)) in r.top.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        w.write_all(b"[")?;
+        write_json_str(w, &labels[*l as usize])?;
+        write!(w, ",{p:.6}]")?;
+    }
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    write!(w, "],\"time_unix_ms\":{unix_ms},\"event\":")?;
+    match r.events.iter().find(|e| e.kind == EventKind::Fire) {
+        Some(e) => {
+            w.write_all(b"{\"label\":")?;
+            write_json_str(w, &labels[e.label as usize])?;
+            write!(w, ",\"score\":{:.6}", e.score)?;
+            if let Some(l) = latency {
+                write!(
+                    w,
+                    ",\"trigger_to_actuator_ms\":{:.3}",
+                    l.as_secs_f64() * 1000.0
+                )?;
+            }
+            w.write_all(b"}")?;
+        }
+        None => w.write_all(b"null")?,
+    }
+    w.write_all(b",\"released\":[")?;
+    for (i, e) in r
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Release)
+        .enumerate()
+    {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write_json_str(w, &labels[e.label as usize])?;
+    }
+    w.write_all(b"],\"heads\":{\"clip\":")?;
+    write_json_str(w, &labels[r.heads.clip as usize])?;
+    w.write_all(b",\"qformer\":")?;
+    match r.heads.qformer {
+        Some(q) => write_json_str(w, &labels[q as usize])?,
+        None => w.write_all(b"null")?,
+    }
+    w.write_all(b"},\"latency_ms\":{")?;
+    for (i, name) in STAGES.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write!(w, "\"{name}\":{:.3}", r.times.ms(i))?;
+    }
+    w.write_all(b"}}\n")
+}
+
+/// The text line of one frame.
+pub fn write_text(
+    w: &mut impl Write,
+    r: &FrameResult<'_>,
+    labels: &[String],
+    latency: Option<Duration>,
+) -> std::io::Result<()> {
+    write!(w, "frame {:>6}  {}  ", r.frame.seq, r.frame.source)?;
+    for (i, (l, p)) in r.top.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b", ")?;
+        }
+        write!(w, "{} {:.3}", labels[*l as usize], p)?;
+    }
+    for e in r.events.iter() {
+        match e.kind {
+            EventKind::Fire => write!(w, "  FIRE {} ({:.3})", labels[e.label as usize], e.score)?,
+            EventKind::Release => write!(w, "  release {}", labels[e.label as usize])?,
+        }
+    }
+    if let Some(l) = latency {
+        write!(w, "  (edge→actuator {:.1} ms)", l.as_secs_f64() * 1000.0)?;
+    }
+    writeln!(w, "  [{:.1} ms]", r.times.ms(STAGES.len() - 1))
+}
+
+/// The run summary (and the GPIO latency line), on stderr when stdout carries JSON.
+pub fn print_summary(s: &RunSummary, gpio: Option<&HardwareReport>, to_stderr: bool) {
+    let mut text = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "summary: {} frames classified, {} not triggered, {} dropped (inference behind capture), {} broken frames, \
+         {} files skipped as non-images, {} images undecodable, {} events",
+        s.frames,
+        s.not_triggered,
+        s.dropped,
+        s.broken,
+        s.source.skipped_non_images,
+        s.source.skipped_broken,
+        s.events
+    );
+    for (name, h) in STAGES.iter().zip(&s.stages) {
+        let _ = writeln!(
+            text,
+            "  {name:<11} p50 {:>8.3} ms   p99 {:>8.3} ms",
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.99)
+        );
+    }
+    if let Some(g) = gpio {
+        let _ = writeln!(
+            text,
+            "  trigger→actuator: {} events, p50 {:.3} ms, p99 {:.3} ms; {} pin errors",
+            g.events, g.p50_ms, g.p99_ms, g.pin_errors
+        );
+    }
+    if to_stderr {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}

@@ -1,0 +1,78 @@
+//! `edgefuse run`: classify frames from a source, print results, drive the GPIO wiring.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use edgefuse_runtime::actuate::Hardware;
+use edgefuse_runtime::capture;
+use edgefuse_runtime::pipeline::{Pipeline, RunLimits};
+use edgefuse_runtime::trigger::Trigger;
+
+use crate::options::RunOptions;
+use crate::output::{install_ctrlc, print_summary, write_json, write_text};
+use crate::paths::{default_samples, open_bundle};
+
+/// `run`'s command line: the options, and a file to read more of them from.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Read options from this TOML file (keys = option names with `_`); the command line overrides it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(p) => RunOptions::load(p)?,
+        None => RunOptions::default(),
+    };
+    let o = args.options.over(file);
+    let bundle = open_bundle(o.model.as_deref())?;
+    let uri = match &o.source {
+        Some(s) => s.clone(),
+        None => default_samples()?,
+    };
+    let mut source = capture::open(&uri)?;
+    log::info!("source {}", source.describe());
+    let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
+    let cfg = o.pipeline(&labels)?;
+    let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
+    let wiring = o.wiring();
+    let hw = if wiring.is_empty() {
+        None
+    } else {
+        Some(Hardware::open(&wiring, o.board.map(|b| b.0), &labels)?)
+    };
+    let external = hw.as_ref().and_then(Hardware::external_trigger);
+    let mut trigger = Trigger::new(&o.trigger(), external)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_ctrlc(&stop);
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let json = o.json();
+    let limits = RunLimits {
+        max_frames: o.frames.map(|f| f.0),
+        warmup: 0,
+    };
+    let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
+        let latency = hw.as_ref().and_then(|h| h.on_events(r.events));
+        if json {
+            write_json(&mut out, r, &labels, &uri, latency)?;
+        } else {
+            write_text(&mut out, r, &labels, latency)?;
+        }
+        // Flush per frame so events reach consumers (pipes, the journal) without delay.
+        out.flush()
+    });
+    drop(out);
+    drop(trigger);
+    let gpio = hw.and_then(|hw| hw.finish(result.is_err()));
+    print_summary(&summary, gpio.as_ref(), json);
+    result.with_context(|| format!("run on {uri} stopped"))
+}
