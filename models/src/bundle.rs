@@ -57,7 +57,21 @@ pub struct LoadedModel {
     pub taps: Vec<crate::quant::LinearNode>,
 }
 
-/// How [`load_onnx`] builds the plan.
+/// The decluttered typed graph of a model, checked against the manifest like a
+/// [`LoadedModel`] but not yet optimised into a plan: for backends that lower tract's graph
+/// themselves (the GPU plan). In an int8 bundle the calibrated linear layers are
+/// [`crate::quant::QLinear`] nodes.
+#[derive(Debug, Clone)]
+pub struct LoadedGraph {
+    /// The decluttered graph, with its input fact set to the shape the manifest feeds.
+    pub model: TypedModel,
+    /// Concrete output shapes, in the order requested.
+    pub output_shapes: Vec<Vec<usize>>,
+    /// The file the model came from (for error messages).
+    pub path: PathBuf,
+}
+
+/// How [`load_graph`] and [`prepare`] build the graph and the plan.
 #[derive(Clone, Copy)]
 enum Mode<'a> {
     /// Everything in float.
@@ -277,7 +291,18 @@ impl Bundle {
         self.load_encoder_mode(self.encoder_mode())
     }
 
+    /// The image encoder as [`Bundle::load_encoder`] reads and checks it, as a decluttered typed
+    /// graph (int8 linear layers as [`crate::quant::QLinear`] nodes in an int8 bundle) instead of
+    /// a runnable plan: for backends that lower the graph themselves.
+    pub fn load_encoder_graph(&self) -> Result<LoadedGraph, BundleError> {
+        Ok(self.encoder_graph(self.encoder_mode())?.graph)
+    }
+
     fn load_encoder_mode(&self, mode: Mode<'_>) -> Result<LoadedModel, BundleError> {
+        prepare(self.encoder_graph(mode)?, mode, self.runtime)
+    }
+
+    fn encoder_graph(&self, mode: Mode<'_>) -> Result<Graph, BundleError> {
         let e = &self.manifest.encoder;
         let [w, h] = self.manifest.preprocess.image_size;
         let mut outputs = vec![e.embedding_output.clone()];
@@ -287,23 +312,19 @@ impl Bundle {
             }
         }
         let input_shape = [1usize, 3, h as usize, w as usize];
-        let model = load_onnx(
+        let g = load_graph(
             self.dir.join(&e.model.file),
             "encoder",
             &e.input,
             InputSpec::F32(&input_shape),
             &outputs,
             mode,
-            if matches!(mode, Mode::Taps) {
-                None
-            } else {
-                self.runtime
-            },
         )?;
-        let emb = &model.output_shapes[0];
+        let (shapes, path) = (&g.graph.output_shapes, &g.graph.path);
+        let emb = &shapes[0];
         if emb.len() != 2 || emb[0] != 1 || emb[1] != e.embedding_dim {
             return Err(BundleError::Shape {
-                path: model.path.clone(),
+                path: path.clone(),
                 field: "encoder.embedding_output".into(),
                 message: format!(
                     "output `{}` has shape {emb:?}, expected [1, {}] (encoder.embedding_dim, the label-embedding width)",
@@ -311,16 +332,16 @@ impl Bundle {
                 ),
             });
         }
-        if let Some(tok) = model.output_shapes.get(1) {
+        if let Some(tok) = shapes.get(1) {
             if tok.len() != 3 || tok[0] != 1 {
                 return Err(BundleError::Shape {
-                    path: model.path.clone(),
+                    path: path.clone(),
                     field: "encoder.tokens_output".into(),
                     message: format!("output has shape {tok:?}, expected [1, tokens, width]"),
                 });
             }
         }
-        Ok(model)
+        Ok(g)
     }
 
     /// Load the Q-Former for the encoder's token shape `[1, tokens, width]` and check its output
@@ -329,32 +350,48 @@ impl Bundle {
         self.load_qformer_mode(token_shape, self.qformer_mode())
     }
 
+    /// The Q-Former as [`Bundle::load_qformer`] reads and checks it, as a decluttered typed graph
+    /// (see [`Bundle::load_encoder_graph`]). `None` when the bundle has no Q-Former.
+    pub fn load_qformer_graph(
+        &self,
+        token_shape: &[usize],
+    ) -> Result<Option<LoadedGraph>, BundleError> {
+        Ok(self
+            .qformer_graph(token_shape, self.qformer_mode())?
+            .map(|g| g.graph))
+    }
+
     fn load_qformer_mode(
         &self,
         token_shape: &[usize],
         mode: Mode<'_>,
     ) -> Result<Option<LoadedModel>, BundleError> {
+        self.qformer_graph(token_shape, mode)?
+            .map(|g| prepare(g, mode, self.runtime))
+            .transpose()
+    }
+
+    fn qformer_graph(
+        &self,
+        token_shape: &[usize],
+        mode: Mode<'_>,
+    ) -> Result<Option<Graph>, BundleError> {
         let Some(q) = &self.manifest.qformer else {
             return Ok(None);
         };
-        let model = load_onnx(
+        let g = load_graph(
             self.dir.join(&q.model.file),
             "qformer",
             &q.input,
             InputSpec::F32(token_shape),
             std::slice::from_ref(&q.output),
             mode,
-            if matches!(mode, Mode::Taps) {
-                None
-            } else {
-                self.runtime
-            },
         )?;
-        let out = &model.output_shapes[0];
+        let out = &g.graph.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
         if out.len() != 3 || out[0] != 1 || out[1] != q.queries || out[2] != dim {
             return Err(BundleError::Shape {
-                path: model.path.clone(),
+                path: g.graph.path.clone(),
                 field: "qformer.output".into(),
                 message: format!(
                     "output `{}` has shape {out:?}, expected [1, {} (qformer.queries), {dim} (encoder.embedding_dim)]",
@@ -362,7 +399,7 @@ impl Bundle {
                 ),
             });
         }
-        Ok(Some(model))
+        Ok(Some(g))
     }
 
     /// Load the text tower (`[1, context_length]` i64 tokens → `[1, embedding_dim]`).
@@ -377,27 +414,27 @@ impl Bundle {
                         .into(),
             });
         };
-        let model = load_onnx(
+        let g = load_graph(
             self.dir.join(&t.model.file),
             "text_encoder",
             &t.input,
             InputSpec::I64(&[1, t.context_length]),
             std::slice::from_ref(&t.output),
             Mode::Float,
-            None,
         )?;
-        let out = &model.output_shapes[0];
+        let out = &g.graph.output_shapes[0];
         let dim = self.manifest.encoder.embedding_dim;
         if out != &[1, dim] {
             return Err(BundleError::Shape {
-                path: model.path.clone(),
+                path: g.graph.path.clone(),
                 field: "text_encoder.output".into(),
                 message: format!(
                     "output has shape {out:?}, expected [1, {dim}]: the text width must equal encoder.embedding_dim"
                 ),
             });
         }
-        Ok(model)
+        // The text tower always runs on tract's CPU plan.
+        prepare(g, Mode::Float, None)
     }
 
     /// Replace the labels and their (unnormalised) embedding rows, rewrite the embedding file and
@@ -597,15 +634,30 @@ enum InputSpec<'a> {
     I64(&'a [usize]),
 }
 
-fn load_onnx(
+/// A model read and checked by [`load_graph`], with what the mode did to it.
+struct Graph {
+    graph: LoadedGraph,
+    /// The manifest section (`encoder`, `qformer`, `text_encoder`), for error messages.
+    section: &'static str,
+    /// The input shape the graph was typed for.
+    input_shape: Vec<usize>,
+    /// Layers put in int8 ([`Mode::Int8`]).
+    quantized: Vec<String>,
+    /// Linear layers whose inputs were appended as outputs ([`Mode::Taps`]).
+    taps: Vec<crate::quant::LinearNode>,
+}
+
+/// Read an ONNX model, check its input and outputs against the manifest, and declutter it into
+/// a typed graph; with [`Mode::Int8`] the covered linear layers are [`crate::quant::QLinear`]
+/// nodes, with [`Mode::Taps`] every linear layer's input is an extra output.
+fn load_graph(
     path: PathBuf,
-    section: &str,
+    section: &'static str,
     input: &str,
     spec: InputSpec,
     outputs: &[String],
     mode: Mode<'_>,
-    runtime: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
-) -> Result<LoadedModel, BundleError> {
+) -> Result<Graph, BundleError> {
     let field = format!("{section}.file");
     let corrupt = |message: String| BundleError::CorruptModel {
         path: path.clone(),
@@ -675,25 +727,17 @@ fn load_onnx(
             field: format!("{section} outputs"),
             message: format!("cannot select outputs {outputs:?}: {e:#}"),
         })?;
-    let shape_err = |e: TractError| BundleError::Shape {
-        path: path.clone(),
-        field: format!("{section}.input"),
-        message: format!("the model does not accept input {shape:?}: {e:#}"),
-    };
+    let shape_err = input_shape_err(&path, section, shape);
+    let mut typed = model
+        .into_typed()
+        .and_then(|t| t.into_decluttered())
+        .map_err(&shape_err)?;
     let mut quantized = Vec::new();
     let mut taps = Vec::new();
-    let typed = match mode {
-        Mode::Float if runtime.is_some() => model
-            .into_typed()
-            .and_then(|t| t.into_decluttered())
-            .map_err(shape_err)?,
-        Mode::Float => model.into_optimized().map_err(shape_err)?,
+    match mode {
+        Mode::Float => {}
         Mode::Int8(table, skip) => {
-            let mut t = model
-                .into_typed()
-                .and_then(|t| t.into_decluttered())
-                .map_err(shape_err)?;
-            quantized = quantize_model(&mut t, table, skip, Kernel::best())
+            quantized = quantize_model(&mut typed, table, skip, Kernel::best())
                 .map_err(|e| corrupt(format!("cannot quantize: {e:#}")))?;
             let expected = table.layers.keys().filter(|k| !skip.contains(k)).count();
             if quantized.len() != expected {
@@ -708,26 +752,17 @@ fn load_onnx(
                 });
             }
             log::info!("{section}: {} linear layers in int8", quantized.len());
-            if runtime.is_some() {
-                t
-            } else {
-                t.into_optimized().map_err(shape_err)?
-            }
         }
         Mode::Taps => {
-            let mut t = model
-                .into_typed()
-                .and_then(|t| t.into_decluttered())
-                .map_err(shape_err)?;
-            taps = find_linear_nodes(&t).map_err(|e| corrupt(format!("{e:#}")))?;
-            let mut outs = t.output_outlets().map_err(shape_err)?.to_vec();
+            taps = find_linear_nodes(&typed).map_err(|e| corrupt(format!("{e:#}")))?;
+            let mut outs = typed.output_outlets().map_err(&shape_err)?.to_vec();
             for l in &taps {
-                outs.push(t.node(l.id).inputs[0]);
+                outs.push(typed.node(l.id).inputs[0]);
             }
-            t.select_output_outlets(&outs).map_err(shape_err)?;
-            t.into_optimized().map_err(shape_err)?
+            typed.select_output_outlets(&outs).map_err(&shape_err)?;
         }
-    };
+    }
+    drop(shape_err);
     let mut output_shapes = Vec::with_capacity(outputs.len());
     for (i, name) in outputs.iter().enumerate() {
         let fact = typed
@@ -748,17 +783,82 @@ fn load_onnx(
         })?;
         output_shapes.push(dims.to_vec());
     }
+    Ok(Graph {
+        graph: LoadedGraph {
+            model: typed,
+            output_shapes,
+            path,
+        },
+        section,
+        input_shape: shape.to_vec(),
+        quantized,
+        taps,
+    })
+}
+
+/// The error of a model that does not accept the input shape the manifest feeds.
+fn input_shape_err<'a>(
+    path: &'a Path,
+    section: &'a str,
+    shape: &'a [usize],
+) -> impl Fn(TractError) -> BundleError + 'a {
+    move |e| BundleError::Shape {
+        path: path.to_path_buf(),
+        field: format!("{section}.input"),
+        message: format!("the model does not accept input {shape:?}: {e:#}"),
+    }
+}
+
+/// Turn a checked graph into a runnable plan: handed to `runtime` as it is, or optimised into
+/// tract's CPU plan. [`Mode::Taps`] always gets tract's CPU plan: calibration runs on the CPU.
+fn prepare(
+    graph: Graph,
+    mode: Mode<'_>,
+    runtime: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
+) -> Result<LoadedModel, BundleError> {
+    let Graph {
+        graph:
+            LoadedGraph {
+                model: mut typed,
+                output_shapes,
+                path,
+            },
+        section,
+        input_shape,
+        quantized,
+        taps,
+    } = graph;
+    let runtime = if matches!(mode, Mode::Taps) {
+        None
+    } else {
+        runtime
+    };
     let plan: Arc<dyn Runnable> = match runtime {
         Some(rt) => Arc::from(rt.prepare(typed).map_err(|e| BundleError::Runtime {
             path: path.clone(),
             runtime: rt.name().to_string(),
             message: format!("{e:#}"),
         })?),
-        None => Arc::new(
-            typed
-                .into_runnable()
-                .map_err(|e| corrupt(format!("{e:#}")))?,
-        ),
+        None => {
+            let shape_err = input_shape_err(&path, section, &input_shape);
+            // `optimize` is the rest of what `into_optimized` does after decluttering; the int8
+            // patches and the taps' extra outputs get one more declutter pass first.
+            match mode {
+                Mode::Float => typed.optimize().map_err(&shape_err)?,
+                Mode::Int8(..) | Mode::Taps => {
+                    typed = typed.into_optimized().map_err(&shape_err)?
+                }
+            }
+            Arc::new(
+                typed
+                    .into_runnable()
+                    .map_err(|e| BundleError::CorruptModel {
+                        path: path.clone(),
+                        field: format!("{section}.file"),
+                        message: format!("{e:#}"),
+                    })?,
+            )
+        }
     };
     Ok(LoadedModel {
         plan,
@@ -767,4 +867,112 @@ fn load_onnx(
         quantized,
         taps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Quantization;
+    use crate::quant::{LayerScale, QLinear};
+
+    fn default_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("default")
+    }
+
+    /// The graph's output facts are the shapes it reports, and the plans agree.
+    fn check_graph(g: &LoadedGraph, plan_shapes: &[Vec<usize>]) {
+        assert_eq!(g.output_shapes, plan_shapes);
+        let outs = g.model.output_outlets().unwrap();
+        assert_eq!(outs.len(), g.output_shapes.len());
+        for (i, shape) in g.output_shapes.iter().enumerate() {
+            let fact = g.model.output_fact(i).unwrap();
+            assert_eq!(fact.datum_type, f32::datum_type());
+            assert_eq!(fact.shape.as_concrete().unwrap(), shape.as_slice());
+        }
+    }
+
+    fn qlinear_nodes(g: &LoadedGraph) -> usize {
+        g.model
+            .nodes()
+            .iter()
+            .filter(|n| n.op_as::<QLinear>().is_some())
+            .count()
+    }
+
+    /// Encoder and Q-Former graphs of `bundle`; returns their QLinear node counts.
+    fn check_bundle(bundle: &Bundle) -> (usize, usize) {
+        let m = bundle.manifest();
+        let enc = bundle.load_encoder_graph().unwrap();
+        assert_eq!(enc.path, bundle.dir().join(&m.encoder.model.file));
+        assert_eq!(enc.output_shapes.len(), 2, "embedding and tokens");
+        assert_eq!(enc.output_shapes[0], [1, m.encoder.embedding_dim]);
+        check_graph(&enc, &bundle.load_encoder().unwrap().output_shapes);
+        let tokens = enc.output_shapes[1].clone();
+        let qf = bundle.load_qformer_graph(&tokens).unwrap().unwrap();
+        let queries = m.qformer.as_ref().unwrap().queries;
+        assert_eq!(
+            qf.output_shapes,
+            [vec![1, queries, m.encoder.embedding_dim]]
+        );
+        let plan = bundle.load_qformer(&tokens).unwrap().unwrap();
+        check_graph(&qf, &plan.output_shapes);
+        (qlinear_nodes(&enc), qlinear_nodes(&qf))
+    }
+
+    #[test]
+    fn float_graphs_match_their_output_shapes() {
+        let bundle = Bundle::open(default_dir()).unwrap();
+        assert!(!bundle.is_int8());
+        assert_eq!(check_bundle(&bundle), (0, 0));
+    }
+
+    #[test]
+    fn int8_graphs_carry_qlinear_nodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(default_dir()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+        }
+        let float = Bundle::open(tmp.path()).unwrap();
+        let table = |taps: &[crate::quant::LinearNode]| CalibrationTable {
+            method: "test".into(),
+            frames: 1,
+            layers: taps
+                .iter()
+                .map(|l| {
+                    let s = LayerScale {
+                        amax: 4.0,
+                        observed_max: 4.0,
+                    };
+                    (l.name.clone(), s)
+                })
+                .collect(),
+        };
+        let enc_taps = float.load_encoder_taps().unwrap();
+        let qf_taps = float
+            .load_qformer_taps(&enc_taps.output_shapes[1])
+            .unwrap()
+            .unwrap();
+        let tables = QuantTables {
+            encoder: table(&enc_taps.taps),
+            qformer: Some(table(&qf_taps.taps)),
+        };
+        let (n_enc, n_qf) = (tables.encoder.layers.len(), qf_taps.taps.len());
+        assert!(n_enc > 0 && n_qf > 0, "the default model has linear layers");
+        let json = serde_json::to_vec(&tables).unwrap();
+        std::fs::write(tmp.path().join("calibration.json"), &json).unwrap();
+        let mut manifest = float.manifest().clone();
+        manifest.quantization = Some(Quantization {
+            method: "test".into(),
+            frames: 1,
+            table: FileRef {
+                file: "calibration.json".into(),
+                sha256: sha256_hex(&json),
+            },
+            skip: Vec::new(),
+        });
+        let int8 = Bundle::from_manifest(tmp.path().to_path_buf(), manifest).unwrap();
+        assert!(int8.is_int8());
+        assert_eq!(check_bundle(&int8), (n_enc, n_qf));
+    }
 }
