@@ -4,7 +4,9 @@
 //! (CLIP image tower, optional Q-Former, optional text tower), the label-embedding matrix, and a
 //! sha256 for every file. [`Bundle::open`] validates all of it and reports the first problem with
 //! the file and field; [`Bundle::load_encoder`] and friends parse and optimise the graphs in tract
-//! for the fixed input shape. [`text::LabelEmbedder`] tokenizes prompts with the CLIP BPE and
+//! for the fixed input shape ([`Bundle::load_encoder_graph`] and [`Bundle::load_qformer_graph`]
+//! stop at the checked, decluttered graph, for backends that lower it themselves).
+//! [`text::LabelEmbedder`] tokenizes prompts with the CLIP BPE and
 //! runs the text tower to add labels on the device.
 
 #![deny(missing_docs)]

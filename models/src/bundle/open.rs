@@ -1,0 +1,168 @@
+//! Opening a bundle folder: the manifest, every file's sha256, the label embeddings and the
+//! int8 calibration tables; and rewriting the labels.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::validate::{label_embeddings, validate_fields};
+use super::{Bundle, QuantTables, MANIFEST_FILE};
+use crate::manifest::{FileRef, Manifest};
+use crate::BundleError;
+
+impl Bundle {
+    /// Open `dir/bundle.toml`, check every field and every file checksum, and read the label
+    /// embeddings. ONNX graphs are parsed later by [`Bundle::load_encoder`] and friends.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| {
+            BundleError::ManifestRead {
+                path: manifest_path.clone(),
+                source,
+            }
+        })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::ManifestParse {
+            path: manifest_path.clone(),
+            message: e.to_string(),
+        })?;
+        let bundle = Self::from_manifest(dir, manifest)?;
+        log::info!(
+            "bundle {} {} from {}: {} labels, embedding {}, q-former {}",
+            bundle.manifest.name,
+            bundle.manifest.version,
+            bundle.dir.display(),
+            bundle.manifest.labels.len(),
+            bundle.manifest.encoder.embedding_dim,
+            if bundle.manifest.qformer.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        Ok(bundle)
+    }
+
+    /// Validate an in-memory manifest against the files of `dir`.
+    pub fn from_manifest(dir: PathBuf, manifest: Manifest) -> Result<Self, BundleError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let field_err = |field: &str, message: String| BundleError::Field {
+            path: manifest_path.clone(),
+            field: field.to_string(),
+            message,
+        };
+        validate_fields(&manifest, &field_err)?;
+        let m = &manifest;
+        verify_file(&dir, &m.encoder.model, "encoder.file")?;
+        if let Some(q) = &m.qformer {
+            verify_file(&dir, &q.model, "qformer.file")?;
+        }
+        if let Some(t) = &m.text_encoder {
+            verify_file(&dir, &t.model, "text_encoder.file")?;
+        }
+        let raw = verify_file(&dir, &m.text_embeddings.data, "text_embeddings.file")?;
+        let path = dir.join(&m.text_embeddings.data.file);
+        let label_embeddings = label_embeddings(&raw, m, path)?;
+        let quant = match &manifest.quantization {
+            Some(q) => {
+                let raw = verify_file(&dir, &q.table, "quantization.table")?;
+                let tables: QuantTables =
+                    serde_json::from_slice(&raw).map_err(|e| BundleError::Field {
+                        path: dir.join(&q.table.file),
+                        field: "quantization.table".into(),
+                        message: format!(
+                            "not a calibration table ({e}); re-run `edgefuse calibrate` to rebuild the int8 bundle"
+                        ),
+                    })?;
+                if manifest.qformer.is_some() != tables.qformer.is_some() {
+                    return Err(BundleError::Field {
+                        path: dir.join(&q.table.file),
+                        field: "quantization.table".into(),
+                        message: "the table's Q-Former section does not match the manifest's [qformer]; re-run `edgefuse calibrate`".into(),
+                    });
+                }
+                Some(tables)
+            }
+            None => None,
+        };
+        Ok(Self {
+            dir,
+            manifest,
+            label_embeddings,
+            quant,
+            runtime: None,
+        })
+    }
+
+    /// Replace the labels and their (unnormalised) embedding rows, rewrite the embedding file and
+    /// the manifest with fresh checksums. Used by `edgefuse labels add/remove`; unchanged rows
+    /// can be taken from [`Bundle::label_embeddings`].
+    pub fn write_labels(
+        &mut self,
+        labels: Vec<crate::manifest::Label>,
+        rows: &[f32],
+    ) -> Result<(), BundleError> {
+        let dim = self.manifest.encoder.embedding_dim;
+        assert_eq!(
+            rows.len(),
+            labels.len() * dim,
+            "one embedding row per label"
+        );
+        let mut bytes = Vec::with_capacity(rows.len() * 4);
+        rows.iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+        let mut manifest = self.manifest.clone();
+        manifest.labels = labels;
+        manifest.text_embeddings.data.sha256 = sha256_hex(&bytes);
+        let emb_path = self.dir.join(&manifest.text_embeddings.data.file);
+        write_atomic(&emb_path, &bytes)?;
+        let text = toml::to_string_pretty(&manifest).map_err(|e| BundleError::ManifestParse {
+            path: self.dir.join(MANIFEST_FILE),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.dir.join(MANIFEST_FILE), text.as_bytes())?;
+        *self = Self::from_manifest(self.dir.clone(), manifest)?;
+        Ok(())
+    }
+}
+
+/// Read a bundle file and check its sha256; returns its bytes.
+fn verify_file(dir: &Path, f: &FileRef, field: &str) -> Result<Vec<u8>, BundleError> {
+    let path = dir.join(&f.file);
+    let bytes = std::fs::read(&path).map_err(|source| BundleError::MissingFile {
+        path: path.clone(),
+        field: field.to_string(),
+        source,
+    })?;
+    let actual = sha256_hex(&bytes);
+    if !actual.eq_ignore_ascii_case(f.sha256.trim()) {
+        return Err(BundleError::Checksum {
+            path,
+            field: field.to_string(),
+            expected: f.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let tmp = path.with_extension("tmp-edgefuse");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| BundleError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}

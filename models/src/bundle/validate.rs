@@ -1,0 +1,178 @@
+//! Checking a manifest's fields, and the label-embedding matrix against them.
+
+use std::path::PathBuf;
+
+use crate::manifest::{Manifest, FORMAT_VERSION};
+use crate::BundleError;
+
+pub(super) fn validate_fields(
+    m: &Manifest,
+    err: &dyn Fn(&str, String) -> BundleError,
+) -> Result<(), BundleError> {
+    if m.format_version != FORMAT_VERSION {
+        return Err(err(
+            "format_version",
+            format!("is {}, this edgefuse reads version {FORMAT_VERSION}; upgrade edgefuse or re-export the bundle", m.format_version),
+        ));
+    }
+    let p = &m.preprocess;
+    if p.image_size[0] == 0
+        || p.image_size[1] == 0
+        || p.image_size[0] > 4096
+        || p.image_size[1] > 4096
+    {
+        return Err(err(
+            "preprocess.image_size",
+            format!("{:?} must be 1..=4096 pixels per side", p.image_size),
+        ));
+    }
+    for (i, s) in p.std.iter().enumerate() {
+        if !(s.is_finite() && *s > 0.0) {
+            return Err(err(
+                &format!("preprocess.std[{i}]"),
+                format!("{s} must be a positive number"),
+            ));
+        }
+    }
+    if p.mean.iter().any(|v| !v.is_finite()) {
+        return Err(err(
+            "preprocess.mean",
+            format!("{:?} must be finite", p.mean),
+        ));
+    }
+    if m.encoder.embedding_dim == 0 {
+        return Err(err("encoder.embedding_dim", "must be > 0".into()));
+    }
+    if m.labels.is_empty() {
+        return Err(err(
+            "labels",
+            "the bundle lists no labels; add some with `edgefuse labels add`".into(),
+        ));
+    }
+    for (i, l) in m.labels.iter().enumerate() {
+        if l.name.trim().is_empty() {
+            return Err(err(&format!("labels[{i}].name"), "is empty".into()));
+        }
+        if m.labels[..i].iter().any(|o| o.name == l.name) {
+            return Err(err(
+                &format!("labels[{i}].name"),
+                format!("`{}` appears twice", l.name),
+            ));
+        }
+    }
+    check_head(&m.fusion.clip, "fusion.clip", err)?;
+    match (&m.qformer, &m.fusion.qformer) {
+        (Some(q), Some(h)) => {
+            check_head(h, "fusion.qformer", err)?;
+            if m.encoder.tokens_output.is_none() {
+                return Err(err(
+                    "encoder.tokens_output",
+                    "is required when the bundle has a [qformer]".into(),
+                ));
+            }
+            if q.queries == 0 {
+                return Err(err("qformer.queries", "must be > 0".into()));
+            }
+        }
+        (Some(_), None) => {
+            return Err(err(
+                "fusion.qformer",
+                "is required when the bundle has a [qformer]".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "fusion.qformer",
+                "is set but the bundle has no [qformer] section".into(),
+            ))
+        }
+        (None, None) => {}
+    }
+    if let Some(t) = &m.text_encoder {
+        if t.tokenizer != "clip-bpe" {
+            return Err(err(
+                "text_encoder.tokenizer",
+                format!("`{}` is not supported; use `clip-bpe`", t.tokenizer),
+            ));
+        }
+        if !(3..=1024).contains(&t.context_length) {
+            return Err(err(
+                "text_encoder.context_length",
+                format!("{} must be 3..=1024", t.context_length),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_head(
+    h: &crate::manifest::HeadParams,
+    field: &str,
+    err: &dyn Fn(&str, String) -> BundleError,
+) -> Result<(), BundleError> {
+    if !(h.logit_scale.is_finite() && h.logit_scale > 0.0) {
+        return Err(err(
+            &format!("{field}.logit_scale"),
+            format!("{} must be a positive number", h.logit_scale),
+        ));
+    }
+    if !(h.weight.is_finite() && h.weight >= 0.0) {
+        return Err(err(
+            &format!("{field}.weight"),
+            format!("{} must be >= 0", h.weight),
+        ));
+    }
+    Ok(())
+}
+
+/// Decode the label-embedding file `path` (`raw`, little-endian f32) into one L2-normalised row
+/// per label of `m`, checking its width against `encoder.embedding_dim`.
+pub(super) fn label_embeddings(
+    raw: &[u8],
+    m: &Manifest,
+    path: PathBuf,
+) -> Result<Vec<f32>, BundleError> {
+    let dim = m.encoder.embedding_dim;
+    if !raw.len().is_multiple_of(4) || !(raw.len() / 4).is_multiple_of(dim) {
+        return Err(BundleError::Shape {
+            path,
+            field: "text_embeddings.file".into(),
+            message: format!(
+                "{} bytes is not a whole number of f32 rows of encoder.embedding_dim = {dim}; \
+                 the label-embedding width must equal the encoder's embedding width",
+                raw.len()
+            ),
+        });
+    }
+    let rows = raw.len() / 4 / dim;
+    if rows != m.labels.len() {
+        return Err(BundleError::Shape {
+            path,
+            field: "labels".into(),
+            message: format!(
+                "the embedding file has {rows} rows of width {dim} but the manifest lists {} labels; \
+                 re-run `edgefuse labels` or the exporter to regenerate it",
+                m.labels.len()
+            ),
+        });
+    }
+    let mut label_embeddings: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    for (i, row) in label_embeddings.chunks_exact_mut(dim).enumerate() {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !norm.is_finite() || norm == 0.0 {
+            return Err(BundleError::Shape {
+                path: path.clone(),
+                field: format!("labels[{i}]"),
+                message: format!(
+                    "embedding row {i} (label `{}`) is zero or not finite",
+                    m.labels[i].name
+                ),
+            });
+        }
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    Ok(label_embeddings)
+}
