@@ -1,0 +1,35 @@
+//! The CUDA backend (cargo feature `cuda-jp5`, `cuda-jp6` or `cuda-jp7`): NVRTC compilation, the device,
+//! kernel launches, and the accelerator the pipeline uses.
+//!
+//! cudarc opens `libcuda`/`libnvrtc` at run time. Its calls panic when a library is missing, so
+//! every entry point here checks presence first and returns a [`GpuError`] instead.
+
+#[cfg(any(
+    all(feature = "cuda-jp5", feature = "cuda-jp6"),
+    all(feature = "cuda-jp5", feature = "cuda-jp7"),
+    all(feature = "cuda-jp6", feature = "cuda-jp7")
+))]
+compile_error!(
+    "enable one of the features cuda-jp5, cuda-jp6, cuda-jp7: each selects a CUDA version"
+);
+#[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6", feature = "cuda-jp7")))]
+compile_error!("enable CUDA through the feature cuda-jp5 (JetPack 5), cuda-jp6 (JetPack 6) or cuda-jp7 (CUDA 13)");
+
+mod accelerator;
+mod bench;
+mod device;
+mod exec;
+mod launch;
+mod nvrtc;
+mod ops;
+mod preprocess;
+
+pub use accelerator::CudaAccelerator;
+pub use bench::bench_kernels;
+pub use device::{Gpu, BUILT_FOR};
+pub use exec::GraphExec;
+pub use nvrtc::{
+    compile, nvrtc_available, nvrtc_version, options, supported_archs, Compiled, Target,
+};
+pub use ops::{Int8Kernel, Kernels};
+pub use preprocess::GpuPreprocess;

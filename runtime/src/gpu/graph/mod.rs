@@ -1,0 +1,22 @@
+//! Our own execution of the bundle's encoder and Q-Former graphs: tract's decluttered typed
+//! model (with our `QLinear` int8 operators in place for an int8 bundle) lowered to a flat list
+//! of [`Step`]s over buffers sized once, each step one kernel.
+//!
+//! The plan is backend-neutral. [`run_cpu`] executes it with plain loops: that is how the lowering
+//! is checked without a GPU (against tract's own output, `tests/tests/gpu_graph.rs`), and the
+//! CUDA executor (`cuda::GraphExec`) runs the same steps with the kernels of `kernels/graph.cu`
+//! and `kernels/linear.cu`. A node whose op has no lowering becomes a `Step::Host` (tract's own
+//! evaluation), named in [`Plan::host_nodes`]: [`run_cpu`] executes it, the CUDA executor refuses
+//! such a plan (it would copy through the host every frame) and the accelerator then runs the
+//! models through tract instead.
+
+mod cpu;
+mod einsum;
+mod ir;
+mod lower;
+
+pub use cpu::{conv_cpu, eval_host, run_cpu, unary};
+pub use ir::{
+    BinOp, Broadcast, Buffer, Conv2d, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
+};
+pub use lower::{lower, lower_bundle, CaptureRuntime, CAPTURE};
