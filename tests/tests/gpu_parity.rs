@@ -1,6 +1,6 @@
-//! Every CUDA kernel against its CPU reference, on a real GPU. Without the `cuda-jp5` /
-//! `cuda-jp6` feature, or without a usable GPU, each test prints why it is skipped and passes;
-//! the NVRTC-only tests (compile errors, the cubin cache) run wherever libnvrtc loads.
+//! Every CUDA kernel against its CPU reference, on a real GPU. Without a CUDA feature (`cuda-jp5`,
+//! `cuda-jp6` or `cuda-jp7`), or without a usable GPU, each test prints why it is skipped and
+//! passes; the NVRTC-only tests (compile errors, the cubin cache) run wherever libnvrtc loads.
 //!
 //! Tolerances are the ones stated in `edgefuse_runtime::gpu::reference`.
 
@@ -24,18 +24,31 @@ mod cuda {
     use edgefuse_runtime::gpu::cache::{CacheKey, KernelCache, Outcome};
     use edgefuse_runtime::gpu::cuda::{
         compile, nvrtc_available, options, Gpu, GpuPreprocess, Int8Kernel, Kernels, Target,
+        UnwiredKernels,
     };
     use edgefuse_runtime::gpu::reference::{self as r, Activation, Strided};
     use edgefuse_runtime::gpu::{GpuError, KernelSource};
     use edgefuse_runtime::preprocess::Preprocessor;
 
-    /// The GPU, or `None` after printing why the test is skipped.
+    /// The GPU and the linear-layer kernels, or `None` after printing why the test is skipped.
     fn gpu(test: &str) -> Option<(Gpu, Kernels)> {
+        let mut g = open(test)?;
+        let k = Kernels::load(&mut g).expect("kernels load");
+        Some((g, k))
+    }
+
+    /// The GPU and the kernels no frame uses (attention, norm, fusion head), or `None`.
+    fn unwired(test: &str) -> Option<(Gpu, UnwiredKernels)> {
+        let mut g = open(test)?;
+        let k = UnwiredKernels::load(&mut g).expect("kernels load");
+        Some((g, k))
+    }
+
+    fn open(test: &str) -> Option<Gpu> {
         match Gpu::open(0) {
-            Ok(mut g) => {
+            Ok(g) => {
                 println!("{test}: on {}", g.describe());
-                let k = Kernels::load(&mut g).expect("kernels load");
-                Some((g, k))
+                Some(g)
             }
             Err(e) => {
                 println!("{test}: skipped, no usable GPU: {e}");
@@ -248,7 +261,7 @@ mod cuda {
 
     #[test]
     fn attention_matches_the_reference() {
-        let Some((g, k)) = gpu("attention") else {
+        let Some((g, k)) = unwired("attention") else {
             return;
         };
         // Encoder self-attention on a packed QKV row (stride 3·768), and Q-Former
@@ -326,7 +339,7 @@ mod cuda {
 
     #[test]
     fn layer_norm_residual_activations_and_half_match() {
-        let Some((g, k)) = gpu("norm") else {
+        let Some((g, k)) = unwired("norm") else {
             return;
         };
         let (rows, cols) = (50, 768);
@@ -391,7 +404,7 @@ mod cuda {
 
     #[test]
     fn fusion_head_matches_the_cpu_head_for_every_method() {
-        let Some((g, k)) = gpu("fusion") else {
+        let Some((g, k)) = unwired("fusion") else {
             return;
         };
         let (labels, dim, nq) = (1000, 256, 32);

@@ -35,7 +35,9 @@ pub struct KernelSource {
 /// Helpers prepended to every kernel file.
 pub const PRELUDE: &str = include_str!("kernels/common.cuh");
 
-/// Every kernel edgefuse compiles.
+/// Every kernel edgefuse compiles (`edgefuse kernels`). A frame uses `preprocess.cu`, `graph.cu`
+/// and `linear.cu`; `attention.cu`, `norm.cu` and `fusion.cu` are loaded only by the kernel
+/// benchmark and the parity tests (`cuda::UnwiredKernels`).
 pub const KERNELS: &[KernelSource] = &[
     KernelSource {
         file: "preprocess.cu",

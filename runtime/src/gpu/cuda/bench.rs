@@ -6,7 +6,8 @@ use cudarc::driver::sys as dsys;
 use super::device::{driver_err, Gpu};
 use super::ops::{Int8Kernel, Kernels};
 use super::preprocess::GpuPreprocess;
-use crate::frame::PixelFormat;
+use super::unwired::UnwiredKernels;
+use crate::frame::{Frame, PixelFormat};
 use crate::gpu::reference::Activation;
 use crate::gpu::{GpuError, KernelTiming};
 
@@ -37,10 +38,22 @@ fn time(
     Ok(samples[3])
 }
 
+/// A `w × h` frame in `format` whose bytes vary (a diagonal ramp): the preprocessing kernel's
+/// time does not depend on the picture, only on the geometry and format.
+fn test_pattern(w: u32, h: u32, format: PixelFormat) -> Frame {
+    let len = format.frame_len(w, h).unwrap_or(0);
+    let mut f = Frame::with_capacity(len);
+    f.reshape(w, h, format);
+    for (i, b) in f.data.iter_mut().enumerate() {
+        *b = (i % w as usize + i / w as usize) as u8;
+    }
+    f
+}
+
 /// Time every kernel on the ViT-B/32 + BLIP-2 Q-Former shapes at batch 1.
 pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
-    use crate::capture::synthetic::render;
     let k = Kernels::load(gpu)?;
+    let u = UnwiredKernels::load(gpu)?;
     let bw = gpu.peak_bandwidth_gbs()?;
     let tops = gpu.peak_int8_tops()?;
     let mut out = Vec::new();
@@ -59,7 +72,7 @@ pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
         (640, 480, PixelFormat::Yuyv),
         (1920, 1080, PixelFormat::Nv12),
     ] {
-        let frame = render(w, h, fmt, 0, "synthetic://");
+        let frame = test_pattern(w, h, fmt);
         pre.launch(&frame, false)?;
         // The kernel alone (the frame is already in device-visible memory).
         let us = time(gpu, reps, || pre.relaunch(false))?;
@@ -134,7 +147,7 @@ pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
     let mut o = gpu.zeros::<f32>(l * heads * d)?;
     let st = 3 * heads * d;
     let us = time(gpu, reps, || {
-        k.attention(
+        u.attention(
             (&qkv, st),
             (&qkv, st),
             (&qkv, st),
@@ -156,7 +169,7 @@ pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
     let b0 = gpu.zeros::<f32>(768)?;
     let mut y = gpu.zeros::<f32>(50 * 768)?;
     let us = time(gpu, reps, || {
-        k.layer_norm(&x, &g1, &b0, &mut y, (50, 768), 1e-5)
+        u.layer_norm(&x, &g1, &b0, &mut y, (50, 768), 1e-5)
     })?;
     out.push(KernelTiming {
         name: "layer_norm 50x768".into(),
@@ -174,7 +187,7 @@ pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
     let (mut p, mut tmp) = (gpu.zeros::<f32>(labels)?, gpu.zeros::<f32>(labels)?);
     let (mut ti, mut tp) = (gpu.zeros::<i32>(5)?, gpu.zeros::<f32>(5)?);
     let us = time(gpu, reps, || {
-        k.head_logits(
+        u.head_logits(
             &e,
             Some((&qq, nq)),
             &t,
@@ -183,7 +196,7 @@ pub fn bench_kernels(gpu: &mut Gpu) -> Result<Vec<KernelTiming>, GpuError> {
             &mut c,
             &mut qf,
         )?;
-        k.fuse_topk(&c, &qf, 1, (0.5, 0.5), &mut p, &mut tmp, (&mut ti, &mut tp))
+        u.fuse_topk(&c, &qf, 1, (0.5, 0.5), &mut p, &mut tmp, (&mut ti, &mut tp))
     })?;
     out.push(KernelTiming {
         name: "fusion head 1000 labels x 256, 32 queries, top-5".into(),

@@ -23,6 +23,7 @@ mod launch;
 mod nvrtc;
 mod ops;
 mod preprocess;
+mod unwired;
 
 pub use accelerator::CudaAccelerator;
 pub use bench::bench_kernels;
@@ -33,3 +34,4 @@ pub use nvrtc::{
 };
 pub use ops::{Int8Kernel, Kernels};
 pub use preprocess::GpuPreprocess;
+pub use unwired::UnwiredKernels;

@@ -18,22 +18,14 @@ extern "C" __global__ void ef_attention_f32(
     const float* qi = q + (size_t)i * q_stride + (size_t)h * d;
     for (int c = threadIdx.x; c < d; c += blockDim.x) qs[c] = qi[c] * scale;
     __syncthreads();
-    float mx = EF_NEG_INF;
     for (int j = threadIdx.x; j < lk; j += blockDim.x) {
         const float* kj = k + (size_t)j * k_stride + (size_t)h * d;
         float s = 0.0f;
         for (int c = 0; c < d; ++c) s += qs[c] * kj[c];
         sc[j] = s;
-        mx = fmaxf(mx, s);
     }
-    mx = ef_block_max(mx, red);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < lk; j += blockDim.x) {
-        const float e = expf(sc[j] - mx);
-        sc[j] = e;
-        sum += e;
-    }
-    sum = ef_block_sum(sum, red); // its barriers also publish sc[]
+    // Unnormalised: the 1/sum is applied once per output value below.
+    const float sum = ef_block_exp_sum(sc, sc, lk, 1, red); // its barriers also publish sc[]
     const float inv = 1.0f / sum;
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float acc = 0.0f;

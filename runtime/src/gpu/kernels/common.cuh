@@ -14,38 +14,78 @@ __device__ __forceinline__ unsigned short ef_f32_to_f16_bits(float f) {
     return h;
 }
 
-__device__ __forceinline__ float ef_warp_sum(float v) {
-    for (int o = EF_WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+struct EfAdd {
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct EfMax {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <class Op> __device__ __forceinline__ float ef_warp_reduce(float v, Op op) {
+    for (int o = EF_WARP / 2; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-__device__ __forceinline__ float ef_warp_max(float v) {
-    for (int o = EF_WARP / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Block-wide sum / max; every thread gets the result. `scratch` holds 32 floats; blockDim.x is a
+// Block-wide reduction; every thread gets the result. `scratch` holds 32 floats; blockDim.x is a
 // multiple of 32 and at most 1024. Contains __syncthreads(): call from all threads.
-__device__ __forceinline__ float ef_block_sum(float v, float* scratch) {
+template <class Op>
+__device__ __forceinline__ float ef_block_reduce(float v, float* scratch, Op op, float identity) {
     const int lane = threadIdx.x % EF_WARP, warp = threadIdx.x / EF_WARP;
     const int warps = blockDim.x / EF_WARP;
-    v = ef_warp_sum(v);
+    v = ef_warp_reduce(v, op);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0f;
-    return ef_warp_sum(v);
+    v = lane < warps ? scratch[lane] : identity;
+    return ef_warp_reduce(v, op);
+}
+
+__device__ __forceinline__ float ef_block_sum(float v, float* scratch) {
+    return ef_block_reduce(v, scratch, EfAdd(), 0.0f);
 }
 
 __device__ __forceinline__ float ef_block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % EF_WARP, warp = threadIdx.x / EF_WARP;
-    const int warps = blockDim.x / EF_WARP;
-    v = ef_warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : EF_NEG_INF;
-    return ef_warp_max(v);
+    return ef_block_reduce(v, scratch, EfMax(), EF_NEG_INF);
+}
+
+// The n values x[i * stride] -> y[i * stride] = exp(x - max) by one block (the maximum subtracted
+// first: stable for any range); returns their sum to every thread. y may be x. Each thread
+// touches only i = threadIdx.x + j * blockDim.x; the reductions' barriers publish y to the block.
+__device__ __forceinline__ float ef_block_exp_sum(const float* x, float* y, int n, size_t stride,
+                                                  float* scratch) {
+    float mx = EF_NEG_INF;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, x[(size_t)i * stride]);
+    mx = ef_block_max(mx, scratch);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float e = expf(x[(size_t)i * stride] - mx);
+        y[(size_t)i * stride] = e;
+        s += e;
+    }
+    return ef_block_sum(s, scratch);
+}
+
+// Softmax of the n values x[i * stride] into y[i * stride] by one block (y may be x).
+__device__ __forceinline__ void ef_block_softmax(const float* x, float* y, int n, size_t stride,
+                                                 float* scratch) {
+    const float inv = 1.0f / ef_block_exp_sum(x, y, n, stride, scratch);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[(size_t)i * stride] *= inv;
+}
+
+// a . b and |a|^2 over n floats by one block; every thread gets both. Contains __syncthreads().
+struct EfDotNorm {
+    float dot, norm2;
+};
+__device__ __forceinline__ EfDotNorm ef_block_dot_norm2(const float* a, const float* b, int n,
+                                                        float* scratch) {
+    float d = 0.0f, nn = 0.0f;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+        d += a[c] * b[c];
+        nn += a[c] * a[c];
+    }
+    d = ef_block_sum(d, scratch);
+    nn = ef_block_sum(nn, scratch);
+    return EfDotNorm{d, nn};
 }
 
 // Activation epilogues shared by the linear kernels and ef_activation.

@@ -13,25 +13,12 @@ extern "C" __global__ void ef_head_logits(const float* __restrict__ emb,
     const int l = blockIdx.x;
     if (l >= n_labels) return;
     const float* t = labels + (size_t)l * dim;
-    float d = 0.0f, nn = 0.0f;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-        d += emb[c] * t[c];
-        nn += emb[c] * emb[c];
-    }
-    d = ef_block_sum(d, red);
-    nn = ef_block_sum(nn, red);
-    if (threadIdx.x == 0) clip[l] = clip_scale * d / fmaxf(sqrtf(nn), 1e-12f);
+    const EfDotNorm e = ef_block_dot_norm2(emb, t, dim, red);
+    if (threadIdx.x == 0) clip[l] = clip_scale * e.dot / fmaxf(sqrtf(e.norm2), 1e-12f);
     float best = EF_NEG_INF;
     for (int qi = 0; qi < nq; ++qi) {
-        const float* qv = queries + (size_t)qi * dim;
-        float dq = 0.0f, nq2 = 0.0f;
-        for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-            dq += qv[c] * t[c];
-            nq2 += qv[c] * qv[c];
-        }
-        dq = ef_block_sum(dq, red);
-        nq2 = ef_block_sum(nq2, red);
-        best = fmaxf(best, qf_scale * dq / fmaxf(sqrtf(nq2), 1e-12f));
+        const EfDotNorm q = ef_block_dot_norm2(queries + (size_t)qi * dim, t, dim, red);
+        best = fmaxf(best, qf_scale * q.dot / fmaxf(sqrtf(q.norm2), 1e-12f));
     }
     if (threadIdx.x == 0 && nq > 0) qf[l] = best;
 }
@@ -40,22 +27,6 @@ extern "C" __global__ void ef_head_logits(const float* __restrict__ emb,
 #define EF_FUSE_WEIGHTED_LOGITS 1
 #define EF_FUSE_WEIGHTED_PROBS 2
 #define EF_FUSE_MAX 3
-
-// In-place softmax of p[0..n) by one block.
-__device__ void ef_softmax_block(float* p, int n, float* red) {
-    float mx = EF_NEG_INF;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, p[i]);
-    mx = ef_block_max(mx, red);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float e = expf(p[i] - mx);
-        p[i] = e;
-        s += e;
-    }
-    s = ef_block_sum(s, red);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] /= s;
-    __syncthreads();
-}
 
 // One block. probs (n) and tmp (n) are global scratch; writes the best k labels, best first,
 // ties to the lower label index (the CPU head's order).
@@ -70,15 +41,15 @@ extern "C" __global__ void ef_fuse_topk(const float* __restrict__ clip,
     if (method == EF_FUSE_WEIGHTED_LOGITS) {
         for (int i = threadIdx.x; i < n; i += blockDim.x) probs[i] = cw * clip[i] + qw * qf[i];
         __syncthreads();
-        ef_softmax_block(probs, n, red);
+        ef_block_softmax(probs, probs, n, 1, red);
     } else if (method == EF_FUSE_WEIGHTED_PROBS || method == EF_FUSE_MAX) {
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
             probs[i] = clip[i];
             tmp[i] = qf[i];
         }
         __syncthreads();
-        ef_softmax_block(probs, n, red);
-        ef_softmax_block(tmp, n, red);
+        ef_block_softmax(probs, probs, n, 1, red);
+        ef_block_softmax(tmp, tmp, n, 1, red);
         const float total = fmaxf(cw + qw, 1e-12f);
         float s = 0.0f;
         for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -93,7 +64,7 @@ extern "C" __global__ void ef_fuse_topk(const float* __restrict__ clip,
     } else {
         for (int i = threadIdx.x; i < n; i += blockDim.x) probs[i] = clip[i];
         __syncthreads();
-        ef_softmax_block(probs, n, red);
+        ef_block_softmax(probs, probs, n, 1, red);
     }
     // Top-k by k rounds of a block argmax over the labels not yet taken.
     const int lane = threadIdx.x % EF_WARP, warp = threadIdx.x / EF_WARP;

@@ -93,17 +93,7 @@ extern "C" __global__ void ef_softmax(const float* __restrict__ x, float* __rest
     if (row >= outer * inner) return;
     const int o = row / inner, ni = row % inner;
     const size_t base = (size_t)o * len * inner + ni;
-    float mx = EF_NEG_INF;
-    for (int l = threadIdx.x; l < len; l += blockDim.x) mx = fmaxf(mx, x[base + (size_t)l * inner]);
-    mx = ef_block_max(mx, red);
-    float s = 0.0f;
-    for (int l = threadIdx.x; l < len; l += blockDim.x) {
-        const float e = expf(x[base + (size_t)l * inner] - mx);
-        y[base + (size_t)l * inner] = e;
-        s += e;
-    }
-    const float inv = 1.0f / ef_block_sum(s, red);
-    for (int l = threadIdx.x; l < len; l += blockDim.x) y[base + (size_t)l * inner] *= inv;
+    ef_block_softmax(x + base, y + base, len, inner, red);
 }
 
 // Transposition: output element i reads the input at sum(coord[ax] * src[ax]).
