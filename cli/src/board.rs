@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use edgefuse_board::jetson::Board;
 use edgefuse_board::jetson_pins::Direction;
-use edgefuse_board::linux::{detect_board, non_gpio_pins};
+use edgefuse_board::linux::{non_gpio_pins, read_board};
 
 use crate::options::BoardName;
 use crate::UsageError;
@@ -56,7 +56,7 @@ fn direction(d: Direction) -> &'static str {
 }
 
 fn detect(root: &Path) -> Result<(Board, String)> {
-    detect_board(root).map_err(|e| UsageError(e.to_string()).into())
+    read_board(root).map_err(|e| UsageError(e.to_string()).into())
 }
 
 pub fn board(a: BoardArgs) -> Result<()> {

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
-use edgefuse_board::linux::{detect_board, Health};
+use edgefuse_board::linux::{read_board, Health};
 use edgefuse_runtime::gpu;
 
 use crate::paths::{open_bundle, ModelArg};
@@ -86,7 +86,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
 
 /// The board, its temperatures and power mode; a warning when it throttles.
 fn board_health(root: &Path) {
-    match detect_board(root) {
+    match read_board(root) {
         Ok((b, model)) => println!("board       {} ({}) {model}", b.title(), b.name()),
         Err(_) => println!(
             "board       not a supported Jetson (GPIO pins need --board or line:CHIP:OFFSET)"

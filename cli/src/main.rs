@@ -11,6 +11,7 @@ mod options;
 mod output;
 mod paths;
 mod run;
+mod values;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 

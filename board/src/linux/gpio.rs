@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use gpiocdev::line::{EdgeDetection, Value};
 use gpiocdev::Request;
 
-use super::BoardError;
 use crate::Edge;
 
 /// Errors of the Linux GPIO layer; each names the device and says what to do.
@@ -54,11 +53,6 @@ pub enum GpioError {
         /// The kernel's or gpiocdev's message.
         message: String,
     },
-    /// Reading the device tree failed or named no supported board.
-    /// Board detection failed (only from [`super::detect_board`], which keeps the runtime's
-    /// wiring on one error type; [`super::read_board`] returns the [`BoardError`] itself).
-    #[error(transparent)]
-    Board(#[from] BoardError),
 }
 
 /// Find the character device of the chip labelled `chip` (e.g. `tegra234-gpio`); `gpiochipN`

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use edgefuse_board::jetson::Board;
 use edgefuse_board::linux::{
-    detect_board, find_chip, EdgeWatcher, GpioError, LineInput, LineOutput,
+    find_chip, read_board, BoardError, EdgeWatcher, GpioError, LineInput, LineOutput,
 };
 
 use super::io::{EdgeClock, EdgeTrigger, Io};
@@ -24,7 +24,7 @@ use crate::trigger::ExternalTrigger;
 pub enum HardwareError {
     /// Header pins were given without `--board` and this machine is not a known Jetson.
     #[error("{0}")]
-    Board(#[source] GpioError),
+    Board(#[source] BoardError),
     /// The options do not describe a wiring that can work (see [`WiringError`]).
     #[error(transparent)]
     Wiring(#[from] WiringError),
@@ -84,7 +84,7 @@ impl Hardware {
         let board = match board {
             Some(b) => Some(b),
             None if wiring.needs_board() => {
-                let (b, model) = detect_board(Path::new("/")).map_err(HardwareError::Board)?;
+                let (b, model) = read_board(Path::new("/")).map_err(HardwareError::Board)?;
                 log::info!("board: {} ({model})", b.title());
                 Some(b)
             }
