@@ -25,14 +25,15 @@ fn bench(c: &mut Criterion) {
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0)
             .collect();
-        let pw = PackedWeights::quantize(&w, k, n, false);
-        let mut qa = vec![0u8; m * pw.kp];
-        let mut acc = vec![0i32; m * n];
         g.throughput(Throughput::Elements((m * k * n) as u64));
         for kernel in Kernel::available() {
             if kernel == Kernel::Scalar && m * k * n > 10_000_000 {
                 continue;
             }
+            // Each kernel with the weights it runs on (7-bit for AVX2, 8-bit otherwise).
+            let pw = PackedWeights::quantize_for(kernel, &w, k, n, false);
+            let mut qa = vec![0u8; m * pw.kp];
+            let mut acc = vec![0i32; m * n];
             g.bench_with_input(
                 BenchmarkId::new(format!("{kernel:?}"), name),
                 &(),

@@ -199,7 +199,7 @@ impl PartialEq for QLinear {
 impl Eq for QLinear {}
 
 impl QLinear {
-    /// The packed 7-bit weights and their per-channel scales.
+    /// The packed weights (8-bit, or 7-bit for the AVX2 kernel) and their per-channel scales.
     pub fn weights(&self) -> &PackedWeights {
         &self.weights
     }
@@ -225,7 +225,7 @@ impl QLinear {
             "activation range {amax} must be finite and > 0"
         );
         Ok(QLinear {
-            weights: Arc::new(PackedWeights::quantize(data, k, n, transposed)),
+            weights: Arc::new(PackedWeights::quantize_for(kernel, data, k, n, transposed)),
             act_scale: amax / gemm::ACT_MAX,
             kernel,
             out_shape: out_shape.into(),
@@ -246,8 +246,12 @@ impl Op for QLinear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "int8 {}x{} (7-bit weights per channel, activation scale {:e}, {:?})",
-            self.weights.k, self.weights.n, self.act_scale, self.kernel
+            "int8 {}x{} ({}-bit weights per channel, activation scale {:e}, {:?})",
+            self.weights.k,
+            self.weights.n,
+            if self.weights.qmax > gemm::WEIGHT_MAX_7BIT { 8 } else { 7 },
+            self.act_scale,
+            self.kernel
         )])
     }
 

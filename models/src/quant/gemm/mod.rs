@@ -1,0 +1,548 @@
+//! int8 GEMM for the linear layers: `acc[m][n] = Σ_k qa[m][k] · qw[k][n]` exactly, in i32.
+//!
+//! Numerics, identical for every kernel on a given packing:
+//! * weights symmetric per output channel, **8-bit** (`[-127, 127]`) where the kernel's
+//!   instruction accumulates without intermediate saturation (AVX-512 VNNI / AVX-VNNI
+//!   `vpdpbusd`, AArch64 NEON `smull`/`sadalp` and SDOT, the scalar reference), **7-bit**
+//!   (`[-63, 63]`) for AVX2, whose `vpmaddubsw` pair sums (u8 × i8 → saturating i16) must stay
+//!   below 2·255·63 = 32 130 (see [`Kernel::weight_max`]);
+//! * activations symmetric per tensor, 8-bit (`[-127, 127]`, rounded half away from zero),
+//!   stored offset by +128 as `u8` (what `vpmaddubsw`/`vpdpbusd` want); the offset is removed
+//!   with a per-column correction `128 · Σ_k qw[k][n]` computed once at packing;
+//! * every i32 sum is exact: |Σ| ≤ K·255·127 < 2³¹ for K < 66 000.
+//!
+//! Packing, shared by every kernel: `[n/32 panels][k/4 quads][32 columns][4 k]` int8, so a
+//! k-quad of a panel is 128 contiguous bytes: two zmm loads, four ymm loads, eight NEON loads.
+//!
+//! Kernels (picked at run time, each checked bit for bit against [`gemm_scalar`] on odd shapes
+//! where the CPU has it): scalar; x86-64 AVX2, AVX-VNNI (ymm, 6 rows × 16 columns) and AVX-512
+//! VNNI (zmm, up to 12 rows × 32 columns) in [`x86`]; AArch64 NEON and SDOT (dot product, the
+//! Orin's and Xavier's cores) in [`arm`].
+
+#[cfg(target_arch = "aarch64")]
+pub mod arm;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+/// Largest 7-bit weight magnitude (the AVX2 kernel's limit, see the module docs).
+pub const WEIGHT_MAX_7BIT: i8 = 63;
+/// Largest 8-bit weight magnitude.
+pub const WEIGHT_MAX_8BIT: i8 = 127;
+/// Largest activation magnitude.
+pub const ACT_MAX: f32 = 127.0;
+/// Columns per packed panel.
+pub const PANEL: usize = 32;
+
+/// Which kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust; the reference every other kernel must match exactly.
+    Scalar,
+    /// x86-64 AVX2 (`vpmaddubsw` + `vpmaddwd`; needs 7-bit weights).
+    Avx2,
+    /// x86-64 AVX-VNNI (`vpdpbusd` on ymm; Alder Lake and later client cores).
+    AvxVnni,
+    /// x86-64 AVX-512 VNNI (`vpdpbusd` on zmm; Cascade Lake and later servers, Zen 4+).
+    Avx512Vnni,
+    /// AArch64 NEON (Advanced SIMD; the original Jetson Nano's Cortex-A57).
+    Neon,
+    /// AArch64 SDOT (dot-product extension; Orin's Cortex-A78AE, Xavier's Carmel).
+    Sdot,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> Kernel {
+        *Self::available().last().unwrap_or(&Kernel::Scalar)
+    }
+
+    /// Every kernel this CPU can run, slowest first (for parity tests and benchmarks).
+    pub fn available() -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut v = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Kernel::Avx2);
+                if std::arch::is_x86_feature_detected!("avxvnni") {
+                    v.push(Kernel::AvxVnni);
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                {
+                    v.push(Kernel::Avx512Vnni);
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                v.push(Kernel::Neon);
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    v.push(Kernel::Sdot);
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        Self::available().contains(&self)
+    }
+
+    /// The largest weight magnitude the kernel computes exactly with: 63 for AVX2, 127 for the
+    /// others.
+    pub fn weight_max(self) -> i8 {
+        match self {
+            Kernel::Avx2 => WEIGHT_MAX_7BIT,
+            _ => WEIGHT_MAX_8BIT,
+        }
+    }
+}
+
+/// Weights `[K, N]` quantized per output column and packed for the kernels.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    /// Contraction length.
+    pub k: usize,
+    /// Output columns.
+    pub n: usize,
+    /// `k` rounded up to 4.
+    pub kp: usize,
+    /// `n` rounded up to [`PANEL`].
+    pub np: usize,
+    /// Largest quantized magnitude (63 or 127, see [`Kernel::weight_max`]).
+    pub qmax: i8,
+    /// `[np / 32][kp / 4][32 columns][4 k]` int8.
+    data: Vec<i8>,
+    /// `128 · Σ_k qw[k][n]` per column, zero-padded to `np` (removes the activation offset in
+    /// the x86 kernels, which multiply the offset `u8` activations directly).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    offset_correction: Vec<i32>,
+    /// Per-column weight scale: `w ≈ scale · qw`.
+    pub scales: Vec<f32>,
+}
+
+impl PackedWeights {
+    /// Quantize `w` (`[k, n]` row-major when `transposed` is false, `[n, k]` when true) for
+    /// the fastest kernel of this CPU.
+    pub fn quantize(w: &[f32], k: usize, n: usize, transposed: bool) -> PackedWeights {
+        Self::quantize_for(Kernel::best(), w, k, n, transposed)
+    }
+
+    /// Quantize `w` with the widest weights `kernel` computes exactly with.
+    pub fn quantize_for(
+        kernel: Kernel,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        transposed: bool,
+    ) -> PackedWeights {
+        assert_eq!(w.len(), k * n, "weight length");
+        let qmax = kernel.weight_max();
+        let fmax = f32::from(qmax);
+        let at = |kk: usize, nn: usize| {
+            if transposed {
+                w[nn * k + kk]
+            } else {
+                w[kk * n + nn]
+            }
+        };
+        let mut scales = vec![0f32; n];
+        for (nn, s) in scales.iter_mut().enumerate() {
+            let amax = (0..k).map(|kk| at(kk, nn).abs()).fold(0f32, f32::max);
+            *s = if amax > 0.0 { amax / fmax } else { 1.0 };
+        }
+        let inv: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
+        let q = |kk: usize, nn: usize| -> i8 {
+            (at(kk, nn) * inv[nn]).round().clamp(-fmax, fmax) as i8
+        };
+        Self::pack(k, n, qmax, q, scales)
+    }
+
+    /// Pack already-quantized weights `qw(k, n)` with values in `[-qmax, qmax]`.
+    pub fn pack(
+        k: usize,
+        n: usize,
+        qmax: i8,
+        qw: impl Fn(usize, usize) -> i8,
+        scales: Vec<f32>,
+    ) -> Self {
+        assert!(qmax > 0, "qmax must be positive");
+        let kp = k.div_ceil(4) * 4;
+        let np = n.div_ceil(PANEL) * PANEL;
+        let mut data = vec![0i8; np * kp];
+        let mut offset_correction = vec![0i32; np];
+        for (nn, corr) in offset_correction.iter_mut().enumerate().take(n) {
+            for kk in 0..k {
+                let v = qw(kk, nn);
+                assert!(
+                    (-qmax..=qmax).contains(&v),
+                    "weight {v} outside ±{qmax} at ({kk}, {nn})"
+                );
+                data[Self::index(kp, kk, nn)] = v;
+                *corr += 128 * i32::from(v);
+            }
+        }
+        PackedWeights {
+            k,
+            n,
+            kp,
+            np,
+            qmax,
+            data,
+            offset_correction,
+            scales,
+        }
+    }
+
+    fn index(kp: usize, kk: usize, nn: usize) -> usize {
+        let (panel, lane) = (nn / PANEL, nn % PANEL);
+        ((panel * (kp / 4) + kk / 4) * PANEL + lane) * 4 + kk % 4
+    }
+
+    /// The quantized weight at `(k, n)`.
+    pub fn get(&self, kk: usize, nn: usize) -> i8 {
+        self.data[Self::index(self.kp, kk, nn)]
+    }
+
+    /// Bytes of packed weights.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether `kernel` computes exactly with these weights (AVX2 needs 7-bit ones).
+    pub fn fits(&self, kernel: Kernel) -> bool {
+        self.qmax <= kernel.weight_max()
+    }
+}
+
+/// `round(x / s)` half away from zero, clamped to ±127, offset by +128. The one definition of
+/// activation quantization; the SIMD versions match it bit for bit (NaN becomes 0).
+#[inline]
+pub fn quantize_one(v: f32, inv: f32) -> (u8, bool) {
+    let q = (v * inv).round();
+    let clipped = q.abs() > ACT_MAX;
+    ((q.clamp(-ACT_MAX, ACT_MAX) as i32 + 128) as u8, clipped)
+}
+
+/// Quantize activations `x` (`[m, k]`) with scale `s` into `out` (`[m, kp]`, offset +128,
+/// padding = 128 i.e. zero). Returns how many values were clipped.
+pub fn quantize_activations(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    s: f32,
+    out: &mut [u8],
+) -> usize {
+    assert!(
+        x.len() >= m * k && out.len() >= m * kp && kp >= k,
+        "quantize buffer sizes"
+    );
+    let inv = 1.0 / s;
+    let mut clipped = 0;
+    for i in 0..m {
+        let row = &x[i * k..(i + 1) * k];
+        let o = &mut out[i * kp..(i + 1) * kp];
+        clipped += quantize_row(row, inv, &mut o[..k]);
+        o[k..].fill(128);
+    }
+    clipped
+}
+
+fn quantize_row(row: &[f32], inv: f32, out: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present; `row` and `out` have the same length (the caller slices
+            // both to `k`), which is all the function reads and writes.
+            return unsafe { x86::quantize_row_avx2(row, inv, out) };
+        }
+    }
+    quantize_row_scalar(row, inv, out)
+}
+
+/// The scalar definition of one row's quantization.
+pub fn quantize_row_scalar(row: &[f32], inv: f32, out: &mut [u8]) -> usize {
+    let mut clipped = 0;
+    for (d, &v) in out.iter_mut().zip(row) {
+        let (q, c) = quantize_one(v, inv);
+        *d = q;
+        clipped += usize::from(c);
+    }
+    clipped
+}
+
+/// `acc[m][n] = Σ_k (a[m][k] − 128) · qw[k][n]` with `kernel`; `a` is `[m, kp]`, `acc` `[m, n]`.
+///
+/// Panics when `kernel` does not run on this CPU or cannot compute exactly with `w`'s weight
+/// width (see [`PackedWeights::fits`]).
+pub fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    assert!(
+        a.len() >= m * w.kp && acc.len() >= m * w.n,
+        "gemm buffer sizes"
+    );
+    assert!(
+        w.fits(kernel),
+        "{kernel:?} needs weights within ±{}, these are ±{}",
+        kernel.weight_max(),
+        w.qmax
+    );
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    match kernel {
+        Kernel::Scalar => gemm_scalar(a, m, w, acc),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni => {
+            assert!(kernel.is_available(), "{kernel:?} is not supported by this CPU");
+            // SAFETY: the CPU has the kernel's features (checked above); buffer sizes were
+            // asserted above and the weights' width fits the kernel.
+            unsafe { x86::gemm(kernel, a, m, w, acc) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::Sdot => {
+            assert!(kernel.is_available(), "{kernel:?} is not supported by this CPU");
+            // SAFETY: as above.
+            unsafe { arm::gemm(kernel, a, m, w, acc) }
+        }
+        #[allow(unreachable_patterns)]
+        _ => panic!("{kernel:?} does not exist on this architecture"),
+    }
+}
+
+/// The reference.
+pub fn gemm_scalar(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    for i in 0..m {
+        for nn in 0..w.n {
+            let mut s = 0i32;
+            for kk in 0..w.k {
+                s += (i32::from(a[i * w.kp + kk]) - 128) * i32::from(w.get(kk, nn));
+            }
+            acc[i * w.n + nn] = s;
+        }
+    }
+}
+
+/// Split `m` rows into blocks of at most `max` rows, as even as possible (50 → 5 × 10, not
+/// 4 × 12 + 2): `(first row, rows)`.
+pub(crate) fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(max).max(1);
+    let (base, extra) = (m / blocks, m % blocks);
+    (0..blocks).scan(0, move |start, b| {
+        let rows = base + usize::from(b < extra);
+        let s = *start;
+        *start += rows;
+        Some((s, rows))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (no dependency).
+    fn lcg(seed: &mut u64) -> u32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (*seed >> 33) as u32
+    }
+
+    #[test]
+    fn row_blocks_are_even_and_cover_every_row() {
+        for m in 0..60 {
+            for max in [1, 4, 6, 12] {
+                let b: Vec<_> = row_blocks(m, max).collect();
+                let mut next = 0;
+                for &(s, r) in &b {
+                    assert_eq!(s, next);
+                    assert!(r <= max);
+                    next += r;
+                }
+                assert_eq!(next, m, "m={m} max={max}");
+                let (lo, hi) = (
+                    b.iter().map(|x| x.1).min().unwrap(),
+                    b.iter().map(|x| x.1).max().unwrap(),
+                );
+                assert!(hi - lo <= 1, "{b:?}");
+            }
+        }
+        assert_eq!(row_blocks(50, 12).map(|b| b.1).collect::<Vec<_>>(), [10; 5]);
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_exactly_on_odd_shapes() {
+        let mut seed = 7u64;
+        let shapes = [
+            (1, 1, 1),
+            (1, 4, 8),
+            (3, 5, 7),
+            (4, 64, 16),
+            (5, 33, 17),
+            (13, 12, 33),
+            (17, 96, 288),
+            (25, 20, 65),
+            (50, 768, 40),
+            (7, 130, 9),
+        ];
+        let mut checked = Vec::new();
+        for qmax in [WEIGHT_MAX_7BIT, WEIGHT_MAX_8BIT] {
+            for (m, k, n) in shapes {
+                // Extreme values included: activations 0 and 255 (±127 and −128 offset), the
+                // largest weights of both signs.
+                let qw: Vec<i8> = (0..k * n)
+                    .map(|i| {
+                        if i % 11 == 0 {
+                            qmax
+                        } else if i % 13 == 0 {
+                            -qmax
+                        } else {
+                            ((lcg(&mut seed) % (2 * qmax as u32 + 1)) as i32 - i32::from(qmax)) as i8
+                        }
+                    })
+                    .collect();
+                let w = PackedWeights::pack(k, n, qmax, |kk, nn| qw[kk * n + nn], vec![1.0; n]);
+                let kp = w.kp;
+                let mut a = vec![128u8; m * kp];
+                for i in 0..m {
+                    for kk in 0..k {
+                        a[i * kp + kk] = match (i + kk) % 9 {
+                            0 => 255,
+                            1 => 1,
+                            _ => (lcg(&mut seed) % 255 + 1) as u8,
+                        };
+                    }
+                }
+                // Definition, independent of the packing.
+                let mut want = vec![0i32; m * n];
+                for i in 0..m {
+                    for nn in 0..n {
+                        want[i * n + nn] = (0..k)
+                            .map(|kk| {
+                                (i32::from(a[i * kp + kk]) - 128) * i32::from(qw[kk * n + nn])
+                            })
+                            .sum();
+                    }
+                }
+                for kernel in Kernel::available() {
+                    if !w.fits(kernel) {
+                        continue;
+                    }
+                    // Sentinels around the output catch writes past `m × n`.
+                    let mut got = vec![i32::MIN; m * n + 8];
+                    gemm(kernel, &a, m, &w, &mut got[..m * n]);
+                    assert_eq!(&got[..m * n], &want[..], "{kernel:?} m={m} k={k} n={n} ±{qmax}");
+                    assert!(got[m * n..].iter().all(|&v| v == i32::MIN));
+                    if !checked.contains(&kernel) {
+                        checked.push(kernel);
+                    }
+                }
+            }
+        }
+        println!(
+            "int8 gemm kernels {checked:?} match the scalar reference exactly (7- and 8-bit weights)"
+        );
+        #[cfg(target_arch = "x86_64")]
+        for (feature, kernel) in [("avxvnni", Kernel::AvxVnni), ("avx512vnni", Kernel::Avx512Vnni)]
+        {
+            if !checked.contains(&kernel) {
+                println!("{kernel:?} not checked: this CPU has no {feature}");
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if !checked.contains(&Kernel::Sdot) {
+            println!("Sdot not checked: this CPU has no dotprod (run under qemu-aarch64 -cpu max)");
+        }
+    }
+
+    #[test]
+    fn avx2_refuses_8bit_weights() {
+        let w = PackedWeights::pack(4, 1, 127, |_, _| 127, vec![1.0]);
+        assert!(!w.fits(Kernel::Avx2) && w.fits(Kernel::Scalar));
+        let r = std::panic::catch_unwind(|| {
+            let mut acc = [0i32; 1];
+            gemm(Kernel::Avx2, &[128; 4], 1, &w, &mut acc);
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn quantization_round_trips_within_half_a_step() {
+        let (k, n) = (6, 3);
+        let w: Vec<f32> = (0..k * n).map(|i| (i as f32 - 8.0) * 0.25).collect();
+        for kernel in [Kernel::Scalar, Kernel::Avx2] {
+            let p = PackedWeights::quantize_for(kernel, &w, k, n, false);
+            assert_eq!(p.qmax, kernel.weight_max());
+            for kk in 0..k {
+                for nn in 0..n {
+                    let back = f32::from(p.get(kk, nn)) * p.scales[nn];
+                    assert!((back - w[kk * n + nn]).abs() <= p.scales[nn] * 0.5 + 1e-6);
+                }
+            }
+            // Transposed input gives the same packing.
+            let wt: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+            let pt = PackedWeights::quantize_for(kernel, &wt, k, n, true);
+            assert_eq!(pt.data, p.data);
+        }
+        let mut out = vec![0u8; 2 * 8];
+        let clipped = quantize_activations(
+            &[0.0, 1.0, -1.0, 300.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],
+            2,
+            5,
+            8,
+            1.0,
+            &mut out,
+        );
+        assert_eq!(clipped, 1);
+        assert_eq!(&out[..8], &[128, 129, 127, 255, 129, 128, 128, 128]);
+    }
+
+    #[test]
+    fn vector_quantization_matches_the_scalar_definition() {
+        // Ties (x.5), values just below ties, clipping on both sides, NaN, infinities, zeros,
+        // and every row length around the vector width.
+        let mut seed = 3u64;
+        let mut x: Vec<f32> = vec![
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            126.5,
+            -126.5,
+            127.5,
+            -127.5,
+            0.49999997,
+            -0.49999997,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e30,
+            -1e30,
+        ];
+        x.extend((0..300).map(|_| (lcg(&mut seed) as f32 / u32::MAX as f32 - 0.5) * 400.0));
+        for len in 0..40.min(x.len()) {
+            for inv in [1.0f32, 0.37, 3.1] {
+                let row = &x[x.len() - len..];
+                let mut want = vec![0u8; len];
+                let mut got = vec![0u8; len];
+                let cw = quantize_row_scalar(row, inv, &mut want);
+                let cg = quantize_row(row, inv, &mut got);
+                assert_eq!((got, cg), (want, cw), "len {len} inv {inv}");
+            }
+        }
+        let mut want = vec![0u8; x.len()];
+        let mut got = vec![0u8; x.len()];
+        assert_eq!(
+            quantize_row(&x, 1.0, &mut got),
+            quantize_row_scalar(&x, 1.0, &mut want)
+        );
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,262 @@
+//! x86-64 int8 kernels over the shared packing (see the parent module): AVX2, AVX-VNNI and
+//! AVX-512 VNNI, plus the AVX2 activation quantizer.
+//!
+//! Every kernel walks the weights panel by panel (32 columns, `kp/4` quads of 128 bytes: one
+//! panel of ViT-B/32's 768-deep layers is 24 KiB and stays in L1/L2 while every row block of the
+//! activations passes over it) and keeps a row block × column block of i32 sums in registers for
+//! the whole contraction. Row blocks are balanced ([`row_blocks`]) so no block is a short tail.
+
+use std::arch::x86_64::*;
+
+use super::{row_blocks, Kernel, PackedWeights, PANEL};
+
+/// Bytes of one k-quad of one panel.
+const QUAD: usize = PANEL * 4;
+
+/// # Safety
+/// The CPU must have `kernel`'s features; `a` must hold `m * w.kp` bytes and `acc` `m * w.n`
+/// values; `w`'s weights must fit `kernel` (AVX2: 7-bit). All checked by [`super::gemm`].
+pub(super) unsafe fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    match kernel {
+        Kernel::Avx512Vnni => gemm_avx512vnni(a, m, w, acc),
+        Kernel::AvxVnni => gemm_ymm::<true>(a, m, w, acc),
+        _ => gemm_ymm::<false>(a, m, w, acc),
+    }
+}
+
+/// Where one row block × panel goes: the first output, its row stride, the valid columns.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut i32,
+    ld: usize,
+    cols: usize,
+}
+
+/// AVX-512 VNNI: up to 12 rows × 32 columns in 24 zmm accumulators; per k-quad two weight
+/// loads, one broadcast per row and two `vpdpbusd` per row (64 MACs each, no saturation).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn gemm_avx512vnni(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    let kq = w.kp / 4;
+    for p in 0..w.np / PANEL {
+        let b = w.data.as_ptr().add(p * kq * QUAD);
+        let corr = w.offset_correction.as_ptr().add(p * PANEL);
+        let c0 = p * PANEL;
+        let cols = (w.n - c0).min(PANEL);
+        for (r0, rows) in row_blocks(m, 12) {
+            let ap = a.as_ptr().add(r0 * w.kp);
+            let out = Out {
+                ptr: acc.as_mut_ptr().add(r0 * w.n + c0),
+                ld: w.n,
+                cols,
+            };
+            macro_rules! tile {
+                ($($r:literal)*) => {
+                    match rows {
+                        $($r => tile_zmm::<$r>(ap, w.kp, b, kq, corr, out),)*
+                        _ => unreachable!("row blocks hold 1..=12 rows"),
+                    }
+                };
+            }
+            tile!(1 2 3 4 5 6 7 8 9 10 11 12);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn tile_zmm<const MR: usize>(
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    kq: usize,
+    corr: *const i32,
+    out: Out,
+) {
+    let mut c = [[_mm512_setzero_si512(); 2]; MR];
+    for q in 0..kq {
+        let w0 = _mm512_loadu_si512(b.add(q * QUAD) as *const _);
+        let w1 = _mm512_loadu_si512(b.add(q * QUAD + 64) as *const _);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
+            cr[0] = _mm512_dpbusd_epi32(cr[0], av, w0);
+            cr[1] = _mm512_dpbusd_epi32(cr[1], av, w1);
+        }
+    }
+    let k0 = _mm512_loadu_si512(corr as *const _);
+    let k1 = _mm512_loadu_si512(corr.add(16) as *const _);
+    for (r, cr) in c.iter().enumerate() {
+        let row = out.ptr.add(r * out.ld);
+        for (h, (v, k)) in [(cr[0], k0), (cr[1], k1)].into_iter().enumerate() {
+            let start = h * 16;
+            if start >= out.cols {
+                break;
+            }
+            let lanes = (out.cols - start).min(16);
+            let mask: __mmask16 = if lanes == 16 {
+                0xffff
+            } else {
+                (1u16 << lanes) - 1
+            };
+            _mm512_mask_storeu_epi32(row.add(start), mask, _mm512_sub_epi32(v, k));
+        }
+    }
+}
+
+/// AVX2 and AVX-VNNI on ymm: column blocks of 16 (half a panel), rows in balanced blocks of up
+/// to 4 (AVX2: `vpmaddubsw` + `vpmaddwd` + `vpaddd` need spare registers) or 6 (AVX-VNNI: one
+/// `vpdpbusd` per 32 MACs).
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_ymm<const VNNI: bool>(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    let kq = w.kp / 4;
+    let max_rows = if VNNI { 6 } else { 4 };
+    for p in 0..w.np / PANEL {
+        for h in 0..2 {
+            let c0 = p * PANEL + h * 16;
+            if c0 >= w.n {
+                break;
+            }
+            let b = w.data.as_ptr().add(p * kq * QUAD + h * 64);
+            let corr = w.offset_correction.as_ptr().add(c0);
+            let cols = (w.n - c0).min(16);
+            for (r0, rows) in row_blocks(m, max_rows) {
+                let ap = a.as_ptr().add(r0 * w.kp);
+                let out = Out {
+                    ptr: acc.as_mut_ptr().add(r0 * w.n + c0),
+                    ld: w.n,
+                    cols,
+                };
+                macro_rules! tile {
+                    ($f:ident, $($r:literal)*) => {
+                        match rows {
+                            $($r => $f::<$r>(ap, w.kp, b, kq, corr, out),)*
+                            _ => unreachable!("row blocks hold 1..=6 rows"),
+                        }
+                    };
+                }
+                if VNNI {
+                    tile!(tile_avxvnni, 1 2 3 4 5 6);
+                } else {
+                    tile!(tile_avx2, 1 2 3 4);
+                }
+            }
+        }
+    }
+}
+
+/// Store `MR × 16` sums minus the offset correction; columns past `out.cols` are not written.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_ymm<const MR: usize>(c: &[[__m256i; 2]; MR], corr: *const i32, out: Out) {
+    let k = [
+        _mm256_loadu_si256(corr as *const __m256i),
+        _mm256_loadu_si256(corr.add(8) as *const __m256i),
+    ];
+    for (r, cr) in c.iter().enumerate() {
+        let row = out.ptr.add(r * out.ld);
+        for h in 0..2 {
+            let start = h * 8;
+            if start >= out.cols {
+                break;
+            }
+            let v = _mm256_sub_epi32(cr[h], k[h]);
+            let lanes = (out.cols - start).min(8);
+            if lanes == 8 {
+                _mm256_storeu_si256(row.add(start) as *mut __m256i, v);
+            } else {
+                let mut tmp = [0i32; 8];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), row.add(start), lanes);
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tile_avx2<const MR: usize>(
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    kq: usize,
+    corr: *const i32,
+    out: Out,
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut c = [[_mm256_setzero_si256(); 2]; MR];
+    for q in 0..kq {
+        let w0 = _mm256_loadu_si256(b.add(q * QUAD) as *const __m256i);
+        let w1 = _mm256_loadu_si256(b.add(q * QUAD + 32) as *const __m256i);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
+            cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones));
+            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones));
+        }
+    }
+    store_ymm(&c, corr, out);
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+unsafe fn tile_avxvnni<const MR: usize>(
+    a: *const u8,
+    lda: usize,
+    b: *const i8,
+    kq: usize,
+    corr: *const i32,
+    out: Out,
+) {
+    let mut c = [[_mm256_setzero_si256(); 2]; MR];
+    for q in 0..kq {
+        let w0 = _mm256_loadu_si256(b.add(q * QUAD) as *const __m256i);
+        let w1 = _mm256_loadu_si256(b.add(q * QUAD + 32) as *const __m256i);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
+            cr[0] = _mm256_dpbusd_avx_epi32(cr[0], av, w0);
+            cr[1] = _mm256_dpbusd_avx_epi32(cr[1], av, w1);
+        }
+    }
+    store_ymm(&c, corr, out);
+}
+
+/// [`super::quantize_row_scalar`] 8 values at a time, bit for bit: half-away-from-zero rounding
+/// as `trunc(v) + (|v − trunc(v)| ≥ ½ ? sign(v) : 0)` (exact in f32), NaN → 0.
+///
+/// # Safety
+/// The CPU must have AVX2; `out` must be as long as `row`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_row_avx2(row: &[f32], inv: f32, out: &mut [u8]) -> usize {
+    debug_assert_eq!(row.len(), out.len());
+    let n8 = row.len() / 8 * 8;
+    let vinv = _mm256_set1_ps(inv);
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let hi = _mm256_set1_ps(super::ACT_MAX);
+    let lo = _mm256_set1_ps(-super::ACT_MAX);
+    let offset = _mm256_set1_epi32(128);
+    let mut clipped = 0usize;
+    let mut i = 0;
+    while i < n8 {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(row.as_ptr().add(i)), vinv);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+        let bump = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), one);
+        let r = _mm256_add_ps(t, _mm256_or_ps(bump, _mm256_and_ps(v, sign)));
+        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(sign, r), hi);
+        clipped += _mm256_movemask_ps(over).count_ones() as usize;
+        // NaN → 0 (the scalar `NaN as i32`), then clamp; max/min return the second operand
+        // when one is NaN, and r is NaN-free here.
+        let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+        let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+        let q = _mm256_add_epi32(_mm256_cvttps_epi32(r), offset);
+        // 8 × i32 in 1..=255 → 8 bytes.
+        let w16 = _mm256_packus_epi32(q, q);
+        let w8 = _mm256_packus_epi16(w16, w16);
+        let lo4 = _mm256_cvtsi256_si32(w8) as u32;
+        let hi4 = _mm256_extract_epi32::<4>(w8) as u32;
+        let bytes = (u64::from(hi4) << 32) | u64::from(lo4);
+        (out.as_mut_ptr().add(i) as *mut u64).write_unaligned(bytes.to_le());
+        i += 8;
+    }
+    clipped + super::quantize_row_scalar(&row[n8..], inv, &mut out[n8..])
+}
