@@ -6,6 +6,8 @@
 //! allocates its intermediate tensors on every run: that is measured (see
 //! [`crate::alloc::Scope::Engine`]) and reported by `edgefuse bench`, not hidden.
 
+use std::time::{Duration, Instant};
+
 use tract_onnx::prelude::*;
 
 use edgefuse_models::{Bundle, BundleError};
@@ -18,9 +20,6 @@ pub enum EngineError {
     /// The bundle could not be loaded.
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    /// The GPU was requested (`--device cuda`) and cannot be used.
-    #[error(transparent)]
-    Gpu(#[from] crate::gpu::GpuError),
     /// tract failed while running a model.
     #[error("{model}: inference failed: {message}")]
     Run {
@@ -118,6 +117,24 @@ impl TractEngine {
     /// Whether a Q-Former runs.
     pub fn has_qformer(&self) -> bool {
         self.qformer.is_some()
+    }
+
+    /// Run the encoder on `image` (`[3, h, w]` values), then the Q-Former when there is one;
+    /// write the pooled `embedding` and the `queries`, and return how long each model took
+    /// (zero for a missing Q-Former). The one place this sequence and its timing are written.
+    pub fn run(
+        &mut self,
+        image: &[f32],
+        embedding: &mut [f32],
+        queries: &mut [f32],
+    ) -> Result<[Duration; 2], EngineError> {
+        let t0 = Instant::now();
+        self.run_encoder(image, embedding)?;
+        let t1 = Instant::now();
+        if self.has_qformer() {
+            self.run_qformer(queries)?;
+        }
+        Ok([t1 - t0, t1.elapsed()])
     }
 
     /// Run the encoder on `image` (`[3, h, w]` values) and write the pooled embedding.

@@ -15,6 +15,7 @@
 
 pub mod actuate;
 pub mod alloc;
+pub mod backend;
 pub mod capture;
 pub mod cpu;
 pub mod decision;

@@ -1,8 +1,10 @@
-//! The frame pipeline: capture thread → ring → trigger → preprocess → encoder → Q-Former →
-//! fusion → decision → caller's sink, with per-stage timing.
+//! The frame pipeline: capture thread → ring → trigger → backend (preprocess → encoder →
+//! Q-Former) → fusion → decision → caller's sink, with per-stage timing.
 //!
-//! Every buffer is sized when the pipeline is built; after warm-up a frame causes no heap
-//! allocation in this code (the engine's own allocations are counted separately).
+//! The models run behind the [`Backend`] seam: a primary backend (the CPU, or the GPU from
+//! `--device`) and, when the primary is not the CPU, the CPU backend as the fallback. Every
+//! buffer is sized when the pipeline is built; after warm-up a frame causes no heap allocation
+//! in this code (the engine's own allocations are counted separately).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -11,13 +13,13 @@ use std::time::{Duration, Instant};
 use edgefuse_models::Bundle;
 
 use crate::alloc;
+use crate::backend::{Backend, BackendError, CpuBackend, ModelTimes};
 use crate::capture::{CaptureError, FrameSource, SourceStats};
 use crate::decision::{Decision, DecisionConfig, Events};
-use crate::engine::{EngineError, TractEngine};
+use crate::engine::EngineError;
 use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
-use crate::gpu::{self, Accelerator, DeviceChoice};
-use crate::preprocess::Preprocessor;
+use crate::gpu::{self, DeviceChoice, GpuError};
 use crate::ring::FrameRing;
 use crate::stats::Histogram;
 use crate::trigger::Trigger;
@@ -93,12 +95,23 @@ pub struct RunLimits {
     pub warmup: u64,
 }
 
+/// Why a pipeline cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The CPU engine cannot load the bundle's models.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The GPU was required (`--device cuda…`) and cannot be used.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
 /// Errors that stop a run.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The engine failed.
+    /// The models failed (and no fallback was left).
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Backend(#[from] BackendError),
     /// The source failed (camera vanished, …).
     #[error(transparent)]
     Capture(#[from] CaptureError),
@@ -133,9 +146,10 @@ pub struct RunSummary {
 /// A built pipeline for one bundle.
 pub struct Pipeline {
     labels: Vec<String>,
-    pre: Preprocessor,
-    input: Vec<f32>,
-    engine: TractEngine,
+    primary: Box<dyn Backend>,
+    /// The CPU backend while the primary is another one.
+    fallback: Option<Box<dyn Backend>>,
+    has_qformer: bool,
     embedding: Vec<f32>,
     queries: Vec<f32>,
     head: FusionHead,
@@ -143,7 +157,6 @@ pub struct Pipeline {
     top: TopK,
     events: Events,
     cfg: PipelineConfig,
-    accel: Option<Box<dyn Accelerator>>,
     fallbacks: u32,
 }
 
@@ -151,62 +164,69 @@ impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field("labels", &self.labels.len())
-            .field("engine", &self.engine)
             .field("device", &self.device())
+            .field("fallback", &self.fallback.as_ref().map(|b| b.describe()))
             .finish()
     }
 }
 
 impl Pipeline {
-    /// Load the bundle's models and size every buffer. With `cfg.device` `auto` or `cuda` this
-    /// also builds the GPU accelerator (see [`gpu::select`]); the CPU engine is always built,
-    /// so a GPU failure mid-run can continue on the CPU.
-    pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, EngineError> {
-        let accel = gpu::select(cfg.device, bundle)?;
-        let engine = TractEngine::new(bundle)?;
+    /// Load the bundle's models and size every buffer. With `cfg.device` other than `cpu` this
+    /// also builds the GPU backend (see [`gpu::select`]); the CPU backend is always built, so a
+    /// GPU failure mid-run can continue on the CPU.
+    pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, BuildError> {
+        let device = gpu::select(cfg.device, bundle)?;
+        let cpu = CpuBackend::new(bundle)?;
+        let engine = cpu.engine();
+        let (embedding_dim, queries_len) = (engine.embedding_dim(), engine.queries_len());
+        let has_qformer = engine.has_qformer();
         let m = bundle.manifest();
-        let pre = Preprocessor::new(&m.preprocess);
         let head = FusionHead::new(
             bundle.label_embeddings(),
             m.encoder.embedding_dim,
             &m.fusion,
-            engine.has_qformer(),
+            has_qformer,
         );
         let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
         let decision = Decision::new(cfg.decision.clone(), labels.len());
+        let (primary, fallback): (Box<dyn Backend>, Option<Box<dyn Backend>>) = match device {
+            Some(d) => (d, Some(Box::new(cpu))),
+            None => (Box::new(cpu), None),
+        };
         Ok(Self {
-            input: vec![0.0; pre.output_len()],
-            embedding: vec![0.0; engine.embedding_dim()],
-            queries: vec![0.0; engine.queries_len()],
+            embedding: vec![0.0; embedding_dim],
+            queries: vec![0.0; queries_len],
             labels,
-            pre,
-            engine,
+            primary,
+            fallback,
+            has_qformer,
             head,
             decision,
             top: TopK::new(),
             events: Events::new(),
             cfg,
-            accel,
             fallbacks: 0,
         })
     }
 
-    /// Run the tensor work through `accel` (a custom backend, or a test double); the CPU engine
-    /// stays as the fallback.
-    pub fn with_accelerator(mut self, accel: Box<dyn Accelerator>) -> Self {
-        self.accel = Some(accel);
+    /// Run the models through `backend` (a custom backend, or a test double). The CPU backend
+    /// stays as the fallback: the previous primary becomes the fallback when it was the CPU, and
+    /// is dropped otherwise.
+    pub fn with_backend(mut self, backend: Box<dyn Backend>) -> Self {
+        let previous = std::mem::replace(&mut self.primary, backend);
+        if self.fallback.is_none() {
+            self.fallback = Some(previous);
+        }
         self
     }
 
-    /// Where frames are processed now: `cpu (tract)` or the accelerator's description.
+    /// Where frames are processed now: the primary backend's description (`cpu (tract)`, or
+    /// the GPU's).
     pub fn device(&self) -> String {
-        match &self.accel {
-            Some(a) => a.describe(),
-            None => "cpu (tract)".to_string(),
-        }
+        self.primary.describe()
     }
 
-    /// How many times the accelerator failed and the run moved to the CPU (0 or 1).
+    /// How many times the primary backend failed and the run moved to the CPU (0 or 1).
     pub fn fallbacks(&self) -> u32 {
         self.fallbacks
     }
@@ -232,55 +252,41 @@ impl Pipeline {
     }
 
     /// Classify one frame synchronously. `Ok(None)` when the frame is broken (logged, skipped).
+    /// When the primary backend fails and a fallback is left, the failure is logged once and
+    /// this frame, like every later one, runs on the fallback.
     pub fn process<'a>(
         &'a mut self,
         frame: &'a Frame,
-    ) -> Result<Option<FrameResult<'a>>, EngineError> {
+    ) -> Result<Option<FrameResult<'a>>, BackendError> {
         let t0 = Instant::now();
         let mut times = StageTimes::default();
         times.0[0] = t0.saturating_duration_since(frame.captured_at);
-        if let Err(e) = Preprocessor::check(frame) {
-            log::warn!("{e}; frame skipped");
-            return Ok(None);
-        }
-        let mut on_accel = false;
-        if let Some(acc) = self.accel.as_mut() {
-            let mut at = [Duration::ZERO; 3];
-            match acc.run(frame, &mut self.embedding, &mut self.queries, &mut at) {
-                Ok(()) => {
-                    on_accel = true;
-                    times.0[1..4].copy_from_slice(&at);
-                }
-                Err(e) => {
-                    // Logged once: the accelerator is dropped and this frame, like every later
-                    // one, runs on the CPU.
+        let mut mt = ModelTimes::default();
+        let mut ran = self.run_models(frame, &mut mt);
+        if let Err(e) = &ran {
+            if !matches!(e, BackendError::BrokenFrame(_)) {
+                if let Some(fallback) = self.fallback.take() {
                     log::error!(
-                        "{} failed on frame {}: {e}; continuing on the CPU for the rest of the run",
-                        acc.describe(),
-                        frame.seq
+                        "{} failed on frame {}: {e}; continuing on {} for the rest of the run",
+                        self.primary.describe(),
+                        frame.seq,
+                        fallback.describe()
                     );
-                    self.accel = None;
+                    self.primary = fallback;
                     self.fallbacks += 1;
+                    ran = self.run_models(frame, &mut mt);
                 }
             }
         }
-        if !on_accel {
-            if let Err(e) = self.pre.run(frame, &mut self.input) {
+        match ran {
+            Ok(()) => times.0[1..4].copy_from_slice(&mt),
+            Err(BackendError::BrokenFrame(e)) => {
                 log::warn!("{e}; frame skipped");
                 return Ok(None);
             }
-            let t1 = Instant::now();
-            self.engine.run_encoder(&self.input, &mut self.embedding)?;
-            let t2 = Instant::now();
-            if self.engine.has_qformer() {
-                self.engine.run_qformer(&mut self.queries)?;
-            }
-            let t3 = Instant::now();
-            times.0[1] = t1 - t0;
-            times.0[2] = t2 - t1;
-            times.0[3] = t3 - t2;
+            Err(e) => return Err(e),
         }
-        let queries = self.engine.has_qformer().then_some(self.queries.as_slice());
+        let queries = self.has_qformer.then_some(self.queries.as_slice());
         let t3 = Instant::now();
         let heads = self
             .head
@@ -305,6 +311,11 @@ impl Pipeline {
             times,
             heads,
         }))
+    }
+
+    fn run_models(&mut self, frame: &Frame, times: &mut ModelTimes) -> Result<(), BackendError> {
+        self.primary
+            .run(frame, &mut self.embedding, &mut self.queries, times)
     }
 
     /// Run `source` to the end (or `limits`, or until `stop` is set), capturing on a second

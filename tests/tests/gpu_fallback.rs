@@ -1,31 +1,27 @@
-//! The pipeline's GPU fallback, checked without a GPU: an accelerator that fails on its fourth
-//! frame (as a lost device or a launch error would) must move the run to the CPU, log once,
-//! never be called again and lose no frame; every frame's result equals the CPU-only run's.
+//! The pipeline's GPU fallback, checked without a GPU: a backend that fails on its fourth frame
+//! (as a lost device or a launch error would) must move the run to the CPU, log once, never be
+//! called again and lose no frame; every frame's result equals the CPU-only run's.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use edgefuse_models::Bundle;
+use edgefuse_runtime::backend::{Backend, BackendError, CpuBackend, ModelTimes};
 use edgefuse_runtime::capture;
-use edgefuse_runtime::engine::TractEngine;
 use edgefuse_runtime::frame::Frame;
-use edgefuse_runtime::gpu::{AccelTimes, Accelerator, DeviceChoice, GpuError};
+use edgefuse_runtime::gpu::{DeviceChoice, GpuError};
 use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits};
-use edgefuse_runtime::preprocess::Preprocessor;
 use edgefuse_runtime::trigger::Trigger;
 use edgefuse_tests::{default_bundle, samples};
 
-/// Computes exactly what the CPU path computes, then fails on call `fail_at` (0-based).
+/// Computes exactly what the CPU backend computes, then fails on call `fail_at` (0-based).
 struct FlakyDevice {
-    pre: Preprocessor,
-    engine: TractEngine,
-    input: Vec<f32>,
+    cpu: CpuBackend,
     calls: Arc<AtomicUsize>,
     fail_at: usize,
 }
 
-impl Accelerator for FlakyDevice {
+impl Backend for FlakyDevice {
     fn describe(&self) -> String {
         "flaky test device".into()
     }
@@ -35,29 +31,18 @@ impl Accelerator for FlakyDevice {
         frame: &Frame,
         embedding: &mut [f32],
         queries: &mut [f32],
-        times: &mut AccelTimes,
-    ) -> Result<(), GpuError> {
+        times: &mut ModelTimes,
+    ) -> Result<(), BackendError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let t0 = Instant::now();
         if n == self.fail_at {
             // Half-written outputs, as a device dying mid-frame leaves them.
             embedding.fill(f32::NAN);
-            return Err(GpuError::Driver {
+            return Err(BackendError::device(GpuError::Driver {
                 what: "launching ef_linear_f32".into(),
                 message: "CUDA_ERROR_LAUNCH_FAILED".into(),
-            });
+            }));
         }
-        self.pre.run(frame, &mut self.input).expect("valid frame");
-        let err = |e: edgefuse_runtime::engine::EngineError| GpuError::Driver {
-            what: "model".into(),
-            message: e.to_string(),
-        };
-        self.engine
-            .run_encoder(&self.input, embedding)
-            .map_err(err)?;
-        self.engine.run_qformer(queries).map_err(err)?;
-        *times = [t0.elapsed(); 3];
-        Ok(())
+        self.cpu.run(frame, embedding, queries, times)
     }
 }
 
@@ -87,7 +72,7 @@ fn classify(pipeline: &mut Pipeline, frames: u64) -> Vec<(u64, u16, f32)> {
 }
 
 #[test]
-fn accelerator_failure_moves_the_run_to_the_cpu_without_losing_a_frame() {
+fn backend_failure_moves_the_run_to_the_cpu_without_losing_a_frame() {
     let bundle = Bundle::open(default_bundle()).unwrap();
     let cfg = PipelineConfig {
         device: DeviceChoice::Cpu,
@@ -100,15 +85,13 @@ fn accelerator_failure_moves_the_run_to_the_cpu_without_losing_a_frame() {
 
     let calls = Arc::new(AtomicUsize::new(0));
     let flaky = FlakyDevice {
-        pre: Preprocessor::new(&bundle.manifest().preprocess),
-        engine: TractEngine::new(&bundle).unwrap(),
-        input: vec![0.0; Preprocessor::new(&bundle.manifest().preprocess).output_len()],
+        cpu: CpuBackend::new(&bundle).unwrap(),
         calls: calls.clone(),
         fail_at: 3,
     };
     let mut p = Pipeline::new(&bundle, cfg)
         .unwrap()
-        .with_accelerator(Box::new(flaky));
+        .with_backend(Box::new(flaky));
     assert_eq!(p.device(), "flaky test device");
     let got = classify(&mut p, frames);
 

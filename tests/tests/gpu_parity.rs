@@ -542,16 +542,17 @@ mod cuda {
     }
 
     #[test]
-    fn the_cuda_accelerator_classifies_like_the_cpu() {
+    fn the_cuda_backend_classifies_like_the_cpu() {
         use edgefuse_models::Bundle;
-        use edgefuse_runtime::gpu::{cuda::CudaAccelerator, Accelerator};
+        use edgefuse_runtime::backend::Backend;
+        use edgefuse_runtime::gpu::{cuda::CudaBackend, GpuModels};
         if let Err(e) = Gpu::open(0) {
-            println!("accelerator: skipped, no usable GPU: {e}");
+            println!("backend: skipped, no usable GPU: {e}");
             return;
         }
         let bundle = Bundle::open(edgefuse_tests::default_bundle()).unwrap();
-        let mut acc = CudaAccelerator::new(&bundle).unwrap();
-        println!("accelerator: {}", acc.describe());
+        let mut acc = CudaBackend::new(&bundle, GpuModels::Ours).unwrap();
+        println!("backend: {}", acc.describe());
         let mut cpu =
             edgefuse_runtime::pipeline::Pipeline::new(&bundle, Default::default()).unwrap();
         let dim = bundle.manifest().encoder.embedding_dim;

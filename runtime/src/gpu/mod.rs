@@ -1,19 +1,21 @@
 //! The NVIDIA GPU path: our own CUDA kernels (compiled at run time by NVRTC, cached on disk),
-//! device selection with CPU fallback, and the accelerator the pipeline hands frames to.
+//! the lowered model graphs, device selection, and the CUDA [`Backend`] the pipeline hands frames
+//! to (with the CPU backend as its fallback).
 //!
 //! * [`KERNELS`]: the `.cu` sources, each compiled as `common.cuh` + the file, with no CUDA
 //!   headers, so a Jetson needs only the driver and `libnvrtc` at run time.
-//! * [`reference`](mod@reference): a CPU implementation of every kernel with its stated tolerance; the GPU parity
-//!   tests compare against these (and against the production CPU preprocessor and fusion head).
+//! * [`graph`]: the encoder and Q-Former lowered to one kernel per step, and the plan's CPU
+//!   executor that checks the lowering without a GPU.
+//! * [`reference`](mod@reference): a CPU implementation of every kernel with its stated
+//!   tolerance; the GPU parity tests compare against these (and against the production CPU
+//!   preprocessor and fusion head).
 //! * [`cache`]: compiled cubins on disk keyed by source hash, `sm` and driver version.
-//! * [`DeviceChoice`] / [`Accelerator`]: `--device auto|cpu|cuda`, and the interface the pipeline
-//!   uses so that a GPU failure mid-stream moves the run to the CPU without losing the frame.
-//! * `cuda` (cargo feature `cuda-jp5` or `cuda-jp6`): cudarc with dynamic loading; the binary
-//!   builds without a CUDA toolkit and starts on machines without one.
+//! * [`DeviceChoice`] / [`select`]: `--device` ([`DEVICE_HELP`]) and the backend it builds.
+//! * `cuda` (cargo feature `cuda-jp5`, `cuda-jp6` or `cuda-jp7`, one of them): cudarc with
+//!   dynamic loading; the binary builds without a CUDA toolkit and starts on machines without
+//!   one. Without a CUDA feature every entry point here returns [`GpuError::NotBuilt`].
 
-use std::time::Duration;
-
-use crate::frame::Frame;
+use crate::backend::Backend;
 
 pub mod cache;
 #[cfg(feature = "cuda")]
@@ -108,37 +110,58 @@ pub const MIN_SM: u32 = 53;
 /// Smallest `sm` for [`KernelSource`] `ef_linear_i8_mma` (mma.sync m16n8k32 int8).
 pub const MMA_SM: u32 = 80;
 
-/// Where to run inference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Where the models run: `--device` and the configuration file's `device` key, both parsed by
+/// [`FromStr`](std::str::FromStr) (case-insensitive; `gpu` is an alias of `cuda`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
-    /// The GPU when one works, else the CPU after one warning that says why.
+    /// `auto`: the GPU as with `cuda` when one works, else the CPU after one warning that says
+    /// why.
     #[default]
     Auto,
-    /// The CPU only.
+    /// `cpu`: the CPU only (tract).
     Cpu,
-    /// The GPU or fail.
-    #[serde(alias = "gpu")]
+    /// `cuda`: the GPU or fail; the models on our kernels, or on tract-cuda when our graph
+    /// executor cannot run the bundle.
     Cuda,
+    /// `cuda:ours`: the GPU or fail, the models on our kernels only.
+    CudaOurs,
+    /// `cuda:tract`: the GPU or fail, the models on tract-cuda only (not in `cuda-jp5` builds).
+    CudaTract,
 }
 
-impl DeviceChoice {
-    /// Parse `auto`, `cpu`, `cuda` (also `gpu`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Some(Self::Auto),
-            "cpu" => Some(Self::Cpu),
-            "cuda" | "gpu" => Some(Self::Cuda),
-            _ => None,
-        }
-    }
+/// One line on `--device`'s values, for `--help` and `edgefuse info`.
+pub const DEVICE_HELP: &str = "Where the models run: auto (the GPU when one works, else the CPU), \
+cpu, cuda (the GPU or fail: our kernels, tract-cuda where they cannot run the bundle), \
+cuda:ours (our kernels only), cuda:tract (tract-cuda only)";
 
-    /// Lower-case name.
+impl DeviceChoice {
+    /// Every choice, in the order [`DEVICE_HELP`] lists them.
+    pub const ALL: [DeviceChoice; 5] = [
+        Self::Auto,
+        Self::Cpu,
+        Self::Cuda,
+        Self::CudaOurs,
+        Self::CudaTract,
+    ];
+
+    /// The name `--device` takes (`cuda:ours`, …).
     pub fn name(self) -> &'static str {
         match self {
             Self::Auto => "auto",
             Self::Cpu => "cpu",
             Self::Cuda => "cuda",
+            Self::CudaOurs => "cuda:ours",
+            Self::CudaTract => "cuda:tract",
+        }
+    }
+
+    /// Which engine runs the models on the GPU; `None` for the CPU.
+    pub fn gpu_models(self) -> Option<GpuModels> {
+        match self {
+            Self::Cpu => None,
+            Self::Auto | Self::Cuda => Some(GpuModels::OursElseTract),
+            Self::CudaOurs => Some(GpuModels::Ours),
+            Self::CudaTract => Some(GpuModels::Tract),
         }
     }
 }
@@ -146,8 +169,50 @@ impl DeviceChoice {
 impl std::str::FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("unknown device `{s}`: use auto, cpu or cuda"))
+        let lower = s.to_ascii_lowercase();
+        let name = match lower.split_once(':') {
+            Some(("gpu", engine)) => format!("cuda:{engine}"),
+            _ if lower == "gpu" => "cuda".to_string(),
+            _ => lower,
+        };
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| {
+                format!("unknown device `{s}`: use auto, cpu or cuda (cuda:ours, cuda:tract)")
+            })
     }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Which engine runs the encoder and the Q-Former on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuModels {
+    /// Our kernels over the lowered graphs ([`graph`]); tract-cuda when the bundle has a node
+    /// our executor cannot run.
+    OursElseTract,
+    /// Our kernels only.
+    Ours,
+    /// tract-cuda only.
+    Tract,
 }
 
 /// Why the GPU cannot be used (or stopped working).
@@ -212,26 +277,6 @@ pub enum GpuError {
     Unsupported(String),
 }
 
-/// Per-stage times an accelerator reports for one frame (preprocess, encoder, Q-Former).
-pub type AccelTimes = [Duration; 3];
-
-/// Runs the tensor work of one frame (preprocess → encoder → Q-Former) somewhere other than the
-/// pipeline's CPU path. The pipeline keeps its CPU engine: when [`Accelerator::run`] fails it
-/// logs once, drops the accelerator and runs the same frame, and every later one, on the CPU.
-pub trait Accelerator: Send {
-    /// A short description for logs (`cuda:0 Orin (sm_87)`).
-    fn describe(&self) -> String;
-    /// Preprocess `frame`, run the encoder and the Q-Former; write the pooled `embedding` and
-    /// (when the bundle has a Q-Former) the `queries`. Must not allocate per frame.
-    fn run(
-        &mut self,
-        frame: &Frame,
-        embedding: &mut [f32],
-        queries: &mut [f32],
-        times: &mut AccelTimes,
-    ) -> Result<(), GpuError>;
-}
-
 /// What the CUDA build variant supports, for `edgefuse info`.
 pub fn build_variant() -> &'static str {
     if cfg!(feature = "cuda-jp7") {
@@ -245,20 +290,20 @@ pub fn build_variant() -> &'static str {
     }
 }
 
-/// Build an accelerator for `choice`: `Ok(None)` means run on the CPU. `auto` returns `Ok(None)`
-/// after one `warn!` naming the reason when the GPU cannot be used; `cuda` returns the error.
+/// Build the GPU backend for `choice`: `Ok(None)` means run on the CPU. `auto` returns
+/// `Ok(None)` after one `warn!` naming the reason when the GPU cannot be used; `cuda`,
+/// `cuda:ours` and `cuda:tract` return the error.
 pub fn select(
     choice: DeviceChoice,
     bundle: &edgefuse_models::Bundle,
-) -> Result<Option<Box<dyn Accelerator>>, GpuError> {
-    if choice == DeviceChoice::Cpu {
+) -> Result<Option<Box<dyn Backend>>, GpuError> {
+    let Some(models) = choice.gpu_models() else {
         return Ok(None);
-    }
-    let built = build(bundle);
-    match (choice, built) {
-        (_, Ok(acc)) => {
-            log::info!("inference on {}", acc.describe());
-            Ok(Some(acc))
+    };
+    match (choice, build(bundle, models)) {
+        (_, Ok(backend)) => {
+            log::info!("inference on {}", backend.describe());
+            Ok(Some(backend))
         }
         (DeviceChoice::Auto, Err(GpuError::NotBuilt)) => {
             log::info!("this build has no CUDA support; inference on the CPU");
@@ -393,12 +438,18 @@ pub fn probe() -> Result<String, GpuError> {
 }
 
 #[cfg(feature = "cuda")]
-fn build(bundle: &edgefuse_models::Bundle) -> Result<Box<dyn Accelerator>, GpuError> {
-    Ok(Box::new(cuda::CudaAccelerator::new(bundle)?))
+fn build(
+    bundle: &edgefuse_models::Bundle,
+    models: GpuModels,
+) -> Result<Box<dyn Backend>, GpuError> {
+    Ok(Box::new(cuda::CudaBackend::new(bundle, models)?))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn build(_bundle: &edgefuse_models::Bundle) -> Result<Box<dyn Accelerator>, GpuError> {
+fn build(
+    _bundle: &edgefuse_models::Bundle,
+    _models: GpuModels,
+) -> Result<Box<dyn Backend>, GpuError> {
     Err(GpuError::NotBuilt)
 }
 
@@ -437,13 +488,39 @@ mod tests {
     }
 
     #[test]
-    fn device_choice_parses() {
-        assert_eq!(DeviceChoice::parse("AUTO"), Some(DeviceChoice::Auto));
-        assert_eq!(DeviceChoice::parse("gpu"), Some(DeviceChoice::Cuda));
-        assert_eq!(DeviceChoice::parse("cpu"), Some(DeviceChoice::Cpu));
-        assert!("tpu"
-            .parse::<DeviceChoice>()
-            .unwrap_err()
-            .contains("auto, cpu or cuda"));
+    fn device_choice_parses_and_prints_its_names() {
+        let p = |s: &str| s.parse::<DeviceChoice>();
+        assert_eq!(p("AUTO"), Ok(DeviceChoice::Auto));
+        assert_eq!(p("cpu"), Ok(DeviceChoice::Cpu));
+        assert_eq!(p("gpu"), Ok(DeviceChoice::Cuda));
+        assert_eq!(p("Cuda:Ours"), Ok(DeviceChoice::CudaOurs));
+        assert_eq!(p("gpu:tract"), Ok(DeviceChoice::CudaTract));
+        for c in DeviceChoice::ALL {
+            assert_eq!(p(&c.to_string()), Ok(c));
+            assert!(
+                DEVICE_HELP.contains(c.name()),
+                "{c} missing from DEVICE_HELP"
+            );
+        }
+        for bad in ["tpu", "cuda:", "cuda:cpu", "cpu:ours", ""] {
+            assert!(p(bad).unwrap_err().contains("auto, cpu or cuda"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_choice_deserializes_through_the_same_parser() {
+        use serde::de::{value::Error, Deserialize, IntoDeserializer};
+        let de = |v: &str| {
+            DeviceChoice::deserialize(
+                v.into_deserializer() as serde::de::value::StrDeserializer<'_, Error>
+            )
+        };
+        assert_eq!(de("GPU:ours").unwrap(), DeviceChoice::CudaOurs);
+        assert_eq!(de("cuda:tract").unwrap(), DeviceChoice::CudaTract);
+        let e = de("tpu").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown device `tpu`: use auto, cpu or cuda"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,7 @@
-//! The CUDA backend (cargo feature `cuda-jp5`, `cuda-jp6` or `cuda-jp7`): NVRTC compilation, the device,
-//! kernel launches, and the accelerator the pipeline uses.
+//! The CUDA code (cargo feature `cuda-jp5`, `cuda-jp6` or `cuda-jp7`), one file per job: NVRTC
+//! compilation ([`compile`]), the [`Gpu`] device and its memory, stack-allocated kernel launches, the linear-layer op wrappers ([`Kernels`]) and the ones no frame uses
+//! ([`UnwiredKernels`]), [`GpuPreprocess`], the graph executor ([`GraphExec`]), the backend the
+//! pipeline uses ([`CudaBackend`]) and the kernel benchmark.
 //!
 //! cudarc opens `libcuda`/`libnvrtc` at run time. Its calls panic when a library is missing, so
 //! every entry point here checks presence first and returns a [`GpuError`] instead.
@@ -15,7 +17,7 @@ compile_error!(
 #[cfg(not(any(feature = "cuda-jp5", feature = "cuda-jp6", feature = "cuda-jp7")))]
 compile_error!("enable CUDA through the feature cuda-jp5 (JetPack 5), cuda-jp6 (JetPack 6) or cuda-jp7 (CUDA 13)");
 
-mod accelerator;
+mod backend;
 mod bench;
 mod device;
 mod exec;
@@ -25,7 +27,7 @@ mod ops;
 mod preprocess;
 mod unwired;
 
-pub use accelerator::CudaAccelerator;
+pub use backend::CudaBackend;
 pub use bench::bench_kernels;
 pub use device::{Gpu, BUILT_FOR};
 pub use exec::GraphExec;
