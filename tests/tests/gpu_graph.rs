@@ -4,7 +4,7 @@
 //! same steps with kernels that `gpu_parity` checks against the same definitions.
 
 use edgefuse_models::Bundle;
-use edgefuse_runtime::calibrate;
+use edgefuse_calibration as calibrate;
 use edgefuse_runtime::capture::{self, synthetic::render};
 use edgefuse_runtime::engine::TractEngine;
 use edgefuse_runtime::frame::PixelFormat;

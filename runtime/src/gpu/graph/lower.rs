@@ -13,7 +13,6 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm, Softmax, SoftmaxKind};
 use tract_onnx::tract_core::ops::source::TypedSource;
-use tract_onnx::tract_core::runtime::{Runnable, Runtime, State};
 
 use edgefuse_models::quant::QLinear;
 
@@ -527,72 +526,15 @@ pub fn lower(model: &TypedModel) -> Result<Plan, GpuError> {
     Ok(l.plan)
 }
 
-/// Captures the decluttered graph a bundle hands to a tract runtime, so the graph (with int8
-/// operators in place) can be lowered by [`lower`]. Also runnable on the CPU.
-#[derive(Debug)]
-pub struct CaptureRuntime;
-
-/// The instance to pass to `Bundle::set_runtime`.
-pub static CAPTURE: CaptureRuntime = CaptureRuntime;
-
-#[derive(Debug)]
-struct Captured {
-    model: Arc<TypedModel>,
-    plan: Arc<TypedSimplePlan>,
-}
-
-impl Runtime for CaptureRuntime {
-    fn name(&self) -> tract_onnx::tract_core::internal::StaticName {
-        "edgefuse-capture".into()
-    }
-
-    fn prepare_with_options(
-        &self,
-        model: TypedModel,
-        _options: &tract_onnx::tract_core::runtime::RunOptions,
-    ) -> TractResult<Box<dyn Runnable>> {
-        let plan = model.clone().into_optimized()?.into_runnable()?;
-        Ok(Box::new(Captured {
-            model: Arc::new(model),
-            plan,
-        }))
-    }
-
-    fn check(&self) -> TractResult<()> {
-        Ok(())
-    }
-}
-
-impl Runnable for Captured {
-    fn spawn(&self) -> TractResult<Box<dyn State>> {
-        Runnable::spawn(&self.plan)
-    }
-
-    fn typed_plan(&self) -> Option<&Arc<TypedSimplePlan>> {
-        Some(&self.plan)
-    }
-
-    fn typed_model(&self) -> Option<&Arc<TypedModel>> {
-        Some(&self.model)
-    }
-}
-
-/// The decluttered graphs of a bundle's encoder and Q-Former, lowered.
+/// The decluttered graphs of a bundle's encoder and Q-Former (int8 operators in place for an
+/// int8 bundle), lowered.
 pub fn lower_bundle(bundle: &edgefuse_models::Bundle) -> Result<(Plan, Option<Plan>), GpuError> {
-    let mut b = bundle.clone();
-    b.set_runtime(Some(&CAPTURE));
     let err = |e: edgefuse_models::BundleError| GpuError::Unsupported(e.to_string());
-    let enc = b.load_encoder().map_err(err)?;
-    let graph = |m: &edgefuse_models::LoadedModel| {
-        m.plan
-            .typed_model()
-            .cloned()
-            .ok_or_else(|| GpuError::Unsupported("no graph captured".into()))
-    };
-    let enc_plan = lower(graph(&enc)?.as_ref())?;
+    let enc = bundle.load_encoder_graph().map_err(err)?;
+    let enc_plan = lower(&enc.model)?;
     let qf_plan = match enc.output_shapes.get(1) {
-        Some(shape) => match b.load_qformer(shape).map_err(err)? {
-            Some(q) => Some(lower(graph(&q)?.as_ref())?),
+        Some(shape) => match bundle.load_qformer_graph(shape).map_err(err)? {
+            Some(q) => Some(lower(&q.model)?),
             None => None,
         },
         None => None,

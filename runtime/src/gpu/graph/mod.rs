@@ -7,8 +7,12 @@
 //! CUDA executor (`cuda::GraphExec`) runs the same steps with the kernels of `kernels/graph.cu`
 //! and `kernels/linear.cu`. A node whose op has no lowering becomes a `Step::Host` (tract's own
 //! evaluation), named in [`Plan::host_nodes`]: [`run_cpu`] executes it, the CUDA executor refuses
-//! such a plan (it would copy through the host every frame) and the accelerator then runs the
-//! models through tract instead.
+//! such a plan (it would copy through the host every frame) and the CUDA backend then runs the
+//! models on tract-cuda instead (`--device cuda`).
+//!
+//! Files: `ir` (the plan's types), `lower` (tract's typed model → plan; the graph comes
+//! from `Bundle::load_encoder_graph` / `load_qformer_graph`), `einsum` (einsums as strided
+//! matrix products), `cpu` (the CPU executor and each step's reference loop).
 
 mod cpu;
 mod einsum;
@@ -19,4 +23,4 @@ pub use cpu::{conv_cpu, eval_host, run_cpu, unary};
 pub use ir::{
     BinOp, Broadcast, Buffer, Conv2d, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };
-pub use lower::{lower, lower_bundle, CaptureRuntime, CAPTURE};
+pub use lower::{lower, lower_bundle};
