@@ -272,9 +272,20 @@ pub enum GpuError {
         /// The driver's message.
         message: String,
     },
-    /// The input does not fit the kernels (checked on the host before any launch).
+    /// The input does not fit the kernels (checked on the host before any launch), or the
+    /// bundle's graph has no lowering.
     #[error("{0}")]
     Unsupported(String),
+    /// Writing compiled kernels failed (`edgefuse kernels --ptx-dir`).
+    #[error("cannot {action} {}: {message}", path.display())]
+    Io {
+        /// `create` or `write`.
+        action: &'static str,
+        /// The directory or file.
+        path: std::path::PathBuf,
+        /// The system's message.
+        message: String,
+    },
 }
 
 /// What the CUDA build variant supports, for `edgefuse info`.
@@ -343,8 +354,11 @@ pub fn build_all(
     use cuda::{compile, Target};
     let mut out = Vec::new();
     if let Some(d) = ptx_dir {
-        std::fs::create_dir_all(d)
-            .map_err(|e| GpuError::Unsupported(format!("cannot create {}: {e}", d.display())))?;
+        std::fs::create_dir_all(d).map_err(|e| GpuError::Io {
+            action: "create",
+            path: d.to_path_buf(),
+            message: e.to_string(),
+        })?;
     }
     for k in KERNELS {
         for &sm in archs {
@@ -367,8 +381,10 @@ pub fn build_all(
             let ptx_path = match ptx_dir {
                 Some(d) => {
                     let p = d.join(format!("{}.sm_{sm}.ptx", k.file.trim_end_matches(".cu")));
-                    std::fs::write(&p, &ptx).map_err(|e| {
-                        GpuError::Unsupported(format!("cannot write {}: {e}", p.display()))
+                    std::fs::write(&p, &ptx).map_err(|e| GpuError::Io {
+                        action: "write",
+                        path: p.clone(),
+                        message: e.to_string(),
                     })?;
                     Some(p)
                 }

@@ -1,4 +1,4 @@
-// Generic kernels for the lowered encoder / Q-Former graphs (runtime/src/gpu/graph.rs): each
+// Generic kernels for the lowered encoder / Q-Former graphs (runtime/src/gpu/graph/): each
 // kernel is one `Step`, and `graph::run_cpu` holds the definition it must match. Shapes arrive
 // as small structs by value, laid out like the #[repr(C)] structs on the host.
 
