@@ -3,8 +3,8 @@
 //! definitions must reproduce tract's outputs, in float and in int8. The CUDA executor runs the
 //! same steps with kernels that `gpu_parity` checks against the same definitions.
 
-use edgefuse_models::Bundle;
 use edgefuse_calibration as calibrate;
+use edgefuse_models::Bundle;
 use edgefuse_runtime::capture::{self, synthetic::render};
 use edgefuse_runtime::engine::TractEngine;
 use edgefuse_runtime::frame::PixelFormat;

@@ -4,7 +4,7 @@
 //! pipeline uses ([`CudaBackend`]) and the kernel benchmark.
 //!
 //! cudarc opens `libcuda`/`libnvrtc` at run time. Its calls panic when a library is missing, so
-//! every entry point here checks presence first and returns a [`GpuError`] instead.
+//! every entry point here checks presence first and returns a [`GpuError`](crate::gpu::GpuError) instead.
 
 #[cfg(any(
     all(feature = "cuda-jp5", feature = "cuda-jp6"),
