@@ -69,7 +69,7 @@ pub fn info(a: InfoArgs) -> Result<()> {
     }
     println!("backends    cpu: tract-onnx (available)");
     println!("build       {}", gpu::build_variant());
-    println!("devices     --device {}", gpu::DEVICE_HELP);
+    println!("devices     {}", gpu::DEVICE_HELP);
     match gpu::probe() {
         Ok(d) => println!("gpu         {d}"),
         Err(e) => println!("gpu         not used: {e}"),

@@ -249,7 +249,11 @@ impl Op for QLinear {
             "int8 {}x{} ({}-bit weights per channel, activation scale {:e}, {:?})",
             self.weights.k,
             self.weights.n,
-            if self.weights.qmax > gemm::WEIGHT_MAX_7BIT { 8 } else { 7 },
+            if self.weights.qmax > gemm::WEIGHT_MAX_7BIT {
+                8
+            } else {
+                7
+            },
             self.act_scale,
             self.kernel
         )])

@@ -409,7 +409,7 @@ mod tests {
             .collect();
         let yf = linear_f32(&xd, &wd, None, m, n, k, Activation::None);
         assert!(TOL_LINEAR_F32.check(&yi, &yf, 10.0).is_none());
-        // And the dequantized weights are close to the originals (7-bit: half a step).
+        // And the dequantized weights are close to the originals (within half a 7-bit step).
         for (a, b) in w.iter().zip(&wd) {
             assert!((a - b).abs() <= 0.5 / 63.0 + 1e-6);
         }

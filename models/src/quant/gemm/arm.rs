@@ -95,8 +95,8 @@ unsafe fn gemm_sdot(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
                     *v = vld1q_s8(b.add(q * QUAD + j * 16));
                 }
                 for (r, cr) in c.iter_mut().enumerate().take(rows) {
-                    let quad = (a.as_ptr().add((r0 + r) * w.kp + q * 4) as *const u32)
-                        .read_unaligned();
+                    let quad =
+                        (a.as_ptr().add((r0 + r) * w.kp + q * 4) as *const u32).read_unaligned();
                     let av = vreinterpretq_s8_u8(veorq_u8(
                         vreinterpretq_u8_u32(vdupq_n_u32(quad)),
                         flip,

@@ -298,14 +298,20 @@ pub fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i3
         Kernel::Scalar => gemm_scalar(a, m, w, acc),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni => {
-            assert!(kernel.is_available(), "{kernel:?} is not supported by this CPU");
+            assert!(
+                kernel.is_available(),
+                "{kernel:?} is not supported by this CPU"
+            );
             // SAFETY: the CPU has the kernel's features (checked above); buffer sizes were
             // asserted above and the weights' width fits the kernel.
             unsafe { x86::gemm(kernel, a, m, w, acc) }
         }
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon | Kernel::Sdot => {
-            assert!(kernel.is_available(), "{kernel:?} is not supported by this CPU");
+            assert!(
+                kernel.is_available(),
+                "{kernel:?} is not supported by this CPU"
+            );
             // SAFETY: as above.
             unsafe { arm::gemm(kernel, a, m, w, acc) }
         }
@@ -401,7 +407,8 @@ mod tests {
                         } else if i % 13 == 0 {
                             -qmax
                         } else {
-                            ((lcg(&mut seed) % (2 * qmax as u32 + 1)) as i32 - i32::from(qmax)) as i8
+                            ((lcg(&mut seed) % (2 * qmax as u32 + 1)) as i32 - i32::from(qmax))
+                                as i8
                         }
                     })
                     .collect();
@@ -435,7 +442,11 @@ mod tests {
                     // Sentinels around the output catch writes past `m × n`.
                     let mut got = vec![i32::MIN; m * n + 8];
                     gemm(kernel, &a, m, &w, &mut got[..m * n]);
-                    assert_eq!(&got[..m * n], &want[..], "{kernel:?} m={m} k={k} n={n} ±{qmax}");
+                    assert_eq!(
+                        &got[..m * n],
+                        &want[..],
+                        "{kernel:?} m={m} k={k} n={n} ±{qmax}"
+                    );
                     assert!(got[m * n..].iter().all(|&v| v == i32::MIN));
                     if !checked.contains(&kernel) {
                         checked.push(kernel);
@@ -447,8 +458,10 @@ mod tests {
             "int8 gemm kernels {checked:?} match the scalar reference exactly (7- and 8-bit weights)"
         );
         #[cfg(target_arch = "x86_64")]
-        for (feature, kernel) in [("avxvnni", Kernel::AvxVnni), ("avx512vnni", Kernel::Avx512Vnni)]
-        {
+        for (feature, kernel) in [
+            ("avxvnni", Kernel::AvxVnni),
+            ("avx512vnni", Kernel::Avx512Vnni),
+        ] {
             if !checked.contains(&kernel) {
                 println!("{kernel:?} not checked: this CPU has no {feature}");
             }
