@@ -28,12 +28,12 @@ use crate::UsageError;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("cannot read config file {path}: {source}; check the path given to --config (the service uses /etc/edgefuse/edgefuse.toml)")]
+    #[error("cannot read config file {path}: {error}; check the path given to --config (the service uses /etc/edgefuse/edgefuse.toml)")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, so not a `source`: printed once).
+        error: std::io::Error,
     },
     /// The file is not valid TOML, has an unknown key or a bad value.
     #[error("{path}:{line}:{column}: {key}{message}")]
@@ -145,9 +145,9 @@ impl RunOptions {
 
     /// Read a configuration file (label-threshold origins name it).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut o = Self::parse(&text, path)?;
         for t in &mut o.label_thresholds {
@@ -232,6 +232,15 @@ impl RunOptions {
 
 /// `--help` text for the options whose default lives in a runtime type, with that default.
 pub fn help_with_defaults(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_subcommand("bench", |b| {
+        b.mut_arg("device", |a| {
+            a.help(format!(
+                "{} [default: {}]",
+                edgefuse_runtime::gpu::DEVICE_HELP,
+                DeviceChoice::default()
+            ))
+        })
+    });
     let d = DecisionConfig::default();
     let p = PipelineConfig::default();
     let device = DeviceChoice::default();

@@ -11,7 +11,7 @@ use clap::Args;
 use edgefuse_runtime::actuate::Hardware;
 use edgefuse_runtime::capture;
 use edgefuse_runtime::pipeline::{Pipeline, RunLimits};
-use edgefuse_runtime::trigger::Trigger;
+use edgefuse_runtime::trigger::{EdgeTrigger, ExternalTrigger, Trigger};
 
 use crate::options::RunOptions;
 use crate::output::{install_ctrlc, print_summary, write_json, write_text};
@@ -49,7 +49,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     } else {
         Some(Hardware::open(&wiring, o.board.map(|b| b.0), &labels)?)
     };
-    let external = hw.as_ref().and_then(Hardware::external_trigger);
+    let external = hw
+        .as_ref()
+        .and_then(Hardware::trigger_clock)
+        .map(|clock| Box::new(EdgeTrigger(clock)) as Box<dyn ExternalTrigger>);
     let mut trigger = Trigger::new(&o.trigger(), external)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrlc(&stop);

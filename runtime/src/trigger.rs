@@ -1,13 +1,19 @@
 //! Triggers decide which captured frames are classified.
 //!
-//! `continuous` classifies every frame; `interval:<ms>` at most one frame per interval;
+//! `continuous` classifies every frame; `interval:<period>` (`500`, `500ms`, `2s`: the one
+//! duration grammar of [`crate::duration`]) at most one frame per period;
 //! `motion[:threshold=T,area=A]` when the downscaled luma differs from the previous frame's by more
 //! than `T` (0..255) over at least a fraction `A` of the cells; `external` when an
 //! [`ExternalTrigger`] has fired since the last frame; `gpio:pin=N,…` is an external trigger on
 //! a GPIO input (see [`crate::actuate`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgefuse_board::TriggerInput;
+use embedded_hal::digital::InputPin;
+
+use crate::actuate::io::EdgeClock;
 use crate::actuate::spec::{GpioTriggerSpec, WiringError};
 use crate::duration::{parse_duration, DURATION_HELP};
 use crate::frame::{Frame, PixelFormat};
@@ -97,7 +103,7 @@ impl std::str::FromStr for TriggerSpec {
             }
             "external" if args.is_empty() => Ok(Self::External),
             "gpio" => Ok(Self::Gpio(args.parse()?)),
-            _ => Err(err(format!("unknown trigger `{s}`: use continuous, interval:<ms>, motion[:threshold=T,area=A] or gpio:pin=N[,edge=rising|falling|both][,debounce=20ms]"))),
+            _ => Err(err(format!("unknown trigger `{s}`: use continuous, interval:<period> (500, 500ms, 2s), motion[:threshold=T,area=A] or gpio:pin=N[,edge=rising|falling|both][,debounce=20ms]"))),
         }
     }
 }
@@ -166,6 +172,61 @@ impl Trigger {
             }
             Trigger::Motion(m) => m.update(frame),
             Trigger::External(e) => e.poll(),
+        }
+    }
+}
+
+/// The trigger for kernel edge events: an edge thread calls [`EdgeClock::edge`]; the pipeline
+/// polls this once per frame.
+pub struct EdgeTrigger(pub Arc<EdgeClock>);
+
+impl ExternalTrigger for EdgeTrigger {
+    fn poll(&mut self) -> bool {
+        self.0.take()
+    }
+}
+
+/// A trigger sampled once per frame through embedded-hal (boards without edge interrupts;
+/// mock pins in tests), debounced by [`TriggerInput`].
+pub struct PolledTrigger<I: InputPin> {
+    input: TriggerInput<I>,
+    clock: Arc<EdgeClock>,
+    errors: u64,
+}
+
+impl<I: InputPin> PolledTrigger<I> {
+    /// Wrap a trigger input.
+    pub fn new(input: TriggerInput<I>, clock: Arc<EdgeClock>) -> Self {
+        Self {
+            input,
+            clock,
+            errors: 0,
+        }
+    }
+
+    /// Give the pin back.
+    pub fn release(self) -> I {
+        self.input.release()
+    }
+}
+
+impl<I: InputPin + Send> ExternalTrigger for PolledTrigger<I> {
+    fn poll(&mut self) -> bool {
+        let now = Instant::now();
+        let ms = self.clock.ms(now);
+        match self.input.poll(ms) {
+            Ok(true) => {
+                self.clock.edge(now);
+                self.clock.take()
+            }
+            Ok(false) => false,
+            Err(_) => {
+                self.errors += 1;
+                if self.errors == 1 {
+                    log::error!("reading the trigger input failed; it will not fire");
+                }
+                false
+            }
         }
     }
 }

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicBool;
 
 use edgefuse_board::{ActuatorMode, Edge, TriggerInput};
 use edgefuse_models::Bundle;
-use edgefuse_runtime::actuate::{EdgeClock, Io, PolledTrigger};
+use edgefuse_runtime::actuate::{EdgeClock, Io};
 use edgefuse_runtime::capture;
 use edgefuse_runtime::decision::DecisionConfig;
 use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits};
-use edgefuse_runtime::trigger::Trigger;
+use edgefuse_runtime::trigger::{PolledTrigger, Trigger};
 use edgefuse_tests::{default_bundle, samples};
 use embedded_hal_mock::eh1::digital::{Mock, State, Transaction as T};
 

@@ -1,19 +1,24 @@
 //! Driving the wiring: [`Io`] fires and releases label actuators and shows the status LED from
 //! each frame's decision events over any embedded-hal `OutputPin` (the Linux character device on
-//! a board, mocks in tests), and measures the latency from the trigger edge to the actuator.
-//! [`EdgeTrigger`] and [`PolledTrigger`] turn a GPIO input into the pipeline's external trigger.
+//! a board, mocks in tests), and measures the latency from the trigger edge to the actuator,
+//! from the [`EdgeClock`] that the GPIO triggers (`crate::trigger::EdgeTrigger`,
+//! `PolledTrigger`) stamp.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgefuse_board::{Actuator, ActuatorMode, Status, StatusLed, TriggerInput};
-use embedded_hal::digital::{InputPin, OutputPin};
+use edgefuse_board::{Actuator, ActuatorMode, Status, StatusLed};
+use embedded_hal::digital::OutputPin;
 
-use super::spec::WiringError;
 use crate::decision::{EventKind, Events};
 use crate::stats::Histogram;
-use crate::trigger::ExternalTrigger;
+
+/// An output pin could not be driven to its initial level (the machine's fault, not the
+/// options': exit code 1, and the service restarts).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot drive {0}")]
+pub struct DriveError(pub &'static str);
 
 /// Shared between the trigger (which records when the accepted edge happened) and [`Io`]
 /// (which measures from it to the actuator).
@@ -51,65 +56,15 @@ impl EdgeClock {
         ns != 0
     }
 
+    /// Milliseconds from the clock's start to `now` (the time base of the board drivers).
+    pub fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
     /// Time from the current frame's edge to `now`, if an edge triggered it.
     pub fn since_edge(&self, now: Instant) -> Option<Duration> {
         let ns = self.current.load(Ordering::Acquire);
         (ns != 0).then(|| now.saturating_duration_since(self.epoch + Duration::from_nanos(ns - 1)))
-    }
-}
-
-/// The trigger for kernel edge events: an edge thread calls [`EdgeClock::edge`]; the pipeline
-/// polls this once per frame.
-pub struct EdgeTrigger(pub Arc<EdgeClock>);
-
-impl ExternalTrigger for EdgeTrigger {
-    fn poll(&mut self) -> bool {
-        self.0.take()
-    }
-}
-
-/// A trigger sampled once per frame through embedded-hal (boards without edge interrupts;
-/// mock pins in tests), debounced by [`TriggerInput`].
-pub struct PolledTrigger<I: InputPin> {
-    input: TriggerInput<I>,
-    clock: Arc<EdgeClock>,
-    errors: u64,
-}
-
-impl<I: InputPin> PolledTrigger<I> {
-    /// Wrap a trigger input.
-    pub fn new(input: TriggerInput<I>, clock: Arc<EdgeClock>) -> Self {
-        Self {
-            input,
-            clock,
-            errors: 0,
-        }
-    }
-
-    /// Give the pin back.
-    pub fn release(self) -> I {
-        self.input.release()
-    }
-}
-
-impl<I: InputPin + Send> ExternalTrigger for PolledTrigger<I> {
-    fn poll(&mut self) -> bool {
-        let now = Instant::now();
-        let ms = now.saturating_duration_since(self.clock.epoch).as_millis() as u64;
-        match self.input.poll(ms) {
-            Ok(true) => {
-                self.clock.edge(now);
-                self.clock.take()
-            }
-            Ok(false) => false,
-            Err(_) => {
-                self.errors += 1;
-                if self.errors == 1 {
-                    log::error!("reading the trigger input failed; it will not fire");
-                }
-                false
-            }
-        }
     }
 }
 
@@ -132,20 +87,20 @@ impl<O: OutputPin> Io<O> {
         actuators: Vec<(u16, O, ActuatorMode, bool)>,
         led: Option<(O, bool)>,
         clock: Arc<EdgeClock>,
-    ) -> Result<Self, WiringError> {
+    ) -> Result<Self, DriveError> {
         let mut acts = Vec::with_capacity(actuators.len());
         for (label, pin, mode, active_low) in actuators {
             acts.push((
                 label,
                 Actuator::new(pin, mode, active_low)
-                    .map_err(|_| WiringError::Drive("an actuator pin inactive"))?,
+                    .map_err(|_| DriveError("an actuator pin inactive"))?,
             ));
         }
         let epoch = clock.epoch;
         let led = match led {
             Some((pin, active_low)) => {
                 let mut l = StatusLed::new(pin, active_low)
-                    .map_err(|_| WiringError::Drive("the status LED pin"))?;
+                    .map_err(|_| DriveError("the status LED pin"))?;
                 let _ = l.set(Status::Ready, 0);
                 Some(l)
             }

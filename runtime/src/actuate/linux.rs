@@ -14,33 +14,35 @@ use edgefuse_board::linux::{
     find_chip, read_board, BoardError, EdgeWatcher, GpioError, LineInput, LineOutput,
 };
 
-use super::io::{EdgeClock, EdgeTrigger, Io};
+use super::io::{DriveError, EdgeClock, Io};
 use super::spec::{ResolvedPin, Wiring, WiringError};
 use crate::decision::Events;
-use crate::trigger::ExternalTrigger;
 
 /// Why the wiring cannot be set up on this machine.
 #[derive(Debug, thiserror::Error)]
 pub enum HardwareError {
     /// Header pins were given without `--board` and this machine is not a known Jetson.
-    #[error("{0}")]
-    Board(#[source] BoardError),
+    #[error(transparent)]
+    Board(BoardError),
     /// The options do not describe a wiring that can work (see [`WiringError`]).
     #[error(transparent)]
     Wiring(#[from] WiringError),
     /// A line cannot be opened, driven or watched.
-    #[error("cannot {action} {pin}: {source}")]
+    #[error("cannot {action} {pin}: {error}")]
     Line {
         /// `use`, `drive` or `watch`.
         action: &'static str,
         /// The pin's name (`pin 11 (tegra234-gpio line 112)`).
         pin: String,
-        /// The character device's error.
-        source: GpioError,
+        /// The character device's error (in the message: printed once).
+        error: GpioError,
     },
+    /// An output could not be driven to its initial (inactive) level.
+    #[error(transparent)]
+    Drive(#[from] DriveError),
     /// The timer thread could not be started.
     #[error("cannot start the GPIO timer thread: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
 }
 
 impl HardwareError {
@@ -93,11 +95,7 @@ impl Hardware {
         let w = wiring.resolve(board, labels)?;
         let line_err = |action, p: &ResolvedPin| {
             let pin = p.name.clone();
-            move |source| HardwareError::Line {
-                action,
-                pin,
-                source,
-            }
+            move |error| HardwareError::Line { action, pin, error }
         };
         // Pre-flight: every line can be opened and is free, before any is driven.
         let mut paths: HashMap<(String, u32), PathBuf> = HashMap::new();
@@ -178,11 +176,10 @@ impl Hardware {
         })
     }
 
-    /// The pipeline's trigger when a GPIO trigger input is wired.
-    pub fn external_trigger(&self) -> Option<Box<dyn ExternalTrigger>> {
-        self.watcher
-            .as_ref()
-            .map(|_| Box::new(EdgeTrigger(self.clock.clone())) as Box<_>)
+    /// The clock the trigger input's edge thread stamps, when a GPIO trigger input is wired:
+    /// the pipeline's trigger is `trigger::EdgeTrigger` over it.
+    pub fn trigger_clock(&self) -> Option<Arc<EdgeClock>> {
+        self.watcher.as_ref().map(|_| self.clock.clone())
     }
 
     /// Act on one classified frame's events; the edge → actuator latency when it fired.

@@ -69,9 +69,6 @@ pub enum WiringError {
         /// The bundle's labels.
         labels: Vec<String>,
     },
-    /// A pin could not be driven to its initial level.
-    #[error("cannot drive {0}")]
-    Drive(&'static str),
 }
 
 fn syntax(message: String) -> WiringError {

@@ -19,8 +19,8 @@ const QUAD: usize = PANEL * 4;
 pub(super) unsafe fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
     match kernel {
         Kernel::Avx512Vnni => gemm_avx512vnni(a, m, w, acc),
-        Kernel::AvxVnni => gemm_ymm::<true>(a, m, w, acc),
-        _ => gemm_ymm::<false>(a, m, w, acc),
+        Kernel::AvxVnni => gemm_avxvnni(a, m, w, acc),
+        _ => gemm_avx2(a, m, w, acc),
     }
 }
 
@@ -102,10 +102,21 @@ unsafe fn tile_zmm<const MR: usize>(
     }
 }
 
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_avx2(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    gemm_ymm::<false>(a, m, w, acc)
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn gemm_avxvnni(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    gemm_ymm::<true>(a, m, w, acc)
+}
+
 /// AVX2 and AVX-VNNI on ymm: column blocks of 16 (half a panel), rows in balanced blocks of up
 /// to 4 (AVX2: `vpmaddubsw` + `vpmaddwd` + `vpaddd` need spare registers) or 6 (AVX-VNNI: one
-/// `vpdpbusd` per 32 MACs).
-#[target_feature(enable = "avx2")]
+/// `vpdpbusd` per 32 MACs). Inlined into the two entry points above so each tile inlines with
+/// its features.
+#[inline(always)]
 unsafe fn gemm_ymm<const VNNI: bool>(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
     let kq = w.kp / 4;
     let max_rows = if VNNI { 6 } else { 4 };
@@ -171,52 +182,48 @@ unsafe fn store_ymm<const MR: usize>(c: &[[__m256i; 2]; MR], corr: *const i32, o
     }
 }
 
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn tile_avx2<const MR: usize>(
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    kq: usize,
-    corr: *const i32,
-    out: Out,
-) {
-    let ones = _mm256_set1_epi16(1);
-    let mut c = [[_mm256_setzero_si256(); 2]; MR];
-    for q in 0..kq {
-        let w0 = _mm256_loadu_si256(b.add(q * QUAD) as *const __m256i);
-        let w1 = _mm256_loadu_si256(b.add(q * QUAD + 32) as *const __m256i);
-        for (r, cr) in c.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
-            cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones));
-            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones));
+/// One `MR × 16` ymm tile over the whole contraction; `$acc(sum, activations, weights)` adds
+/// one k-quad of products (the only difference between the AVX2 and AVX-VNNI kernels).
+macro_rules! ymm_tile {
+    ($name:ident, $features:literal, |$c:ident, $av:ident, $w:ident| $acc:expr) => {
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $name<const MR: usize>(
+            a: *const u8,
+            lda: usize,
+            b: *const i8,
+            kq: usize,
+            corr: *const i32,
+            out: Out,
+        ) {
+            let mut c = [[_mm256_setzero_si256(); 2]; MR];
+            for q in 0..kq {
+                let w = [
+                    _mm256_loadu_si256(b.add(q * QUAD) as *const __m256i),
+                    _mm256_loadu_si256(b.add(q * QUAD + 32) as *const __m256i),
+                ];
+                for (r, cr) in c.iter_mut().enumerate() {
+                    let $av =
+                        _mm256_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
+                    for ($c, $w) in cr.iter_mut().zip(w) {
+                        *$c = $acc;
+                    }
+                }
+            }
+            store_ymm(&c, corr, out);
         }
-    }
-    store_ymm(&c, corr, out);
+    };
 }
 
-#[target_feature(enable = "avx2,avxvnni")]
-#[inline]
-unsafe fn tile_avxvnni<const MR: usize>(
-    a: *const u8,
-    lda: usize,
-    b: *const i8,
-    kq: usize,
-    corr: *const i32,
-    out: Out,
-) {
-    let mut c = [[_mm256_setzero_si256(); 2]; MR];
-    for q in 0..kq {
-        let w0 = _mm256_loadu_si256(b.add(q * QUAD) as *const __m256i);
-        let w1 = _mm256_loadu_si256(b.add(q * QUAD + 32) as *const __m256i);
-        for (r, cr) in c.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32((a.add(r * lda + q * 4) as *const i32).read_unaligned());
-            cr[0] = _mm256_dpbusd_avx_epi32(cr[0], av, w0);
-            cr[1] = _mm256_dpbusd_avx_epi32(cr[1], av, w1);
-        }
-    }
-    store_ymm(&c, corr, out);
-}
+// vpmaddubsw (u8 × i8 pairs → saturating i16; 7-bit weights keep it exact) + vpmaddwd + vpaddd.
+ymm_tile!(tile_avx2, "avx2", |c, av, w| _mm256_add_epi32(
+    *c,
+    _mm256_madd_epi16(_mm256_maddubs_epi16(av, w), _mm256_set1_epi16(1))
+));
+// vpdpbusd: four u8 × i8 products added to each i32 lane, no intermediate saturation.
+ymm_tile!(tile_avxvnni, "avx2,avxvnni", |c, av, w| {
+    _mm256_dpbusd_avx_epi32(*c, av, w)
+});
 
 /// [`super::quantize_row_scalar`] 8 values at a time, bit for bit: half-away-from-zero rounding
 /// as `trunc(v) + (|v − trunc(v)| ≥ ½ ? sign(v) : 0)` (exact in f32), NaN → 0.

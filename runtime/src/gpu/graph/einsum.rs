@@ -3,8 +3,7 @@
 
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::ir::MatMul;
-use super::lower::strides;
+use super::ir::{strides, MatMul};
 
 /// Map a two-input einsum with operand shapes `sa`, `sb` and output shape `sc` onto a strided
 /// batched matrix product, `None` when its axes do not fit (an axis summed within one input, more

@@ -311,3 +311,12 @@ pub struct Plan {
     /// Names of nodes evaluated by tract on the host (`Step::Host`).
     pub host_nodes: Vec<String>,
 }
+
+/// Row-major element strides of `shape`.
+pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}

@@ -17,20 +17,14 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use edgefuse_models::quant::QLinear;
 
 use super::einsum::einsum_matmul;
-use super::ir::{BinOp, Broadcast, Buffer, Conv2d, Permute, Plan, RedOp, Step, UnOp, MAX_RANK};
+use super::ir::{
+    strides, BinOp, Broadcast, Buffer, Conv2d, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
+};
 use crate::gpu::reference::RowWeights;
 use crate::gpu::GpuError;
 
 fn unsupported(node: &TypedNode, why: impl std::fmt::Display) -> GpuError {
     GpuError::Unsupported(format!("node `{}` ({}): {why}", node.name, node.op.name()))
-}
-
-pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
 }
 
 /// `[outer, len, inner]` around `axis`.
