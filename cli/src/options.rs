@@ -230,57 +230,33 @@ impl RunOptions {
     }
 }
 
-/// `--help` text for the options whose default lives in a runtime type, with that default.
+/// `--help` text for the options whose default lives in a runtime type: the doc comment's text
+/// with that default appended, read from the type (so the number is written once).
 pub fn help_with_defaults(cmd: clap::Command) -> clap::Command {
-    let cmd = cmd.mut_subcommand("bench", |b| {
-        b.mut_arg("device", |a| {
-            a.help(format!(
-                "{} [default: {}]",
-                edgefuse_runtime::gpu::DEVICE_HELP,
-                DeviceChoice::default()
-            ))
-        })
-    });
     let d = DecisionConfig::default();
     let p = PipelineConfig::default();
     let device = DeviceChoice::default();
-    cmd.mut_subcommand("run", |run| {
-        run.mut_arg("top_k", |a| {
-            a.help(format!("Labels reported per frame (1..=16) [default: {}]", p.top_k))
-        })
-        .mut_arg("threshold", |a| {
-            a.help(format!(
-                "Minimum probability for a label to win a frame [default: {}]",
-                d.threshold
-            ))
-        })
-        .mut_arg("fire_wins", |a| {
-            a.help(format!(
-                "A label fires after winning N of the last --window frames (1..=32) [default: {}]",
-                d.fire_wins
-            ))
-        })
-        .mut_arg("window", |a| {
-            a.help(format!("Hysteresis window in frames (1..=32) [default: {}]", d.window))
-        })
-        .mut_arg("release", |a| {
-            a.help(format!(
-                "An active label is released after losing this many frames in a row (1..=1000) [default: {}]",
-                d.release_losses
-            ))
-        })
-        .mut_arg("cooldown_ms", |a| {
-            a.help(format!(
-                "Minimum milliseconds between two firings of the same label [default: {}]",
-                d.cooldown.as_millis()
-            ))
-        })
-        .mut_arg("device", |a| {
-            a.help(format!(
-                "{} [default: {device}]",
-                edgefuse_runtime::gpu::DEVICE_HELP
-            ))
-        })
+    let device_help = format!("{} [default: {device}]", edgefuse_runtime::gpu::DEVICE_HELP);
+    let defaults = [
+        ("top_k", p.top_k.to_string()),
+        ("threshold", d.threshold.to_string()),
+        ("fire_wins", d.fire_wins.to_string()),
+        ("window", d.window.to_string()),
+        ("release", d.release_losses.to_string()),
+        ("cooldown_ms", d.cooldown.as_millis().to_string()),
+    ];
+    let append = |a: clap::Arg, v: &str| {
+        let h = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        a.help(format!("{h} [default: {v}]"))
+    };
+    cmd.mut_subcommand("run", |mut run| {
+        for (id, v) in &defaults {
+            run = run.mut_arg(*id, |a| append(a, v));
+        }
+        run.mut_arg("device", |a| a.help(device_help.clone()))
+    })
+    .mut_subcommand("bench", |b| {
+        b.mut_arg("device", |a| a.help(device_help.clone()))
     })
 }
 
@@ -521,5 +497,25 @@ status_led = "pin:12"
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/edgefuse.toml"), "{e}");
+    }
+
+    #[test]
+    fn help_shows_the_runtime_defaults() {
+        use clap::CommandFactory;
+        let mut cmd = help_with_defaults(crate::Cli::command());
+        let run = cmd.find_subcommand_mut("run").expect("run");
+        let help = run.render_help().to_string();
+        let d = DecisionConfig::default();
+        for want in [
+            format!(
+                "Minimum probability for a label to win a frame [default: {}]",
+                d.threshold
+            ),
+            format!("[default: {}]", PipelineConfig::default().top_k),
+            format!("[default: {}]", DeviceChoice::default()),
+            "cuda:tract".to_string(),
+        ] {
+            assert!(help.contains(&want), "{want:?} not in\n{help}");
+        }
     }
 }
