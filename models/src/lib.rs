@@ -16,7 +16,9 @@ pub mod manifest;
 pub mod quant;
 pub mod text;
 
-pub use bundle::{sha256_hex, Bundle, LoadedGraph, LoadedModel, QuantTables, MANIFEST_FILE};
+pub use bundle::{
+    sha256_hex, Bundle, LoadedGraph, LoadedModel, QuantTables, MANIFEST_FILE, MAX_LABELS,
+};
 pub use manifest::Manifest;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::quant::CalibrationTable;
 
 pub use open::sha256_hex;
+pub use validate::MAX_LABELS;
 
 /// Name of the manifest file inside a bundle folder.
 pub const MANIFEST_FILE: &str = "bundle.toml";

@@ -115,6 +115,15 @@ impl Bundle {
         let mut manifest = self.manifest.clone();
         manifest.labels = labels;
         manifest.text_embeddings.data.sha256 = sha256_hex(&bytes);
+        // Refuse before writing anything: a bundle this would make must still open.
+        let manifest_path = self.dir.join(MANIFEST_FILE);
+        validate_fields(&manifest, &|field: &str, message: String| {
+            BundleError::Field {
+                path: manifest_path.clone(),
+                field: field.to_string(),
+                message,
+            }
+        })?;
         let emb_path = self.dir.join(&manifest.text_embeddings.data.file);
         write_atomic(&emb_path, &bytes)?;
         let text = toml::to_string_pretty(&manifest).map_err(|e| BundleError::ManifestParse {

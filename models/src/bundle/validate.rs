@@ -1,9 +1,14 @@
 //! Checking a manifest's fields, and the label-embedding matrix against them.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::manifest::{Manifest, FORMAT_VERSION};
 use crate::BundleError;
+
+/// Most labels a bundle may have: the runtime's top-k, head results, decision and thresholds
+/// index labels with `u16`.
+pub const MAX_LABELS: usize = u16::MAX as usize + 1;
 
 pub(super) fn validate_fields(
     m: &Manifest,
@@ -49,11 +54,22 @@ pub(super) fn validate_fields(
             "the bundle lists no labels; add some with `edgefuse labels add`".into(),
         ));
     }
+    if m.labels.len() > MAX_LABELS {
+        return Err(err(
+            "labels",
+            format!(
+                "the bundle lists {} labels; edgefuse handles at most {MAX_LABELS} per bundle (remove some with `edgefuse labels remove`, or split the bundle)",
+                m.labels.len()
+            ),
+        ));
+    }
+    // Linear in the label count (a set of the names seen so far).
+    let mut seen = HashSet::with_capacity(m.labels.len());
     for (i, l) in m.labels.iter().enumerate() {
         if l.name.trim().is_empty() {
             return Err(err(&format!("labels[{i}].name"), "is empty".into()));
         }
-        if m.labels[..i].iter().any(|o| o.name == l.name) {
+        if !seen.insert(l.name.as_str()) {
             return Err(err(
                 &format!("labels[{i}].name"),
                 format!("`{}` appears twice", l.name),
@@ -175,4 +191,89 @@ pub(super) fn label_embeddings(
         row.iter_mut().for_each(|v| *v /= norm);
     }
     Ok(label_embeddings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Label;
+
+    fn default_manifest() -> Manifest {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("default");
+        let text = std::fs::read_to_string(dir.join(crate::MANIFEST_FILE)).unwrap();
+        toml::from_str(&text).unwrap()
+    }
+
+    fn check(m: &Manifest) -> Result<(), String> {
+        validate_fields(m, &|field, message| BundleError::Field {
+            path: PathBuf::from("bundle.toml"),
+            field: field.to_string(),
+            message,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn labels(n: usize) -> Vec<Label> {
+        (0..n)
+            .map(|i| Label {
+                name: format!("label {i}"),
+                prompts: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn label_count_is_capped_where_the_indices_end() {
+        let mut m = default_manifest();
+        m.labels = labels(MAX_LABELS);
+        assert_eq!(check(&m), Ok(()));
+        m.labels = labels(MAX_LABELS + 1);
+        let e = check(&m).unwrap_err();
+        assert!(
+            e.contains("65537 labels") && e.contains("at most 65536"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_found_in_linear_time() {
+        let mut m = default_manifest();
+        m.labels = labels(MAX_LABELS);
+        m.labels[MAX_LABELS - 1].name = "label 3".into();
+        // Quadratic, this was ~2·10⁹ comparisons; a set makes it instant.
+        let t = std::time::Instant::now();
+        let e = check(&m).unwrap_err();
+        assert!(
+            e.contains("labels[65535].name") && e.contains("`label 3` appears twice"),
+            "{e}"
+        );
+        println!(
+            "duplicate check over {MAX_LABELS} labels: {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn write_labels_refuses_an_invalid_bundle_before_writing() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("default");
+        let tmp = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+        let mut b = crate::Bundle::open(tmp.path()).unwrap();
+        let before = std::fs::read(tmp.path().join(crate::MANIFEST_FILE)).unwrap();
+        let mut labels = b.manifest().labels.clone();
+        labels.push(labels[0].clone());
+        let dim = b.manifest().encoder.embedding_dim;
+        let rows = vec![0.5f32; labels.len() * dim];
+        let e = b.write_labels(labels, &rows).unwrap_err().to_string();
+        assert!(e.contains("appears twice"), "{e}");
+        assert_eq!(
+            std::fs::read(tmp.path().join(crate::MANIFEST_FILE)).unwrap(),
+            before,
+            "nothing written"
+        );
+        crate::Bundle::open(tmp.path()).expect("the bundle still opens");
+    }
 }
