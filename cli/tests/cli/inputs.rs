@@ -1,0 +1,98 @@
+//! Bad input: unknown URIs and formats, missing cameras and models, broken files, bad flags —
+//! a clear message, the right exit code, no panic.
+
+use crate::*;
+
+#[test]
+fn unknown_uri_scheme_is_a_usage_error() {
+    native_only!("URI scheme errors");
+    Run::new(&["run", "--source", "rtsp://camera.local/stream"])
+        .code(2)
+        .stderr_has(&["rtsp://camera.local/stream", "v4l2://"]);
+    Run::new(&["run", "--source", "/dev/video0"])
+        .code(2)
+        .stderr_has(&["unknown source URI"]);
+}
+
+#[test]
+fn unsupported_pixel_format_is_a_usage_error() {
+    native_only!("pixel format errors");
+    Run::new(&[
+        "run",
+        "--source",
+        "synthetic://?format=bayer",
+        "--frames",
+        "1",
+    ])
+    .code(2)
+    .stderr_has(&["format=bayer", "yuyv"]);
+}
+
+#[test]
+fn missing_camera_is_a_clear_error() {
+    native_only!("the missing-camera error");
+    Run::new(&["run", "--source", "v4l2:///dev/video99"])
+        .code(1)
+        .stderr_has(&["/dev/video99"]);
+}
+
+#[test]
+fn missing_model_folder_is_a_clear_error() {
+    native_only!("the missing-model error");
+    Run::new(&["run", "--model", "/nonexistent/bundle"])
+        .code(1)
+        .stderr_has(&["/nonexistent/bundle", "bundle.toml"]);
+}
+
+#[test]
+fn truncated_and_non_image_files_are_skipped_by_name() {
+    native_only!("skipping broken files");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo().join("models/samples/mnist");
+    std::fs::copy(src.join("mnist_00000.png"), tmp.path().join("a.png")).unwrap();
+    std::fs::copy(src.join("mnist_00001.png"), tmp.path().join("c.png")).unwrap();
+    let bytes = std::fs::read(src.join("mnist_00002.png")).unwrap();
+    std::fs::write(tmp.path().join("b.png"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), "hello").unwrap();
+    std::fs::write(tmp.path().join("d.jpg"), "not a jpeg").unwrap();
+    let uri = format!("file://{}", tmp.path().display());
+    let r = Run::new(&["run", "--source", &uri, "--json"]);
+    r.code(0).stderr_has(&[
+        "b.png",
+        "d.jpg",
+        "notes.txt",
+        "2 images undecodable",
+        "1 files skipped",
+    ]);
+    assert_eq!(r.stdout().lines().count(), 2, "{}", r.context());
+}
+
+#[test]
+fn folder_of_only_broken_images_fails() {
+    native_only!("a folder of broken images");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("x.png"), "garbage").unwrap();
+    let uri = format!("file://{}", tmp.path().display());
+    Run::new(&["run", "--source", &uri])
+        .code(1)
+        .stderr_has(&["x.png", "could be decoded"]);
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    native_only!("flag validation");
+    Run::new(&["run", "--top-k", "0"]).code(2);
+    Run::new(&["run", "--threshold", "1.5"])
+        .code(2)
+        .stderr_has(&["between 0 and 1"]);
+    Run::new(&["run", "--trigger", "sometimes"])
+        .code(2)
+        .stderr_has(&["unknown trigger"]);
+    Run::new(&["run", "--fire-wins", "3", "--window", "2"])
+        .code(2)
+        .stderr_has(&["--fire-wins"]);
+    Run::new(&["run", "--label-threshold", "eleven=0.5"])
+        .code(2)
+        .stderr_has(&["no label `eleven`"]);
+    Run::new(&["frobnicate"]).code(2);
+}
