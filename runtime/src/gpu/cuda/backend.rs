@@ -77,63 +77,6 @@ impl CudaBackend {
             events,
         })
     }
-
-    /// Run one checked frame.
-    fn run_gpu(
-        &mut self,
-        frame: &Frame,
-        embedding: &mut [f32],
-        queries: &mut [f32],
-        times: &mut ModelTimes,
-    ) -> Result<(), BackendError> {
-        let dev = BackendError::device;
-        let stream = self.gpu.stream().clone();
-        let rec = |e: &CudaEvent| e.record(&stream).map_err(driver_err("recording an event"));
-        match &mut self.models {
-            Models::Ours { enc, qf } => {
-                let mut launch = || -> Result<(), GpuError> {
-                    rec(&self.events[0])?;
-                    self.pre.launch(frame, false)?;
-                    rec(&self.events[1])?;
-                    enc.set_input_from(&self.pre.out)?;
-                    enc.run()?;
-                    rec(&self.events[2])?;
-                    if let Some(qf) = qf {
-                        qf.set_input_from(enc.output(1))?;
-                        qf.run()?;
-                    }
-                    rec(&self.events[3])?;
-                    check_exact("embedding", embedding.len(), enc.output(0).len())?;
-                    stream
-                        .memcpy_dtoh(enc.output(0), embedding)
-                        .map_err(driver_err("copying the embedding"))?;
-                    if let Some(qf) = qf {
-                        check_exact("queries", queries.len(), qf.output(0).len())?;
-                        stream
-                            .memcpy_dtoh(qf.output(0), queries)
-                            .map_err(driver_err("copying the queries"))?;
-                    }
-                    self.gpu.synchronize()
-                };
-                launch().map_err(dev)?;
-                let ms = |a: usize, b: usize| {
-                    self.events[a]
-                        .elapsed_ms(&self.events[b])
-                        .map(|v| Duration::from_secs_f64(f64::from(v.max(0.0)) / 1e3))
-                        .unwrap_or_default()
-                };
-                *times = [ms(0, 1), ms(1, 2), ms(2, 3)];
-            }
-            Models::Tract { engine, input } => {
-                let t0 = Instant::now();
-                self.pre.run(frame, input).map_err(dev)?;
-                let preprocess = t0.elapsed();
-                let [encoder, qformer] = engine.run(input, embedding, queries)?;
-                *times = [preprocess, encoder, qformer];
-            }
-        }
-        Ok(())
-    }
 }
 
 fn ours(gpu: &mut Gpu, bundle: &Bundle) -> Result<Models, GpuError> {
@@ -198,6 +141,52 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         // A broken frame is the source's fault, not the device's: skipped, not a failure.
         Preprocessor::check(frame)?;
-        self.run_gpu(frame, embedding, queries, times)
+        let dev = BackendError::device;
+        let stream = self.gpu.stream().clone();
+        let rec = |e: &CudaEvent| e.record(&stream).map_err(driver_err("recording an event"));
+        match &mut self.models {
+            Models::Ours { enc, qf } => {
+                let mut launch = || -> Result<(), GpuError> {
+                    rec(&self.events[0])?;
+                    self.pre.launch(frame, false)?;
+                    rec(&self.events[1])?;
+                    enc.set_input_from(&self.pre.out)?;
+                    enc.run()?;
+                    rec(&self.events[2])?;
+                    if let Some(qf) = qf {
+                        qf.set_input_from(enc.output(1))?;
+                        qf.run()?;
+                    }
+                    rec(&self.events[3])?;
+                    check_exact("embedding", embedding.len(), enc.output(0).len())?;
+                    stream
+                        .memcpy_dtoh(enc.output(0), embedding)
+                        .map_err(driver_err("copying the embedding"))?;
+                    if let Some(qf) = qf {
+                        check_exact("queries", queries.len(), qf.output(0).len())?;
+                        stream
+                            .memcpy_dtoh(qf.output(0), queries)
+                            .map_err(driver_err("copying the queries"))?;
+                    }
+                    self.gpu.synchronize()
+                };
+                launch().map_err(dev)?;
+                let ms = |a: usize, b: usize| {
+                    self.events[a]
+                        .elapsed_ms(&self.events[b])
+                        .map(|v| Duration::from_secs_f64(f64::from(v.max(0.0)) / 1e3))
+                        .unwrap_or_default()
+                };
+                *times = [ms(0, 1), ms(1, 2), ms(2, 3)];
+            }
+            Models::Tract { engine, input } => {
+                let t0 = Instant::now();
+                self.pre.run(frame, input).map_err(dev)?;
+                let preprocess = t0.elapsed();
+                let [encoder, qformer] = engine.run(input, embedding, queries)?;
+                *times = [preprocess, encoder, qformer];
+            }
+        }
+        Ok(())
     }
 }
