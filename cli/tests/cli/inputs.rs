@@ -96,3 +96,20 @@ fn bad_flags_are_usage_errors() {
         .stderr_has(&["no label `eleven`"]);
     Run::new(&["frobnicate"]).code(2);
 }
+
+#[test]
+fn tiny_huge_and_non_finite_fps_are_usage_errors() {
+    native_only!("fps range errors");
+    let samples = repo().join("models/samples/mnist");
+    for uri in [
+        "synthetic://?fps=1e-20".to_string(),
+        "synthetic://?fps=inf".to_string(),
+        format!("file://{}?fps=1e-300", samples.display()),
+        format!("file://{}?fps=1e9", samples.display()),
+    ] {
+        let value = uri.rsplit_once("fps=").unwrap().1.to_string();
+        Run::new(&["run", "--source", &uri, "--frames", "1"])
+            .code(2)
+            .stderr_has(&[&format!("fps={value}"), "0.0001", "10000"]);
+    }
+}

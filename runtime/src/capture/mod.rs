@@ -211,19 +211,41 @@ impl Uri {
         }
     }
 
-    /// The `fps` option: `None` (unpaced) when absent or 0.
+    /// The `fps` option: `None` (unpaced) when absent or 0; otherwise within
+    /// [`MIN_FPS`]`..=`[`MAX_FPS`], so the frame period always fits a `Duration`.
     pub fn fps(&self) -> Result<Option<f64>, CaptureError> {
         let fps: f64 = self.get(
             "fps",
             0.0,
             "expected a frame rate in frames per second, e.g. fps=30",
         )?;
-        if !fps.is_finite() || !(0.0..=10_000.0).contains(&fps) {
-            return Err(self.bad("fps", &fps.to_string(), "expected 0 (unpaced) to 10000"));
+        if fps == 0.0 {
+            return Ok(None);
         }
-        Ok((fps > 0.0).then_some(fps))
+        if !fps.is_finite() || !(MIN_FPS..=MAX_FPS).contains(&fps) {
+            let raw = self
+                .options
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "fps")
+                .map_or_else(|| fps.to_string(), |(_, v)| v.clone());
+            return Err(self.bad(
+                "fps",
+                &raw,
+                &format!(
+                    "expected 0 (unpaced) or a frame rate from {MIN_FPS} (one frame every {} s) to {MAX_FPS} frames per second",
+                    1.0 / MIN_FPS
+                ),
+            ));
+        }
+        Ok(Some(fps))
     }
 }
+
+/// The slowest paced rate a source accepts (one frame every 10 000 s, about 2.8 hours).
+pub const MIN_FPS: f64 = 1e-4;
+/// The fastest paced rate a source accepts.
+pub const MAX_FPS: f64 = 10_000.0;
 
 /// Sleeps so that successive frames are released at a fixed rate.
 #[derive(Debug, Clone)]
@@ -236,7 +258,12 @@ impl Pacer {
     /// A pacer at `fps` frames per second; `None` never waits.
     pub fn new(fps: Option<f64>) -> Self {
         Self {
-            period: fps.map(|f| Duration::from_secs_f64(1.0 / f)),
+            // `Uri::fps` keeps the rate in MIN_FPS..=MAX_FPS; a rate whose period does not fit
+            // a Duration (only reachable by calling this directly) is clamped, not a panic.
+            period: fps.map(|f| {
+                Duration::try_from_secs_f64(1.0 / f.clamp(MIN_FPS, MAX_FPS))
+                    .unwrap_or(Duration::from_secs(1))
+            }),
             next: None,
         }
     }
@@ -275,6 +302,26 @@ mod tests {
             .fps()
             .unwrap_err();
         assert!(e.to_string().contains("fps=abc"), "{e}");
+    }
+
+    #[test]
+    fn fps_out_of_range_is_refused_with_the_value_and_the_range() {
+        for v in ["1e-20", "0.00001", "-1", "10001", "1e300", "inf", "NaN"] {
+            let uri = format!("synthetic://?fps={v}");
+            let e = Uri::parse(&uri).unwrap().fps().unwrap_err().to_string();
+            assert!(e.contains(&format!("fps={v}")), "{e}");
+            assert!(e.contains("0.0001") && e.contains("10000"), "{e}");
+            // Opening the source is refused the same way, without a panic.
+            let e = open(&uri).err().unwrap().to_string();
+            assert!(e.contains(&format!("fps={v}")), "{e}");
+        }
+        for (v, want) in [("0", None), ("0.0001", Some(1e-4)), ("10000", Some(1e4))] {
+            let u = Uri::parse(&format!("synthetic://?fps={v}")).unwrap();
+            assert_eq!(u.fps().unwrap(), want);
+        }
+        // The pacer never panics, even on a rate that bypassed the URI check.
+        let _ = Pacer::new(Some(1e-20));
+        let _ = Pacer::new(Some(f64::MIN_POSITIVE));
     }
 
     #[test]
