@@ -13,7 +13,7 @@ use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits, STAGES};
 use edgefuse_runtime::stats::Histogram;
 use edgefuse_runtime::trigger::Trigger;
 
-use crate::output::install_ctrlc;
+use crate::output::{install_ctrlc, Out};
 use crate::paths::{open_bundle, ModelArg};
 
 #[derive(Args, Debug)]
@@ -145,6 +145,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         },
         peak_rss_mb: peak_rss_mb(),
     };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    let mut out = Out::lock();
+    writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    Ok(out.finish()?)
 }

@@ -11,6 +11,7 @@ use edgefuse_board::jetson_pins::Direction;
 use edgefuse_board::linux::{non_gpio_pins, read_board};
 
 use crate::options::BoardName;
+use crate::output::Out;
 use crate::UsageError;
 
 #[derive(Args, Debug)]
@@ -61,11 +62,12 @@ fn detect(root: &Path) -> Result<(Board, String)> {
 
 pub fn board(a: BoardArgs) -> Result<()> {
     let root = Path::new("/");
+    let mut out = Out::lock();
     match a.action {
         BoardAction::Detect => {
             let (b, model) = detect(root)?;
-            println!("{}\t{}\t{model}", b.name(), b.title());
-            Ok(())
+            writeln!(out, "{}\t{}\t{model}", b.name(), b.title())?;
+            Ok(out.finish()?)
         }
         BoardAction::Pins { board, json } => {
             let b = match board {
@@ -93,24 +95,27 @@ pub fn board(a: BoardArgs) -> Result<()> {
                         pinmux: mux_of(p.board),
                     })
                     .collect();
-                println!("{}", serde_json::to_string(&rows)?);
-                return Ok(());
+                writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+                return Ok(out.finish()?);
             }
-            println!(
+            writeln!(
+                out,
                 "{} ({}), 40-pin header, BOARD numbering",
                 b.title(),
                 b.name()
-            );
-            println!(
+            )?;
+            writeln!(
+                out,
                 "{:>4}  {:<18} {:>5}  {:<10} {:<4} direction",
                 "pin", "chip", "line", "soc", "pwm"
-            );
+            )?;
             for p in b.pins() {
                 let note = match mux_of(p.board) {
                     Some(f) => format!("  pinmux: {f} (not GPIO; set the pinmux with jetson-io)"),
                     None => String::new(),
                 };
-                println!(
+                writeln!(
+                    out,
                     "{:>4}  {:<18} {:>5}  {:<10} {:<4} {}{note}",
                     p.board,
                     p.chip,
@@ -118,12 +123,12 @@ pub fn board(a: BoardArgs) -> Result<()> {
                     p.soc_name,
                     if p.pwm { "yes" } else { "" },
                     direction(p.direction)
-                );
+                )?;
             }
             if muxed.is_none() && b.is_orin() {
-                println!("(pinmux state not readable: run as root with debugfs mounted to see pins muxed away from GPIO)");
+                writeln!(out, "(pinmux state not readable: run as root with debugfs mounted to see pins muxed away from GPIO)")?;
             }
-            Ok(())
+            Ok(out.finish()?)
         }
     }
 }

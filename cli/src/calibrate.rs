@@ -10,6 +10,7 @@ use edgefuse_calibration::{self as cal, CalibrateError, CalibrationError};
 use edgefuse_models::Bundle;
 use edgefuse_runtime::capture;
 
+use crate::output::{Out, StdoutError};
 use crate::paths::{open_bundle, ModelArg};
 use crate::UsageError;
 
@@ -106,31 +107,51 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     report.push('\n');
     staged.add_file("fidelity.json", &report)?;
     let out = staged.commit()?;
-    println!("int8 bundle: {}", out.display());
-    println!(
+    report_calibration(&out, &f, &eval_uri).with_context(|| {
+        format!(
+            "the int8 bundle {} is complete, but its report could not be printed",
+            out.display()
+        )
+    })
+}
+
+/// The summary `calibrate` prints once the bundle is committed.
+fn report_calibration(
+    dir: &std::path::Path,
+    f: &cal::FidelityReport,
+    eval_uri: &str,
+) -> Result<(), StdoutError> {
+    let mut out = Out::lock();
+    writeln!(out, "int8 bundle: {}", dir.display())?;
+    writeln!(out,
         "fidelity on {} frames of {eval_uri}: embedding cosine mean {:.6} (min {:.6}), q-former cosine {:.6}, top-1 agreement {:.2}%",
         f.eval_frames,
         f.embedding_cosine_mean,
         f.embedding_cosine_min,
         f.qformer_cosine_mean,
         100.0 * f.top1_agreement
-    );
+    )?;
     if f.labelled_frames > 0 {
-        println!(
+        writeln!(
+            out,
             "accuracy on {} labelled frames: float {:.2}%, int8 {:.2}% ({:+.2} points)",
             f.labelled_frames,
             100.0 * f.accuracy_float,
             100.0 * f.accuracy_int8,
             100.0 * (f.accuracy_int8 - f.accuracy_float)
-        );
+        )?;
     }
-    println!("most sensitive layers (relative activation quantization error; keep one in float with --skip LAYER):");
+    writeln!(out, "most sensitive layers (relative activation quantization error; keep one in float with --skip LAYER):")?;
     for l in f.most_sensitive().into_iter().take(5) {
-        println!(
+        writeln!(
+            out,
             "  {:>8.4}  {} {} ({}x{})",
             l.activation_rel_error, l.model, l.layer, l.k, l.n
-        );
+        )?;
     }
-    println!("wrote calibration.json, calibration.cache (TensorRT), fidelity.json");
-    Ok(())
+    writeln!(
+        out,
+        "wrote calibration.json, calibration.cache (TensorRT), fidelity.json"
+    )?;
+    out.finish()
 }

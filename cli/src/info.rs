@@ -8,6 +8,7 @@ use clap::Args;
 use edgefuse_board::linux::{read_board, Health};
 use edgefuse_runtime::gpu;
 
+use crate::output::{Out, StdoutError};
 use crate::paths::{open_bundle, ModelArg};
 
 #[derive(Args, Debug)]
@@ -22,16 +23,19 @@ pub struct InfoArgs {
 pub fn info(a: InfoArgs) -> Result<()> {
     let bundle = open_bundle(a.model.model.as_deref())?;
     let m = bundle.manifest();
-    println!(
+    let mut out = Out::lock();
+    writeln!(
+        out,
         "bundle      {} {} ({})",
         m.name,
         m.version,
         bundle.dir().display()
-    );
+    )?;
     if !m.description.is_empty() {
-        println!("            {}", m.description);
+        writeln!(out, "            {}", m.description)?;
     }
-    println!(
+    writeln!(
+        out,
         "input       {}x{} {:?}, mean {:?}, std {:?}, {:?}",
         m.preprocess.image_size[0],
         m.preprocess.image_size[1],
@@ -39,58 +43,61 @@ pub fn info(a: InfoArgs) -> Result<()> {
         m.preprocess.mean,
         m.preprocess.std,
         m.preprocess.channel_order
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "encoder     {} → embedding {}",
         m.encoder.model.file, m.encoder.embedding_dim
-    );
+    )?;
     match &m.qformer {
-        Some(q) => println!("q-former    {} ({} queries)", q.model.file, q.queries),
-        None => println!("q-former    none"),
+        Some(q) => writeln!(out, "q-former    {} ({} queries)", q.model.file, q.queries)?,
+        None => writeln!(out, "q-former    none")?,
     }
-    println!("fusion      {:?}", m.fusion.method);
-    println!(
+    writeln!(out, "fusion      {:?}", m.fusion.method)?;
+    writeln!(
+        out,
         "labels      {}: {}",
         m.labels.len(),
         bundle.label_names().collect::<Vec<_>>().join(", ")
-    );
+    )?;
     for (k, v) in &m.accuracy {
-        println!("accuracy    {k}: {:.2}%", v * 100.0);
+        writeln!(out, "accuracy    {k}: {:.2}%", v * 100.0)?;
     }
     match &m.quantization {
-        Some(q) => println!(
+        Some(q) => writeln!(out,
             "precision   int8 linear layers ({} calibration, {} frames, {} kept in float; kernel {:?}), the rest float32",
             q.method,
             q.frames,
             q.skip.len(),
             edgefuse_models::quant::gemm::Kernel::best()
-        ),
-        None => println!("precision   float32"),
+        )?,
+        None => writeln!(out, "precision   float32")?,
     }
-    println!("backends    cpu: tract-onnx (available)");
-    println!("build       {}", gpu::build_variant());
-    println!("devices     {}", gpu::DEVICE_HELP);
+    writeln!(out, "backends    cpu: tract-onnx (available)")?;
+    writeln!(out, "build       {}", gpu::build_variant())?;
+    writeln!(out, "devices     {}", gpu::DEVICE_HELP)?;
     match gpu::probe() {
-        Ok(d) => println!("gpu         {d}"),
-        Err(e) => println!("gpu         not used: {e}"),
+        Ok(d) => writeln!(out, "gpu         {d}")?,
+        Err(e) => writeln!(out, "gpu         not used: {e}")?,
     }
     if !m.license.is_empty() {
-        println!("license     {}", m.license);
+        writeln!(out, "license     {}", m.license)?;
     }
-    board_health(Path::new("/"));
+    board_health(&mut out, Path::new("/"))?;
     if let Some(cam) = a.camera {
-        camera_info(&cam)?;
+        camera_info(&mut out, &cam)?;
     }
-    Ok(())
+    Ok(out.finish()?)
 }
 
 /// The board, its temperatures and power mode; a warning when it throttles.
-fn board_health(root: &Path) {
+fn board_health(out: &mut Out, root: &Path) -> Result<(), StdoutError> {
     match read_board(root) {
-        Ok((b, model)) => println!("board       {} ({}) {model}", b.title(), b.name()),
-        Err(_) => println!(
+        Ok((b, model)) => writeln!(out, "board       {} ({}) {model}", b.title(), b.name())?,
+        Err(_) => writeln!(
+            out,
             "board       not a supported Jetson (GPIO pins need --board or line:CHIP:OFFSET)"
-        ),
+        )?,
     }
     let h = Health::read(root);
     if !h.zones.is_empty() {
@@ -99,10 +106,10 @@ fn board_health(root: &Path) {
             .iter()
             .map(|z| format!("{} {:.1} °C", z.name, z.celsius))
             .collect();
-        println!("thermal     {}", temps.join(", "));
+        writeln!(out, "thermal     {}", temps.join(", "))?;
     }
     if let Some(m) = &h.power_mode {
-        println!("power mode  {m} (nvpmodel)");
+        writeln!(out, "power mode  {m} (nvpmodel)")?;
     }
     for z in h.throttling() {
         let msg = format!(
@@ -112,22 +119,23 @@ fn board_health(root: &Path) {
             z.throttle_at.unwrap_or(0.0)
         );
         log::warn!("{msg}");
-        println!("WARNING     {msg}");
+        writeln!(out, "WARNING     {msg}")?;
     }
+    Ok(())
 }
 
 #[cfg(feature = "v4l")]
-fn camera_info(cam: &str) -> Result<()> {
+fn camera_info(out: &mut Out, cam: &str) -> Result<()> {
     let formats = edgefuse_runtime::capture::v4l2::list_formats(cam)?;
-    println!("camera      {cam}");
+    writeln!(out, "camera      {cam}")?;
     for f in formats {
-        println!("            {f}");
+        writeln!(out, "            {f}")?;
     }
     Ok(())
 }
 
 #[cfg(not(feature = "v4l"))]
-fn camera_info(cam: &str) -> Result<()> {
+fn camera_info(_out: &mut Out, cam: &str) -> Result<()> {
     Err(anyhow::anyhow!(
         "cannot list {cam}: this edgefuse was built without V4L2 support (feature `v4l`)"
     ))

@@ -8,6 +8,7 @@ use clap::Args;
 
 use edgefuse_runtime::gpu;
 
+use crate::output::Out;
 use crate::UsageError;
 
 #[derive(Args, Debug)]
@@ -47,24 +48,27 @@ pub fn kernels(a: KernelsArgs) -> Result<()> {
         .iter()
         .map(|s| parse_arch(s))
         .collect::<Result<Vec<u32>, _>>()?;
+    let mut out = Out::lock();
     if a.bench {
         let (device, timings) = gpu::bench_kernels()?;
-        println!("{device}");
+        writeln!(out, "{device}")?;
         for t in &timings {
             let peak = t
                 .peak
                 .map(|p| format!("  {:5.1}% of {p:.0} {}", 100.0 * t.rate / p, t.unit))
                 .unwrap_or_default();
-            println!(
+            writeln!(
+                out,
                 "{:<52} {:>9.2} us  {:>9.1} {}{peak}",
                 t.name, t.median_us, t.rate, t.unit
-            );
+            )?;
         }
-        return Ok(());
+        return Ok(out.finish()?);
     }
     let builds = gpu::build_all(&archs, a.ptx_dir.as_deref())?;
     for b in &builds {
-        println!(
+        writeln!(
+            out,
             "ok  {:<14} sm_{}  ptx {:>7} B  cubin {:>7} B{}",
             b.file,
             b.sm,
@@ -74,12 +78,13 @@ pub fn kernels(a: KernelsArgs) -> Result<()> {
                 .as_ref()
                 .map(|p| format!("  -> {}", p.display()))
                 .unwrap_or_default()
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "{} kernel files x {} architectures compiled clean with NVRTC",
         builds.len() / archs.len().max(1),
         archs.len()
-    );
-    Ok(())
+    )?;
+    Ok(out.finish()?)
 }

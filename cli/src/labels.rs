@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use edgefuse_models::manifest::Label;
 use edgefuse_models::text::LabelEmbedder;
 
+use crate::output::Out;
 use crate::paths::{open_bundle, ModelArg};
 use crate::UsageError;
 
@@ -47,10 +48,11 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
     match a.action {
         LabelsAction::List { model } => {
             let b = open_bundle(model.model.as_deref())?;
+            let mut out = Out::lock();
             for l in &b.manifest().labels {
-                println!("{}\t{}", l.name, l.prompts.join(" | "));
+                writeln!(out, "{}\t{}", l.name, l.prompts.join(" | "))?;
             }
-            Ok(())
+            Ok(out.finish()?)
         }
         LabelsAction::Add {
             model,
@@ -80,12 +82,14 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             let row = embedder.embed_label(&labels[idx].prompts)?;
             rows[idx * dim..(idx + 1) * dim].copy_from_slice(&row);
             b.write_labels(labels, &rows)?;
-            println!(
+            let mut out = Out::lock();
+            writeln!(
+                out,
                 "label `{label}` now has {} prompt(s); the bundle has {} labels",
                 b.manifest().labels[idx].prompts.len(),
                 b.manifest().labels.len()
-            );
-            Ok(())
+            )?;
+            Ok(out.finish()?)
         }
         LabelsAction::Remove { model, label } => {
             let mut b = open_bundle(model.model.as_deref())?;
@@ -107,11 +111,13 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             let mut rows = b.label_embeddings().to_vec();
             rows.drain(idx * dim..(idx + 1) * dim);
             b.write_labels(labels, &rows)?;
-            println!(
+            let mut out = Out::lock();
+            writeln!(
+                out,
                 "removed `{label}`; {} labels remain",
                 b.manifest().labels.len()
-            );
-            Ok(())
+            )?;
+            Ok(out.finish()?)
         }
     }
 }

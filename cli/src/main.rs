@@ -1,5 +1,6 @@
 //! `edgefuse`: the command-line front end. Parses, dispatches to one file per subcommand, maps
-//! errors to exit codes (0 success, 1 runtime error, 2 usage or configuration error).
+//! errors to exit codes (0 success, 1 runtime error, 2 usage or configuration error; a closed
+//! stdout pipe ends quietly with 0, any other stdout write error is 1).
 
 mod bench;
 mod board;
@@ -113,8 +114,19 @@ fn try_main() -> i32 {
     };
     match result {
         Ok(()) => 0,
+        // The reader of stdout went away (`edgefuse info | head`): nothing is wrong with the
+        // command; end quietly, as other tools do.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<output::StdoutError>()
+                    .is_some_and(output::StdoutError::is_closed_pipe)
+            }) =>
+        {
+            0
+        }
         Err(e) => {
-            eprintln!("edgefuse: {e:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "edgefuse: {e:#}");
             if is_usage(&e) {
                 2
             } else {

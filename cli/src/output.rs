@@ -1,7 +1,9 @@
 //! What `run` prints: one line per classified frame (text, or JSON written without allocating)
-//! and the summary; and the Ctrl-C handler shared by `run` and `bench`.
+//! and the summary; the Ctrl-C handler shared by `run` and `bench`; and [`Out`], the stdout every
+//! command prints through, whose write errors are values ([`StdoutError`]) and never a panic.
 
-use std::io::Write;
+use std::fmt;
+use std::io::{self, StdoutLock, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,41 @@ use std::time::Duration;
 use edgefuse_runtime::actuate::HardwareReport;
 use edgefuse_runtime::decision::EventKind;
 use edgefuse_runtime::pipeline::{FrameResult, RunSummary, STAGES};
+
+/// Writing to stdout failed. A closed pipe (the reader went away, as after `| head`) ends the
+/// command quietly with exit 0; any other write error is a runtime error (exit 1). See `main`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to stdout: {0}")]
+pub struct StdoutError(pub io::Error);
+
+impl StdoutError {
+    /// Whether the reader of stdout has gone away (EPIPE): not an error of ours.
+    pub fn is_closed_pipe(&self) -> bool {
+        self.0.kind() == io::ErrorKind::BrokenPipe
+    }
+}
+
+/// stdout for `write!`/`writeln!`: each call returns `Result<(), StdoutError>` (std's stdout is
+/// line-buffered, so a failed line is reported by the `writeln!` that wrote it). Call
+/// [`Out::finish`] at the end to flush a last partial line.
+pub struct Out(StdoutLock<'static>);
+
+impl Out {
+    /// Lock stdout for this command.
+    pub fn lock() -> Self {
+        Self(io::stdout().lock())
+    }
+
+    /// What `write!`/`writeln!` call.
+    pub fn write_fmt(&mut self, args: fmt::Arguments<'_>) -> Result<(), StdoutError> {
+        self.0.write_fmt(args).map_err(StdoutError)
+    }
+
+    /// Flush what is buffered.
+    pub fn finish(mut self) -> Result<(), StdoutError> {
+        self.0.flush().map_err(StdoutError)
+    }
+}
 
 /// Set `stop` on Ctrl-C or SIGTERM.
 pub fn install_ctrlc(stop: &Arc<AtomicBool>) {
@@ -18,7 +55,7 @@ pub fn install_ctrlc(stop: &Arc<AtomicBool>) {
     }
 }
 
-fn write_json_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+fn write_json_str(w: &mut impl Write, s: &str) -> io::Result<()> {
     w.write_all(b"\"")?;
     for c in s.chars() {
         match c {
@@ -42,7 +79,7 @@ pub fn write_json(
     labels: &[String],
     uri: &str,
     latency: Option<Duration>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     write!(w, "{{\"frame\":{},\"source\":", r.frame.seq)?;
     let source = if r.frame.source.is_empty() {
         uri
@@ -115,7 +152,7 @@ pub fn write_text(
     r: &FrameResult<'_>,
     labels: &[String],
     latency: Option<Duration>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
     write!(w, "frame {:>6}  {}  ", r.frame.seq, r.frame.source)?;
     for (i, (l, p)) in r.top.iter().enumerate() {
         if i > 0 {
@@ -135,8 +172,13 @@ pub fn write_text(
     writeln!(w, "  [{:.1} ms]", r.times.ms(STAGES.len() - 1))
 }
 
-/// The run summary (and the GPIO latency line), on stderr when stdout carries JSON.
-pub fn print_summary(s: &RunSummary, gpio: Option<&HardwareReport>, to_stderr: bool) {
+/// The run summary (and the GPIO latency line), on stderr when stdout carries JSON (a failing
+/// stderr is ignored: there is nowhere left to report it).
+pub fn print_summary(
+    s: &RunSummary,
+    gpio: Option<&HardwareReport>,
+    to_stderr: bool,
+) -> Result<(), StdoutError> {
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(
@@ -167,8 +209,11 @@ pub fn print_summary(s: &RunSummary, gpio: Option<&HardwareReport>, to_stderr: b
         );
     }
     if to_stderr {
-        eprint!("{text}");
+        let _ = io::stderr().write_all(text.as_bytes());
+        Ok(())
     } else {
-        print!("{text}");
+        let mut out = Out::lock();
+        write!(out, "{text}")?;
+        out.finish()
     }
 }

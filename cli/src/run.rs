@@ -14,7 +14,7 @@ use edgefuse_runtime::pipeline::{Pipeline, RunLimits};
 use edgefuse_runtime::trigger::{EdgeTrigger, ExternalTrigger, Trigger};
 
 use crate::options::RunOptions;
-use crate::output::{install_ctrlc, print_summary, write_json, write_text};
+use crate::output::{install_ctrlc, print_summary, write_json, write_text, StdoutError};
 use crate::paths::{default_samples, open_bundle};
 
 /// `run`'s command line: the options, and a file to read more of them from.
@@ -63,19 +63,34 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_frames: o.frames.map(|f| f.0),
         warmup: 0,
     };
+    // The write error that stopped the run, kept whole (the pipeline reports only its text).
+    let mut stdout_failed: Option<std::io::Error> = None;
     let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
         let latency = hw.as_ref().and_then(|h| h.on_events(r.events));
-        if json {
-            write_json(&mut out, r, &labels, &uri, latency)?;
+        let written = if json {
+            write_json(&mut out, r, &labels, &uri, latency)
         } else {
-            write_text(&mut out, r, &labels, latency)?;
-        }
+            write_text(&mut out, r, &labels, latency)
+        };
         // Flush per frame so events reach consumers (pipes, the journal) without delay.
-        out.flush()
+        written.and_then(|()| out.flush()).map_err(|e| {
+            let kind = e.kind();
+            stdout_failed = Some(e);
+            std::io::Error::from(kind)
+        })
     });
+    // Whatever is left in the buffer after a failed write is dropped with it, unwritten.
     drop(out);
     drop(trigger);
     let gpio = hw.and_then(|hw| hw.finish(result.is_err()));
-    print_summary(&summary, gpio.as_ref(), json);
+    if let Some(e) = stdout_failed {
+        // The summary only where it still has a reader (stderr, with --json); a closed pipe
+        // ends quietly (see main).
+        if json {
+            print_summary(&summary, gpio.as_ref(), json)?;
+        }
+        return Err(StdoutError(e).into());
+    }
+    print_summary(&summary, gpio.as_ref(), json)?;
     result.with_context(|| format!("run on {uri} stopped"))
 }
