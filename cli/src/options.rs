@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use edgefuse_models::files::read_text_limited;
+
 use edgefuse_runtime::actuate::{ActuatorSpec, LedSpec, Wiring};
 use edgefuse_runtime::decision::DecisionConfig;
 use edgefuse_runtime::gpu::DeviceChoice;
@@ -24,6 +26,9 @@ use crate::values::{de_actuators, de_from_str, de_label_thresholds};
 pub use crate::values::{BoardName, LabelThreshold, Ranged, Unit};
 use crate::UsageError;
 
+/// Most bytes of a `--config` file (the documented example is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,8 +37,8 @@ pub enum ConfigError {
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error (in the message, so not a `source`: printed once).
-        error: std::io::Error,
+        /// Why it could not be read (in the message, so not a `source`: printed once).
+        error: edgefuse_models::files::ReadError,
     },
     /// The file is not valid TOML, has an unknown key or a bad value.
     #[error("{path}:{line}:{column}: {key}{message}")]
@@ -143,12 +148,14 @@ impl RunOptions {
         }
     }
 
-    /// Read a configuration file (label-threshold origins name it).
+    /// Read a configuration file (label-threshold origins name it): a regular file of at most
+    /// [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let text =
+            read_text_limited(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
         let mut o = Self::parse(&text, path)?;
         for t in &mut o.label_thresholds {
             t.origin = format!("{} {}", path.display(), t.origin);

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod bundle;
+pub mod files;
 pub mod manifest;
 pub mod quant;
 pub mod text;
@@ -32,8 +33,8 @@ pub enum BundleError {
     ManifestRead {
         /// The manifest path.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why it could not be read.
+        source: files::ReadError,
     },
     /// `bundle.toml` is not valid TOML or does not match the schema.
     #[error("{}: invalid manifest: {message}", path.display())]
@@ -60,8 +61,8 @@ pub enum BundleError {
         path: PathBuf,
         /// The manifest field naming it.
         field: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// Why it could not be read.
+        source: files::ReadError,
     },
     /// A file's sha256 differs from the manifest's.
     #[error("{} (manifest field `{field}`): sha256 is {actual} but the manifest says {expected}; the file is corrupt or was replaced: restore it or re-run the exporter", path.display())]

@@ -74,3 +74,25 @@ fn bad_config_files_are_usage_errors_naming_file_line_and_key() {
         .code(2)
         .stderr_has(&["nope.toml", "cannot read config file"]);
 }
+
+#[test]
+fn config_that_is_a_device_a_fifo_or_too_large_is_refused_at_once() {
+    native_only!("config file reading");
+    // Used to grow without bound (5 GB in 3 s).
+    Run::within(30, &["run", "--config", "/dev/zero"])
+        .code(2)
+        .stderr_has(&["/dev/zero", "a character device, not a regular file"]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Used to block forever.
+    let fifo = tmp.path().join("edgefuse.toml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    Run::within(30, &["run", "--config", fifo.to_str().unwrap()])
+        .code(2)
+        .stderr_has(&["edgefuse.toml", "a FIFO, not a regular file"]);
+    let big = tmp.path().join("big.toml");
+    std::fs::write(&big, "# padding\n".repeat(120_000)).unwrap();
+    Run::within(30, &["run", "--config", big.to_str().unwrap()])
+        .code(2)
+        .stderr_has(&["big.toml", "larger than 1 MiB"]);
+}

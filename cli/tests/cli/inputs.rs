@@ -113,3 +113,38 @@ fn tiny_huge_and_non_finite_fps_are_usage_errors() {
             .stderr_has(&[&format!("fps={value}"), "0.0001", "10000"]);
     }
 }
+
+#[test]
+fn bundle_file_linked_to_a_device_or_a_fifo_is_refused_at_once() {
+    native_only!("bundle file reading");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let m = tmp.path().to_str().unwrap();
+    let emb = tmp.path().join("text_embeddings.bin");
+    std::fs::remove_file(&emb).unwrap();
+    // Used to read /dev/zero without end.
+    std::os::unix::fs::symlink("/dev/zero", &emb).unwrap();
+    Run::within(30, &["info", "--model", m])
+        .code(1)
+        .stderr_has(&[
+            "text_embeddings.bin",
+            "a character device, not a regular file",
+        ]);
+    // Used to block forever.
+    std::fs::remove_file(&emb).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&emb).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    Run::within(30, &["labels", "list", "--model", m])
+        .code(1)
+        .stderr_has(&["text_embeddings.bin", "a FIFO, not a regular file"]);
+    // The manifest itself.
+    let manifest = tmp.path().join("bundle.toml");
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+    Run::within(30, &["info", "--model", m])
+        .code(1)
+        .stderr_has(&["bundle.toml", "a character device, not a regular file"]);
+}

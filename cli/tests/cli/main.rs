@@ -84,6 +84,36 @@ impl Run {
             out,
         }
     }
+    /// Like [`Run::new`], but fail the test (after killing edgefuse) if it has not exited within
+    /// `secs` seconds: for inputs that used to block forever.
+    fn within(secs: u64, args: &[&str]) -> Self {
+        let mut child = edgefuse_command()
+            .args(args)
+            .env_remove("EDGEFUSE_MODEL")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn edgefuse");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait for edgefuse").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(secs) {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("reap edgefuse");
+                panic!(
+                    "edgefuse {} still running after {secs} s (killed)\n--- stderr ---\n{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Run {
+            cmd: format!("edgefuse {}", args.join(" ")),
+            out: child.wait_with_output().expect("collect edgefuse's output"),
+        }
+    }
     fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.out.stdout).into_owned()
     }

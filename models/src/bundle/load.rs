@@ -244,11 +244,14 @@ fn load_graph(
         field: field.clone(),
         message,
     };
-    let bytes = std::fs::read(&path).map_err(|source| BundleError::MissingFile {
-        path: path.clone(),
-        field: field.clone(),
-        source,
-    })?;
+    let bytes =
+        crate::files::read_limited(&path, crate::files::MAX_MODEL_BYTES).map_err(|source| {
+            BundleError::MissingFile {
+                path: path.clone(),
+                field: field.clone(),
+                source,
+            }
+        })?;
     let mut model = tract_onnx::onnx()
         .model_for_read(&mut bytes.as_slice())
         .map_err(|e| corrupt(format!("{e:#}")))?;

@@ -8,6 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::validate::{label_embeddings, validate_fields};
 use super::{Bundle, QuantTables, MANIFEST_FILE};
+use crate::files::{
+    read_limited, read_text_limited, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_TABLE_BYTES,
+};
 use crate::manifest::{FileRef, Manifest};
 use crate::BundleError;
 
@@ -17,7 +20,7 @@ impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|source| {
+        let text = read_text_limited(&manifest_path, MAX_MANIFEST_BYTES).map_err(|source| {
             BundleError::ManifestRead {
                 path: manifest_path.clone(),
                 source,
@@ -54,19 +57,24 @@ impl Bundle {
         };
         validate_fields(&manifest, &field_err)?;
         let m = &manifest;
-        verify_file(&dir, &m.encoder.model, "encoder.file")?;
+        verify_file(&dir, &m.encoder.model, "encoder.file", MAX_MODEL_BYTES)?;
         if let Some(q) = &m.qformer {
-            verify_file(&dir, &q.model, "qformer.file")?;
+            verify_file(&dir, &q.model, "qformer.file", MAX_MODEL_BYTES)?;
         }
         if let Some(t) = &m.text_encoder {
-            verify_file(&dir, &t.model, "text_encoder.file")?;
+            verify_file(&dir, &t.model, "text_encoder.file", MAX_MODEL_BYTES)?;
         }
-        let raw = verify_file(&dir, &m.text_embeddings.data, "text_embeddings.file")?;
+        let raw = verify_file(
+            &dir,
+            &m.text_embeddings.data,
+            "text_embeddings.file",
+            MAX_MODEL_BYTES,
+        )?;
         let path = dir.join(&m.text_embeddings.data.file);
         let label_embeddings = label_embeddings(&raw, m, path)?;
         let quant = match &manifest.quantization {
             Some(q) => {
-                let raw = verify_file(&dir, &q.table, "quantization.table")?;
+                let raw = verify_file(&dir, &q.table, "quantization.table", MAX_TABLE_BYTES)?;
                 let tables: QuantTables =
                     serde_json::from_slice(&raw).map_err(|e| BundleError::Field {
                         path: dir.join(&q.table.file),
@@ -136,10 +144,11 @@ impl Bundle {
     }
 }
 
-/// Read a bundle file and check its sha256; returns its bytes.
-fn verify_file(dir: &Path, f: &FileRef, field: &str) -> Result<Vec<u8>, BundleError> {
+/// Read a bundle file (a regular file of at most `limit` bytes) and check its sha256; returns
+/// its bytes.
+fn verify_file(dir: &Path, f: &FileRef, field: &str, limit: u64) -> Result<Vec<u8>, BundleError> {
     let path = dir.join(&f.file);
-    let bytes = std::fs::read(&path).map_err(|source| BundleError::MissingFile {
+    let bytes = read_limited(&path, limit).map_err(|source| BundleError::MissingFile {
         path: path.clone(),
         field: field.to_string(),
         source,
