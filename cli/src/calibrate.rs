@@ -34,11 +34,22 @@ pub struct CalibrateArgs {
     #[arg(long, value_name = "URI")]
     eval: Option<String>,
     /// Frames of --eval to use [default: --frames].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one_frame)]
     eval_frames: Option<u64>,
     /// The int8 bundle folder to create (must not exist).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+}
+
+/// `--eval-frames`: 0 would write a fidelity report of nothing (cosine mean 0, min 1).
+fn at_least_one_frame(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("0 frames measure nothing; the fidelity report needs at least 1 frame".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "`{s}` is not a frame count; give a whole number >= 1"
+        )),
+    }
 }
 
 /// The calibration errors that are the user's to fix (exit code 2).

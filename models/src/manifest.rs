@@ -68,15 +68,46 @@ pub struct Quantization {
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
     /// Encoder input `[width, height]` in pixels.
+    #[serde(deserialize_with = "de_image_size")]
     pub image_size: [u32; 2],
     /// Resize policy.
     pub resize: ResizePolicy,
     /// Per-channel mean subtracted after scaling pixels to 0..=1, in `channel_order`.
+    #[serde(deserialize_with = "de_mean")]
     pub mean: [f32; 3],
     /// Per-channel standard deviation divided after subtracting `mean`.
+    #[serde(deserialize_with = "de_std")]
     pub std: [f32; 3],
     /// Channel order of the encoder input tensor.
     pub channel_order: ChannelOrder,
+}
+
+/// A fixed-size array that must have exactly `N` elements (serde's array impl ignores extra ones,
+/// so `image_size = [32, 32, 3]` would pass silently).
+fn exact<'de, D, T, const N: usize>(d: D, field: &str, what: &str) -> Result<[T; N], D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let v = Vec::<T>::deserialize(d)?;
+    let n = v.len();
+    v.try_into().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{field}` has {n} elements; it takes exactly {N}: {what}"
+        ))
+    })
+}
+
+fn de_image_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u32; 2], D::Error> {
+    exact(d, "preprocess.image_size", "[width, height] in pixels")
+}
+
+fn de_mean<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[f32; 3], D::Error> {
+    exact(d, "preprocess.mean", "one value per channel")
+}
+
+fn de_std<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[f32; 3], D::Error> {
+    exact(d, "preprocess.std", "one value per channel")
 }
 
 /// How a frame of arbitrary size is brought to `image_size`.

@@ -120,6 +120,20 @@ fn calibrate_bad_input_is_refused_and_writes_nothing() {
         "--skip `/no/such/MatMul`: no such linear layer",
         "/vision/blocks.0/mlp/mlp.0/MatMul",
     ]);
+    // --eval-frames 0 used to write a meaningless fidelity report (cosine mean 0, min 1).
+    Run::new(&[
+        "calibrate",
+        "--source",
+        &samples,
+        "--frames",
+        "8",
+        "--eval-frames",
+        "0",
+        "--out",
+        o,
+    ])
+    .code(2)
+    .stderr_has(&["--eval-frames", "at least 1 frame"]);
     assert!(!out.exists(), "nothing written after a failed calibration");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()

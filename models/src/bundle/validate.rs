@@ -45,6 +45,7 @@ pub(super) fn validate_fields(
             format!("{:?} must be finite", p.mean),
         ));
     }
+    check_paths(m, err)?;
     if m.encoder.embedding_dim == 0 {
         return Err(err("encoder.embedding_dim", "must be > 0".into()));
     }
@@ -119,6 +120,42 @@ pub(super) fn validate_fields(
         }
     }
     Ok(())
+}
+
+/// Every file a manifest names is a relative path inside the bundle folder: no absolute path,
+/// no `..`, so reading or rewriting a bundle never touches a file outside it.
+fn check_paths(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> Result<(), BundleError> {
+    let mut files = vec![
+        ("encoder.file", &m.encoder.model.file),
+        ("text_embeddings.file", &m.text_embeddings.data.file),
+    ];
+    if let Some(q) = &m.qformer {
+        files.push(("qformer.file", &q.model.file));
+    }
+    if let Some(t) = &m.text_encoder {
+        files.push(("text_encoder.file", &t.model.file));
+    }
+    if let Some(q) = &m.quantization {
+        files.push(("quantization.table.file", &q.table.file));
+    }
+    for (field, file) in files {
+        if !is_inside_bundle(file) {
+            return Err(err(
+                field,
+                format!("`{file}` must be a path relative to the bundle folder, without `..` (bundle files stay inside the bundle)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `file` is a non-empty relative path that cannot leave the folder it is joined to.
+pub(super) fn is_inside_bundle(file: &str) -> bool {
+    use std::path::Component;
+    let p = std::path::Path::new(file);
+    p.components().any(|c| matches!(c, Component::Normal(_)))
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 fn check_head(
@@ -220,6 +257,85 @@ mod tests {
                 prompts: Vec::new(),
             })
             .collect()
+    }
+
+    fn default_text() -> String {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("default");
+        std::fs::read_to_string(dir.join(crate::MANIFEST_FILE)).unwrap()
+    }
+
+    #[test]
+    fn arrays_of_the_wrong_length_are_refused_naming_the_field() {
+        let text = default_text();
+        assert!(toml::from_str::<Manifest>(&text).is_ok());
+        // `text` with the line `key = ...` replaced by `line`.
+        let with = |key: &str, line: &str| -> String {
+            let mut found = false;
+            let out = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{key} =")) {
+                        found = true;
+                        line
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(found, "no `{key} =` line");
+            out
+        };
+        for (key, line, field, n) in [
+            (
+                "image_size",
+                "image_size = [32, 32, 3]",
+                "preprocess.image_size",
+                3,
+            ),
+            (
+                "image_size",
+                "image_size = [32]",
+                "preprocess.image_size",
+                1,
+            ),
+            ("mean", "mean = [0.5, 0.5, 0.5, 0.5]", "preprocess.mean", 4),
+            ("std", "std = [0.5, 0.5]", "preprocess.std", 2),
+        ] {
+            let e = toml::from_str::<Manifest>(&with(key, line))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("`{field}` has {n} elements")),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_paths_outside_the_bundle_are_refused() {
+        for bad in [
+            "/tmp/victim/emb.bin",
+            "../emb.bin",
+            "a/../../emb.bin",
+            "",
+            ".",
+            "./",
+        ] {
+            let mut m = default_manifest();
+            m.text_embeddings.data.file = bad.into();
+            let e = check(&m).unwrap_err();
+            assert!(
+                e.contains("text_embeddings.file") && e.contains("relative to the bundle folder"),
+                "{bad:?}: {e}"
+            );
+        }
+        let mut m = default_manifest();
+        m.encoder.model.file = "/etc/passwd".into();
+        assert!(check(&m).unwrap_err().contains("encoder.file"));
+        for good in ["emb.bin", "./emb.bin", "sub/emb.bin"] {
+            assert!(is_inside_bundle(good), "{good}");
+        }
     }
 
     #[test]
