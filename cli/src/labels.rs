@@ -7,7 +7,7 @@ use edgefuse_models::manifest::Label;
 use edgefuse_models::text::LabelEmbedder;
 
 use crate::output::Out;
-use crate::paths::{open_bundle, ModelArg};
+use crate::paths::{open_bundle, open_bundle_to_edit, ModelArg};
 use crate::UsageError;
 
 #[derive(Args, Debug)]
@@ -23,7 +23,8 @@ enum LabelsAction {
         #[command(flatten)]
         model: ModelArg,
     },
-    /// Embed PROMPT(s) with the text tower and add them to label NAME (created if new).
+    /// Embed PROMPT(s) with the text tower and add them to label NAME (created if new), in the
+    /// bundle --model names (never the installed default: copy it first).
     Add {
         #[command(flatten)]
         model: ModelArg,
@@ -34,7 +35,7 @@ enum LabelsAction {
         #[arg(long)]
         label: String,
     },
-    /// Remove label NAME.
+    /// Remove label NAME from the bundle --model names (never the installed default).
     Remove {
         #[command(flatten)]
         model: ModelArg,
@@ -62,7 +63,7 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             if label.trim().is_empty() {
                 return Err(UsageError("--label must not be empty".into()).into());
             }
-            let mut b = open_bundle(model.model.as_deref())?;
+            let mut b = open_bundle_to_edit(model.model.as_deref(), "add")?;
             let embedder = LabelEmbedder::new(&b)?;
             let mut labels = b.manifest().labels.clone();
             let mut rows = b.label_embeddings().to_vec();
@@ -92,7 +93,7 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             Ok(out.finish()?)
         }
         LabelsAction::Remove { model, label } => {
-            let mut b = open_bundle(model.model.as_deref())?;
+            let mut b = open_bundle_to_edit(model.model.as_deref(), "remove")?;
             let dim = b.manifest().encoder.embedding_dim;
             let mut labels = b.manifest().labels.clone();
             let idx = labels.iter().position(|l| l.name == label).ok_or_else(|| {

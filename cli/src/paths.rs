@@ -60,6 +60,23 @@ pub fn open_bundle(model: Option<&Path>) -> Result<Bundle> {
     Bundle::open(&dir).with_context(|| format!("cannot use model bundle {}", dir.display()))
 }
 
+/// Open the bundle `labels add/remove` will change in place: one named by `--model` or
+/// `$EDGEFUSE_MODEL`, never the installed default bundle (shared by every user and replaced by
+/// package updates). The refusal says how to make a copy to change.
+pub fn open_bundle_to_edit(model: Option<&Path>, command: &str) -> Result<Bundle> {
+    if model.is_none() && std::env::var_os("EDGEFUSE_MODEL").is_none() {
+        let dir = model_dir(None)?;
+        return Err(UsageError(format!(
+            "`edgefuse labels {command}` changes a bundle in place and does not change the installed default bundle ({}); \
+             copy it and change the copy: cp -r {} my-bundle && edgefuse labels {command} --model my-bundle ...",
+            dir.display(),
+            dir.display()
+        ))
+        .into());
+    }
+    open_bundle(model)
+}
+
 /// The bundled sample frames as a source URI.
 pub fn default_samples() -> Result<String> {
     let dir = find_data("samples/mnist")

@@ -1,7 +1,7 @@
 //! Reading the files a user names (a config, a bundle's manifest and data files) whole, safely:
 //! only regular files (a FIFO would block forever, `/dev/zero` never ends), and never more than a
 //! stated limit. Every whole-file read of a user-named path in edgefuse goes through
-//! [`read_limited`].
+//! [`read_limited`]. And writing files durably ([`write_synced`], [`sync_dir`]).
 
 use std::fmt;
 use std::io::{self, Read};
@@ -122,6 +122,21 @@ pub fn read_text_limited(path: &Path, limit: u64) -> Result<String, ReadError> {
     let bytes = read_limited(path, limit)?;
     String::from_utf8(bytes)
         .map_err(|_| ReadError::Io(io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text")))
+}
+
+/// Create (or truncate) `path`, write `bytes` and fsync the file: once this returns, the bytes
+/// survive a crash or power cut (the name does once its folder is synced, see [`sync_dir`]).
+pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// fsync the folder `dir`, so that files created, renamed or removed in it stay so after a
+/// crash or power cut.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

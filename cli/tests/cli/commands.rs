@@ -69,6 +69,56 @@ fn labels_list_add_remove_roundtrip() {
 }
 
 #[test]
+fn labels_add_and_remove_refuse_the_installed_default_bundle() {
+    native_only!("the default-bundle refusal");
+    let manifest = repo().join("models/default/bundle.toml");
+    let before = std::fs::read(&manifest).unwrap();
+    Run::new(&["labels", "add", "--label", "cat", "a photo of a cat"])
+        .code(2)
+        .stderr_has(&["installed default bundle", "cp -r", "--model my-bundle"]);
+    Run::new(&["labels", "remove", "--label", "7"])
+        .code(2)
+        .stderr_has(&["installed default bundle", "cp -r"]);
+    assert_eq!(std::fs::read(&manifest).unwrap(), before, "unchanged");
+}
+
+/// A folder where the old code wrote its temporary manifest (`bundle.tmp-edgefuse`, also what
+/// an interrupted update can leave) made `labels add` fail after it had replaced the embeddings:
+/// a bundle nothing could open. Now the update commits with one rename and the bundle opens.
+#[test]
+fn labels_add_with_stray_temporary_files_keeps_the_bundle_usable() {
+    native_only!("labels with stray files");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    std::fs::create_dir(tmp.path().join("bundle.tmp-edgefuse")).unwrap();
+    std::fs::write(tmp.path().join("text_embeddings.tmp-edgefuse"), "junk").unwrap();
+    let m = tmp.path().to_str().unwrap();
+    Run::new(&[
+        "labels",
+        "add",
+        "--model",
+        m,
+        "--label",
+        "cat",
+        "a photo of a cat",
+    ])
+    .code(0);
+    let r = Run::new(&["labels", "list", "--model", m]);
+    r.code(0);
+    assert_eq!(r.stdout().lines().count(), 11, "{}", r.context());
+    assert!(
+        r.stdout().contains("cat\ta photo of a cat"),
+        "{}",
+        r.context()
+    );
+    Run::new(&["labels", "remove", "--model", m, "--label", "cat"]).code(0);
+    Run::new(&["run", "--model", m, "--frames", "1"]).code(0);
+}
+
+#[test]
 fn calibrate_bad_input_is_refused_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("int8");

@@ -1,14 +1,16 @@
 //! A model bundle folder: the [`Bundle`] and what loading its models hands out.
 //!
 //! - `open`: reading `bundle.toml`, checking every file's sha256, reading the label embeddings
-//!   and the int8 calibration tables; rewriting the labels.
+//!   and the int8 calibration tables.
 //! - `validate`: the manifest's fields, and the label-embedding matrix against them.
+//! - `write`: rewriting the labels, crash-safe (one commit point: the manifest's rename).
 //! - `load`: parsing the ONNX graphs with tract, checking their inputs and outputs against the
 //!   manifest, and turning them into typed graphs ([`LoadedGraph`]) or plans ([`LoadedModel`]).
 
 mod load;
 mod open;
 mod validate;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

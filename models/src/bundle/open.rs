@@ -1,5 +1,5 @@
 //! Opening a bundle folder: the manifest, every file's sha256, the label embeddings and the
-//! int8 calibration tables; and rewriting the labels.
+//! int8 calibration tables.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -102,46 +102,6 @@ impl Bundle {
             runtime: None,
         })
     }
-
-    /// Replace the labels and their (unnormalised) embedding rows, rewrite the embedding file and
-    /// the manifest with fresh checksums. Used by `edgefuse labels add/remove`; unchanged rows
-    /// can be taken from [`Bundle::label_embeddings`].
-    pub fn write_labels(
-        &mut self,
-        labels: Vec<crate::manifest::Label>,
-        rows: &[f32],
-    ) -> Result<(), BundleError> {
-        let dim = self.manifest.encoder.embedding_dim;
-        assert_eq!(
-            rows.len(),
-            labels.len() * dim,
-            "one embedding row per label"
-        );
-        let mut bytes = Vec::with_capacity(rows.len() * 4);
-        rows.iter()
-            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
-        let mut manifest = self.manifest.clone();
-        manifest.labels = labels;
-        manifest.text_embeddings.data.sha256 = sha256_hex(&bytes);
-        // Refuse before writing anything: a bundle this would make must still open.
-        let manifest_path = self.dir.join(MANIFEST_FILE);
-        validate_fields(&manifest, &|field: &str, message: String| {
-            BundleError::Field {
-                path: manifest_path.clone(),
-                field: field.to_string(),
-                message,
-            }
-        })?;
-        let emb_path = self.dir.join(&manifest.text_embeddings.data.file);
-        write_atomic(&emb_path, &bytes)?;
-        let text = toml::to_string_pretty(&manifest).map_err(|e| BundleError::ManifestParse {
-            path: self.dir.join(MANIFEST_FILE),
-            message: e.to_string(),
-        })?;
-        write_atomic(&self.dir.join(MANIFEST_FILE), text.as_bytes())?;
-        *self = Self::from_manifest(self.dir.clone(), manifest)?;
-        Ok(())
-    }
 }
 
 /// Read a bundle file (a regular file of at most `limit` bytes) and check its sha256; returns
@@ -173,14 +133,4 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = path.with_extension("tmp-edgefuse");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| BundleError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
 }
