@@ -8,6 +8,7 @@ use clap::Args;
 use serde::{Serialize, Serializer};
 
 use edgefuse_runtime::capture;
+use edgefuse_runtime::engine::{CpuConfig, EngineChoice};
 use edgefuse_runtime::gpu::DeviceChoice;
 use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits, STAGES};
 use edgefuse_runtime::stats::Histogram;
@@ -15,6 +16,7 @@ use edgefuse_runtime::trigger::Trigger;
 
 use crate::output::{install_ctrlc, Out};
 use crate::paths::{open_bundle, ModelArg};
+use crate::values::Ranged;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -35,6 +37,12 @@ pub struct BenchArgs {
     /// Where the models run (as `run --device`) [default: auto].
     #[arg(long, value_name = "DEVICE")]
     device: Option<DeviceChoice>,
+    /// Threads for the models on the CPU (as `run --threads`) [default: 0, every core].
+    #[arg(long, value_name = "N")]
+    threads: Option<Ranged<0, 4096>>,
+    /// CPU engine (as `run --cpu-engine`): plan, tract or auto [default: auto].
+    #[arg(long, value_name = "ENGINE")]
+    cpu_engine: Option<EngineChoice>,
 }
 
 /// Median and 99th percentile of one stage, milliseconds.
@@ -67,6 +75,8 @@ impl Serialize for Stages {
 struct Allocations {
     pipeline: f64,
     engine: f64,
+    /// Every other thread of the process (with the two above: the whole process).
+    other: f64,
 }
 
 /// The bench report (documented in the README).
@@ -105,6 +115,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mut source = capture::open(&uri)?;
     let cfg = PipelineConfig {
         device: a.device.unwrap_or_default(),
+        cpu: CpuConfig {
+            engine: a.cpu_engine.unwrap_or_default(),
+            threads: a.threads.map_or(0, |t| t.0 as usize),
+        },
         ..Default::default()
     };
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
@@ -142,6 +156,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         allocations_per_frame: Allocations {
             pipeline: s.allocations.0 as f64 / s.frames as f64,
             engine: s.allocations.1 as f64 / s.frames as f64,
+            other: s.other_allocations as f64 / s.frames as f64,
         },
         peak_rss_mb: peak_rss_mb(),
     };

@@ -18,6 +18,7 @@ use edgefuse_models::files::read_text_limited;
 
 use edgefuse_runtime::actuate::{ActuatorSpec, LedSpec, Wiring};
 use edgefuse_runtime::decision::DecisionConfig;
+use edgefuse_runtime::engine::{CpuConfig, EngineChoice};
 use edgefuse_runtime::gpu::DeviceChoice;
 use edgefuse_runtime::pipeline::PipelineConfig;
 use edgefuse_runtime::trigger::TriggerSpec;
@@ -114,6 +115,14 @@ pub struct RunOptions {
     #[arg(long, value_name = "DEVICE")]
     #[serde(default, deserialize_with = "de_from_str")]
     pub device: Option<DeviceChoice>,
+    /// Threads for the models on the CPU, 0 = every core this process may use [default: 0].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<Ranged<0, 4096>>,
+    /// CPU engine: plan (ours: every core, no allocation per frame), tract (the reference, one
+    /// thread) or auto (plan; tract for a model with a node the plan cannot run) [default: auto].
+    #[arg(long, value_name = "ENGINE")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub cpu_engine: Option<EngineChoice>,
 }
 
 impl RunOptions {
@@ -145,6 +154,8 @@ impl RunOptions {
             on,
             status_led: self.status_led.or(file.status_led),
             device: self.device.or(file.device),
+            threads: self.threads.or(file.threads),
+            cpu_engine: self.cpu_engine.or(file.cpu_engine),
         }
     }
 
@@ -224,10 +235,19 @@ impl RunOptions {
     }
 
     /// The pipeline settings for a bundle with `labels`.
+    /// The CPU engine and threads.
+    pub fn cpu(&self) -> CpuConfig {
+        CpuConfig {
+            engine: self.cpu_engine.unwrap_or_default(),
+            threads: self.threads.map_or(0, |t| t.0 as usize),
+        }
+    }
+
     pub fn pipeline(&self, labels: &[String]) -> Result<PipelineConfig, UsageError> {
         let mut cfg = PipelineConfig {
             decision: self.decision(labels)?,
             device: self.device.unwrap_or_default(),
+            cpu: self.cpu(),
             ..Default::default()
         };
         if let Some(k) = self.top_k {

@@ -71,6 +71,12 @@ pub fn counts() -> (u64, u64) {
     )
 }
 
+/// Allocation counts so far in every scope: `[pipeline, engine, other]`; their sum covers the
+/// whole process.
+pub fn counts_all() -> [u64; 3] {
+    COUNTS.each_ref().map(|c| c.load(Ordering::Relaxed))
+}
+
 /// Restores the previous scope when dropped.
 #[derive(Debug)]
 pub struct ScopeGuard(u8);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use edgefuse_models::Bundle;
 
-use crate::engine::{EngineError, TractEngine};
+use crate::engine::{CpuConfig, CpuEngine, EngineError};
 use crate::frame::Frame;
 use crate::preprocess::{PreprocessError, Preprocessor};
 
@@ -20,7 +20,7 @@ pub type ModelTimes = [Duration; 3];
 
 /// Runs the models on one frame.
 pub trait Backend: Send {
-    /// A short description for logs and `bench` (`cpu (tract)`, `cuda:0 Orin (sm_87, …)`).
+    /// A short description for logs and `bench` (`cpu (plan, 6 threads)`, `cpu (tract)`, `cuda:0 Orin (sm_87, …)`).
     fn describe(&self) -> String;
 
     /// Preprocess `frame`, run the encoder and the Q-Former; write the pooled `embedding` and
@@ -59,11 +59,12 @@ impl BackendError {
     }
 }
 
-/// The models on the CPU: the CPU preprocessor and tract, with the input tensor sized once.
+/// The models on the CPU: the CPU preprocessor and a [`CpuEngine`] (the plan on every core, or
+/// tract), with the input sized once.
 pub struct CpuBackend {
     pre: Preprocessor,
     input: Vec<f32>,
-    engine: TractEngine,
+    engine: CpuEngine,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -75,9 +76,15 @@ impl std::fmt::Debug for CpuBackend {
 }
 
 impl CpuBackend {
-    /// Load and optimise the bundle's models for the CPU.
+    /// Load and optimise the bundle's models for the CPU with the default engine and every
+    /// core.
     pub fn new(bundle: &Bundle) -> Result<Self, EngineError> {
-        let engine = TractEngine::new(bundle)?;
+        Self::with_config(bundle, CpuConfig::default())
+    }
+
+    /// Load the bundle's models for the CPU as `cfg` says.
+    pub fn with_config(bundle: &Bundle, cfg: CpuConfig) -> Result<Self, EngineError> {
+        let engine = CpuEngine::new(bundle, cfg)?;
         let pre = Preprocessor::new(&bundle.manifest().preprocess);
         Ok(Self {
             input: vec![0.0; pre.output_len()],
@@ -86,15 +93,15 @@ impl CpuBackend {
         })
     }
 
-    /// The tract engine (its output sizes).
-    pub fn engine(&self) -> &TractEngine {
+    /// The engine (its output sizes).
+    pub fn engine(&self) -> &CpuEngine {
         &self.engine
     }
 }
 
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
-        "cpu (tract)".to_string()
+        format!("cpu ({})", self.engine.describe())
     }
 
     fn run(

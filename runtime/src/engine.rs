@@ -1,10 +1,14 @@
-//! Inference with tract on the CPU: the CLIP image encoder and the Q-Former, loaded once and
-//! optimised for the bundle's fixed input shape.
+//! Inference on the CPU: the CLIP image encoder and the Q-Former, loaded once for the bundle's
+//! fixed input shape, run by one of two engines ([`CpuEngine`]):
 //!
-//! Inputs and outputs live in buffers owned by the caller; each call copies the input into a
-//! tract tensor, runs one persistent plan state and copies the outputs back. tract itself
-//! allocates its intermediate tensors on every run: that is measured (see
-//! [`crate::alloc::Scope::Engine`]) and reported by `edgefuse bench`, not hidden.
+//! * the plan ([`PlanEngine`], the default): tract loads, checks, declutters and optimises the
+//!   models, they are lowered to our step list ([`crate::plan`]) and run by [`CpuPlan`] on
+//!   every core, with no allocation per frame;
+//! * tract itself ([`TractEngine`]): the reference, and the engine for a model with a node the
+//!   plan cannot lower. tract allocates its intermediate tensors on every run: that is measured
+//!   (see [`crate::alloc::Scope::Engine`]) and reported by `edgefuse bench`, not hidden.
+//!
+//! Inputs and outputs live in buffers owned by the caller.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +17,7 @@ use tract_onnx::prelude::*;
 use edgefuse_models::{Bundle, BundleError};
 
 use crate::alloc::{scope, Scope};
+use crate::plan::{self, CpuPlan, PlanError, Pool};
 
 /// Inference errors.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +25,22 @@ pub enum EngineError {
     /// The bundle could not be loaded.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The plan cannot run the bundle's models (`--cpu-engine plan`), or failed to.
+    #[error("{model}: the CPU plan cannot run it: {source}")]
+    Plan {
+        /// Which model.
+        model: &'static str,
+        /// Why.
+        source: PlanError,
+    },
+    /// The worker threads could not be started.
+    #[error("cannot start {threads} CPU worker threads: {source}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// tract failed while running a model.
     #[error("{model}: inference failed: {message}")]
     Run {
@@ -170,5 +191,215 @@ impl TractEngine {
             .map_err(run_err("qformer"))?;
         queries.copy_from_slice(f32s(&out[0]).map_err(run_err("qformer"))?);
         Ok(())
+    }
+}
+
+/// Which engine runs the models on the CPU (`--cpu-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// The plan when the models lower completely, tract otherwise.
+    #[default]
+    Auto,
+    /// The plan, or an error naming the node it cannot run.
+    Plan,
+    /// tract (single-threaded; allocates per frame).
+    Tract,
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "plan" => Ok(Self::Plan),
+            "tract" => Ok(Self::Tract),
+            _ => Err(format!("unknown CPU engine `{s}`: use auto, plan or tract")),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Plan => "plan",
+            Self::Tract => "tract",
+        })
+    }
+}
+
+/// How the CPU runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuConfig {
+    /// Which engine.
+    pub engine: EngineChoice,
+    /// Threads for the plan (the caller included); 0 = every core this process may use.
+    pub threads: usize,
+}
+
+/// The encoder and Q-Former as [`CpuPlan`]s on one worker pool.
+pub struct PlanEngine {
+    encoder: CpuPlan,
+    qformer: Option<CpuPlan>,
+    embedding_dim: usize,
+    queries_len: usize,
+}
+
+impl std::fmt::Debug for PlanEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanEngine")
+            .field("encoder", &self.encoder)
+            .field("qformer", &self.qformer)
+            .finish()
+    }
+}
+
+impl PlanEngine {
+    /// Lower the bundle's models and prepare them on a pool of `threads` (0 = all cores).
+    pub fn new(bundle: &Bundle, threads: usize) -> Result<Self, EngineError> {
+        let plan_err = |model| move |source| EngineError::Plan { model, source };
+        let (enc, qf) = plan::lower_bundle(bundle).map_err(plan_err("encoder"))?;
+        let want = if threads == 0 {
+            plan::available_threads()
+        } else {
+            threads
+        };
+        let pool = std::sync::Arc::new(Pool::new(want).map_err(|source| EngineError::Threads {
+            threads: want,
+            source,
+        })?);
+        let encoder = CpuPlan::new(&enc, pool.clone()).map_err(plan_err("encoder"))?;
+        let qformer = match qf {
+            Some(q) => Some(CpuPlan::new(&q, pool).map_err(plan_err("qformer"))?),
+            None => None,
+        };
+        let embedding_dim = bundle.manifest().encoder.embedding_dim;
+        let queries_len = qformer.as_ref().map_or(0, |q| q.output_len(0));
+        if encoder.output_len(0) != embedding_dim {
+            return Err(EngineError::Plan {
+                model: "encoder",
+                source: PlanError::Unsupported(format!(
+                    "embedding has {} values, the manifest says {embedding_dim}",
+                    encoder.output_len(0)
+                )),
+            });
+        }
+        Ok(Self {
+            encoder,
+            qformer,
+            embedding_dim,
+            queries_len,
+        })
+    }
+
+    /// Threads a frame runs on.
+    pub fn threads(&self) -> usize {
+        self.encoder.threads()
+    }
+
+    /// Run the encoder on `image`, then the Q-Former; like [`TractEngine::run`].
+    pub fn run(
+        &mut self,
+        image: &[f32],
+        embedding: &mut [f32],
+        queries: &mut [f32],
+    ) -> Result<[Duration; 2], EngineError> {
+        let _s = scope(Scope::Engine);
+        let t0 = Instant::now();
+        self.encoder
+            .run(image)
+            .map_err(|source| EngineError::Plan {
+                model: "encoder",
+                source,
+            })?;
+        embedding.copy_from_slice(self.encoder.output(0));
+        let t1 = Instant::now();
+        if let Some(q) = self.qformer.as_mut() {
+            q.run(self.encoder.output(1))
+                .map_err(|source| EngineError::Plan {
+                    model: "qformer",
+                    source,
+                })?;
+            queries.copy_from_slice(q.output(0));
+        }
+        Ok([t1 - t0, t1.elapsed()])
+    }
+}
+
+/// The engine [`crate::backend::CpuBackend`] runs.
+#[derive(Debug)]
+pub enum CpuEngine {
+    /// Our plan executor.
+    Plan(PlanEngine),
+    /// tract.
+    Tract(TractEngine),
+}
+
+impl CpuEngine {
+    /// The engine `cfg` asks for; with [`EngineChoice::Auto`], tract when the plan cannot run
+    /// the models (logged with the reason).
+    pub fn new(bundle: &Bundle, cfg: CpuConfig) -> Result<Self, EngineError> {
+        match cfg.engine {
+            EngineChoice::Tract => Ok(Self::Tract(TractEngine::new(bundle)?)),
+            EngineChoice::Plan => Ok(Self::Plan(PlanEngine::new(bundle, cfg.threads)?)),
+            EngineChoice::Auto => match PlanEngine::new(bundle, cfg.threads) {
+                Ok(p) => Ok(Self::Plan(p)),
+                Err(e @ EngineError::Plan { .. }) => {
+                    log::warn!("{e}; running the models in tract (one thread)");
+                    Ok(Self::Tract(TractEngine::new(bundle)?))
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// `plan, 6 threads` or `tract`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Plan(p) => format!(
+                "plan, {} thread{}",
+                p.threads(),
+                if p.threads() == 1 { "" } else { "s" }
+            ),
+            Self::Tract(_) => "tract".to_string(),
+        }
+    }
+
+    /// Width of the pooled embedding.
+    pub fn embedding_dim(&self) -> usize {
+        match self {
+            Self::Plan(p) => p.embedding_dim,
+            Self::Tract(t) => t.embedding_dim(),
+        }
+    }
+
+    /// Values in the Q-Former output, 0 without a Q-Former.
+    pub fn queries_len(&self) -> usize {
+        match self {
+            Self::Plan(p) => p.queries_len,
+            Self::Tract(t) => t.queries_len(),
+        }
+    }
+
+    /// Whether a Q-Former runs.
+    pub fn has_qformer(&self) -> bool {
+        match self {
+            Self::Plan(p) => p.qformer.is_some(),
+            Self::Tract(t) => t.has_qformer(),
+        }
+    }
+
+    /// Run both models; see [`TractEngine::run`].
+    pub fn run(
+        &mut self,
+        image: &[f32],
+        embedding: &mut [f32],
+        queries: &mut [f32],
+    ) -> Result<[Duration; 2], EngineError> {
+        match self {
+            Self::Plan(p) => p.run(image, embedding, queries),
+            Self::Tract(t) => t.run(image, embedding, queries),
+        }
     }
 }

@@ -25,6 +25,7 @@ pub mod frame;
 pub mod fusion;
 pub mod gpu;
 pub mod pipeline;
+pub mod plan;
 pub mod preprocess;
 pub mod ring;
 pub mod stats;

@@ -16,7 +16,7 @@ use crate::alloc;
 use crate::backend::{Backend, BackendError, CpuBackend, ModelTimes};
 use crate::capture::{CaptureError, FrameSource, SourceStats};
 use crate::decision::{Decision, DecisionConfig, Events};
-use crate::engine::EngineError;
+use crate::engine::{CpuConfig, EngineError};
 use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
 use crate::gpu::{self, DeviceChoice, GpuError};
@@ -73,6 +73,8 @@ pub struct PipelineConfig {
     /// Where the tensor work runs ([`DeviceChoice::Cpu`] by default; the CLI defaults to
     /// `auto`).
     pub device: DeviceChoice,
+    /// The CPU engine and its threads (also the fallback's when a GPU runs the models).
+    pub cpu: CpuConfig,
 }
 
 impl Default for PipelineConfig {
@@ -82,6 +84,7 @@ impl Default for PipelineConfig {
             decision: DecisionConfig::default(),
             ring_slots: 4,
             device: DeviceChoice::Cpu,
+            cpu: CpuConfig::default(),
         }
     }
 }
@@ -135,8 +138,11 @@ pub struct RunSummary {
     pub events: u64,
     /// Per-stage latency histograms (see [`STAGES`]).
     pub stages: Vec<Histogram>,
-    /// Allocations after warm-up: `(pipeline, engine)`.
+    /// Allocations after warm-up: `(pipeline, engine)` (the engine's worker threads included).
     pub allocations: (u64, u64),
+    /// Allocations after warm-up on every other thread of the process (a test harness, signal
+    /// handlers, GPIO timers): with `allocations`, the whole process.
+    pub other_allocations: u64,
     /// Wall time after warm-up.
     pub wall: Duration,
     /// Source counters.
@@ -176,7 +182,7 @@ impl Pipeline {
     /// GPU failure mid-run can continue on the CPU.
     pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, BuildError> {
         let device = gpu::select(cfg.device, bundle)?;
-        let cpu = CpuBackend::new(bundle)?;
+        let cpu = CpuBackend::with_config(bundle, cfg.cpu)?;
         let engine = cpu.engine();
         let (embedding_dim, queries_len) = (engine.embedding_dim(), engine.queries_len());
         let has_qformer = engine.has_qformer();
@@ -220,7 +226,7 @@ impl Pipeline {
         self
     }
 
-    /// Where frames are processed now: the primary backend's description (`cpu (tract)`, or
+    /// Where frames are processed now: the primary backend's description (`cpu (plan, 6 threads)`, or
     /// the GPU's).
     pub fn device(&self) -> String {
         self.primary.describe()
@@ -343,7 +349,7 @@ impl Pipeline {
         let mut started = Instant::now();
         // This thread and the capture thread are the pipeline's: their allocations count.
         let _scope = alloc::scope(alloc::Scope::Pipeline);
-        let mut alloc0 = alloc::counts();
+        let mut alloc0 = alloc::counts_all();
         let result = std::thread::scope(|s| {
             let ring_ref = &ring;
             let err_ref = &capture_error;
@@ -381,7 +387,7 @@ impl Pipeline {
                     seen += 1;
                     if seen == limits.warmup {
                         started = Instant::now();
-                        alloc0 = alloc::counts();
+                        alloc0 = alloc::counts_all();
                     }
                     if seen > limits.warmup {
                         summary.frames += 1;
@@ -401,8 +407,9 @@ impl Pipeline {
                 }
                 Ok(())
             })();
-            let alloc1 = alloc::counts();
-            summary.allocations = (alloc1.0 - alloc0.0, alloc1.1 - alloc0.1);
+            let alloc1 = alloc::counts_all();
+            summary.allocations = (alloc1[0] - alloc0[0], alloc1[1] - alloc0[1]);
+            summary.other_allocations = alloc1[2] - alloc0[2];
             summary.wall = started.elapsed();
             ring.close();
             summary.source = capture.join().unwrap_or_else(|_| {

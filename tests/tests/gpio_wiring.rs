@@ -28,6 +28,7 @@ fn trigger_edges_on_a_frame_sequence_fire_the_mapped_actuators() {
         },
         ring_slots: 4,
         device: edgefuse_runtime::gpu::DeviceChoice::Cpu,
+        ..Default::default()
     };
     let mut pipeline = Pipeline::new(&bundle, cfg).unwrap();
     let labels = pipeline.labels().to_vec();

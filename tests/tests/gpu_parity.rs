@@ -495,7 +495,7 @@ mod cuda {
     #[test]
     fn graph_executor_matches_the_plan_run_on_the_cpu() {
         use edgefuse_runtime::gpu::cuda::GraphExec;
-        use edgefuse_runtime::gpu::graph::{lower_bundle, run_cpu};
+        use edgefuse_runtime::plan::{lower_bundle, run_reference};
         let Some((mut g, _)) = gpu("graph") else {
             return;
         };
@@ -503,8 +503,8 @@ mod cuda {
         let (enc, qf) = lower_bundle(&bundle).unwrap();
         let qf = qf.unwrap();
         let input = rand(enc.buffers[enc.input].len(), 20);
-        let want = run_cpu(&enc, &input).unwrap();
-        let want_q = run_cpu(&qf, &want[1]).unwrap();
+        let want = run_reference(&enc, &input).unwrap();
+        let want_q = run_reference(&qf, &want[1]).unwrap();
         let mut e = GraphExec::new(&mut g, enc).unwrap();
         let mut q = GraphExec::new(&mut g, qf).unwrap();
         let dx = g.upload(&input).unwrap();

@@ -27,7 +27,45 @@ fn device_flag_cpu_auto_and_cuda_without_a_usable_gpu() {
     let b = Run::new(&["bench", "--frames", "3", "--warmup", "1", "--device", "cpu"]);
     b.code(0);
     let v: serde_json::Value = serde_json::from_str(b.stdout().trim()).unwrap();
-    assert_eq!(v["device"], "cpu (tract)", "{}", b.context());
+    let d = v["device"].as_str().unwrap_or_default();
+    assert!(d.starts_with("cpu (plan, "), "{}", b.context());
+    assert_eq!(v["allocations_per_frame"]["engine"], 0.0, "{}", b.context());
+    // The reference engine on request, and an explicit thread count.
+    let t = Run::new(&[
+        "bench",
+        "--frames",
+        "3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--cpu-engine",
+        "tract",
+    ]);
+    t.code(0);
+    let v: serde_json::Value = serde_json::from_str(t.stdout().trim()).unwrap();
+    assert_eq!(v["device"], "cpu (tract)", "{}", t.context());
+    let p = Run::new(&[
+        "bench",
+        "--frames",
+        "3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "3",
+    ]);
+    p.code(0);
+    let v: serde_json::Value = serde_json::from_str(p.stdout().trim()).unwrap();
+    assert_eq!(v["device"], "cpu (plan, 3 threads)", "{}", p.context());
+    let bad = Run::new(&["bench", "--frames", "3", "--cpu-engine", "onnx"]);
+    bad.code(2);
+    assert!(
+        bad.stderr().contains("use auto, plan or tract"),
+        "{}",
+        bad.context()
+    );
     assert_eq!(v["gpu_fallbacks"], 0);
     // The config file takes `device` too, checked like every other key.
     let tmp = tempfile::tempdir().unwrap();

@@ -204,6 +204,16 @@ impl QLinear {
         &self.weights
     }
 
+    /// The packed weights, shared (an execution plan keeps them without a copy).
+    pub fn weights_arc(&self) -> Arc<PackedWeights> {
+        Arc::clone(&self.weights)
+    }
+
+    /// The kernel the weights were quantized for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
     /// The activation scale (`amax / 127`).
     pub fn act_scale(&self) -> f32 {
         self.act_scale

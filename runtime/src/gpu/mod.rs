@@ -4,8 +4,8 @@
 //!
 //! * [`KERNELS`]: the `.cu` sources, each compiled as `common.cuh` + the file, with no CUDA
 //!   headers, so a Jetson needs only the driver and `libnvrtc` at run time.
-//! * [`graph`]: the encoder and Q-Former lowered to one kernel per step, and the plan's CPU
-//!   executor that checks the lowering without a GPU.
+//! * the plan ([`crate::plan`]): the encoder and Q-Former lowered to one kernel per step, the
+//!   same steps the CPU executes.
 //! * [`reference`](mod@reference): a CPU implementation of every kernel with its stated
 //!   tolerance; the GPU parity tests compare against these (and against the production CPU
 //!   preprocessor and fusion head).
@@ -20,7 +20,6 @@ use crate::backend::Backend;
 pub mod cache;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod graph;
 pub mod reference;
 
 /// One kernel source file.
@@ -206,7 +205,7 @@ impl serde::Serialize for DeviceChoice {
 /// Which engine runs the encoder and the Q-Former on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuModels {
-    /// Our kernels over the lowered graphs ([`graph`]); tract-cuda when the bundle has a node
+    /// Our kernels over the lowered graphs ([`crate::plan`]); tract-cuda when the bundle has a node
     /// our executor cannot run.
     OursElseTract,
     /// Our kernels only.
@@ -286,6 +285,12 @@ pub enum GpuError {
         /// The system's message.
         message: String,
     },
+}
+
+impl From<crate::plan::PlanError> for GpuError {
+    fn from(e: crate::plan::PlanError) -> Self {
+        GpuError::Unsupported(e.to_string())
+    }
 }
 
 /// What the CUDA build variant supports, for `edgefuse info`.

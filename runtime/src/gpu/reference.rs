@@ -77,7 +77,7 @@ pub fn act(x: f32, a: Activation) -> f32 {
     match a {
         Activation::None => x,
         Activation::Gelu => {
-            0.5 * x * (1.0 + erf(x as f64 * std::f64::consts::FRAC_1_SQRT_2) as f32)
+            0.5 * x * (1.0 + crate::plan::erf(x as f64 * std::f64::consts::FRAC_1_SQRT_2) as f32)
         }
         Activation::GeluTanh => {
             let c = (2.0f32 / std::f32::consts::PI).sqrt();
@@ -85,46 +85,6 @@ pub fn act(x: f32, a: Activation) -> f32 {
         }
         Activation::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
     }
-}
-
-/// Error function (Abramowitz–Stegun 7.1.26 is too coarse here: this is the series / continued
-/// fraction pair, accurate to ~1e-15).
-pub fn erf(x: f64) -> f64 {
-    let ax = x.abs();
-    let r = if ax < 2.5 {
-        // Maclaurin series.
-        let mut term = ax;
-        let mut sum = ax;
-        let x2 = ax * ax;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 * sum.abs() {
-            n += 1.0;
-            term *= -x2 / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        // erfc continued fraction (Lentz).
-        let tiny = 1e-300;
-        let mut f = ax;
-        let mut c = ax;
-        let mut d = 0.0;
-        for i in 1..200 {
-            let a = i as f64 / 2.0;
-            d = ax + a * d;
-            d = if d.abs() < tiny { tiny } else { d };
-            c = ax + a / c;
-            c = if c.abs() < tiny { tiny } else { c };
-            d = 1.0 / d;
-            let delta = c * d;
-            f *= delta;
-            if (delta - 1.0).abs() < 1e-16 {
-                break;
-            }
-        }
-        1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
-    };
-    r.copysign(x)
 }
 
 /// `y[m][n] = act(Σ_k x[m][k]·w[n][k] + bias[n])`, `w` row-major `[n, k]`.
@@ -355,7 +315,11 @@ mod tests {
             (-2.0, -0.995_322_265_018_952_7),
             (3.0, 0.999_977_909_503_001_4),
         ] {
-            assert!((erf(x) - want).abs() < 1e-13, "erf({x}) = {}", erf(x));
+            assert!(
+                (crate::plan::erf(x) - want).abs() < 1e-13,
+                "erf({x}) = {}",
+                crate::plan::erf(x)
+            );
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::arch::aarch64::*;
 use std::arch::asm;
+use std::ops::Range;
 
 use super::{row_blocks, Kernel, PackedWeights, PANEL};
 
@@ -16,10 +17,17 @@ const QUAD: usize = PANEL * 4;
 /// # Safety
 /// The CPU must have `kernel`'s features; `a` must hold `m * w.kp` bytes and `acc` `m * w.n`
 /// values. Checked by [`super::gemm`].
-pub(super) unsafe fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+pub(super) unsafe fn gemm(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
     match kernel {
-        Kernel::Sdot => gemm_sdot(a, m, w, acc),
-        _ => gemm_neon(a, m, w, acc),
+        Kernel::Sdot => gemm_sdot(a, m, w, acc, panels),
+        _ => gemm_neon(a, m, w, acc, panels),
     }
 }
 
@@ -32,12 +40,12 @@ fn store8(acc: &mut [i32], n: usize, i: usize, c0: usize, vals: &[i32; 8]) {
 
 /// One row × 8 columns at a time, the same 4 activations for every column.
 #[target_feature(enable = "neon")]
-unsafe fn gemm_neon(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+unsafe fn gemm_neon(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32], panels: Range<usize>) {
     let kq = w.kp / 4;
     let flip = vdupq_n_u8(0x80);
     for i in 0..m {
         let ap = a.as_ptr().add(i * w.kp);
-        for c0 in (0..w.n).step_by(8) {
+        for c0 in (panels.start * PANEL..(panels.end * PANEL).min(w.n)).step_by(8) {
             let (p, j) = (c0 / PANEL, (c0 % PANEL) / 8);
             let bp = w.data.as_ptr().add(p * kq * QUAD + j * 32);
             // Four accumulators of [col c, col c (other half), col c+1, col c+1 (other half)].
@@ -81,10 +89,10 @@ unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// Up to 2 rows × 32 columns in 16 accumulators; per k-quad eight weight loads and eight SDOT
 /// per row (4 columns × 4 k each).
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn gemm_sdot(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+unsafe fn gemm_sdot(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32], panels: Range<usize>) {
     let kq = w.kp / 4;
     let flip = vdupq_n_u8(0x80);
-    for p in 0..w.np / PANEL {
+    for p in panels {
         let b = w.data.as_ptr().add(p * kq * QUAD);
         let c0 = p * PANEL;
         for (r0, rows) in row_blocks(m, 2) {

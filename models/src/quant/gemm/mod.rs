@@ -33,6 +33,8 @@ pub const ACT_MAX: f32 = 127.0;
 /// Columns per packed panel.
 pub const PANEL: usize = 32;
 
+use std::ops::Range;
+
 /// Which kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -222,6 +224,11 @@ impl PackedWeights {
         self.data[Self::index(self.kp, kk, nn)]
     }
 
+    /// Column panels ([`PANEL`] columns each): the unit of [`gemm_panels`].
+    pub fn panels(&self) -> usize {
+        self.np / PANEL
+    }
+
     /// Bytes of packed weights.
     pub fn bytes(&self) -> usize {
         self.data.len()
@@ -295,6 +302,20 @@ pub fn quantize_row_scalar(row: &[f32], inv: f32, out: &mut [u8]) -> usize {
 /// Panics when `kernel` does not run on this CPU or cannot compute exactly with `w`'s weight
 /// width (see [`PackedWeights::fits`]).
 pub fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    gemm_panels(kernel, a, m, w, acc, 0..w.panels());
+}
+
+/// [`gemm`] for the columns of weight panels `panels` only ([`PANEL`] columns each, the last
+/// one possibly short): the unit a multithreaded caller splits the columns by. Columns outside
+/// the panels are not touched.
+pub fn gemm_panels(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
     assert!(
         a.len() >= m * w.kp && acc.len() >= m * w.n,
         "gemm buffer sizes"
@@ -305,20 +326,31 @@ pub fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i3
         kernel.weight_max(),
         w.qmax
     );
-    if m == 0 || w.n == 0 {
+    assert!(
+        panels.end <= w.panels(),
+        "panels {panels:?} of {}",
+        w.panels()
+    );
+    if m == 0 || w.n == 0 || panels.is_empty() {
         return;
     }
     match kernel {
-        Kernel::Scalar => gemm_scalar(a, m, w, acc),
+        Kernel::Scalar => gemm_scalar_cols(
+            a,
+            m,
+            w,
+            acc,
+            panels.start * PANEL..(panels.end * PANEL).min(w.n),
+        ),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni => {
             assert!(
                 kernel.is_available(),
                 "{kernel:?} is not supported by this CPU"
             );
-            // SAFETY: the CPU has the kernel's features (checked above); buffer sizes were
-            // asserted above and the weights' width fits the kernel.
-            unsafe { x86::gemm(kernel, a, m, w, acc) }
+            // SAFETY: the CPU has the kernel's features (checked above); buffer sizes and the
+            // panel range were asserted above and the weights' width fits the kernel.
+            unsafe { x86::gemm(kernel, a, m, w, acc, panels) }
         }
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon | Kernel::Sdot => {
@@ -327,7 +359,7 @@ pub fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i3
                 "{kernel:?} is not supported by this CPU"
             );
             // SAFETY: as above.
-            unsafe { arm::gemm(kernel, a, m, w, acc) }
+            unsafe { arm::gemm(kernel, a, m, w, acc, panels) }
         }
         #[allow(unreachable_patterns)]
         _ => panic!("{kernel:?} does not exist on this architecture"),
@@ -336,8 +368,12 @@ pub fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i3
 
 /// The reference.
 pub fn gemm_scalar(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+    gemm_scalar_cols(a, m, w, acc, 0..w.n)
+}
+
+fn gemm_scalar_cols(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32], cols: Range<usize>) {
     for i in 0..m {
-        for nn in 0..w.n {
+        for nn in cols.clone() {
             let mut s = 0i32;
             for kk in 0..w.k {
                 s += (i32::from(a[i * w.kp + kk]) - 128) * i32::from(w.get(kk, nn));
@@ -462,6 +498,22 @@ mod tests {
                         "{kernel:?} m={m} k={k} n={n} ±{qmax}"
                     );
                     assert!(got[m * n..].iter().all(|&v| v == i32::MIN));
+                    // Split by column panels (how threads divide a product): each part writes
+                    // its own columns only, and together they give the same result.
+                    let mut split = vec![i32::MIN; m * n];
+                    let cut = w.panels() / 2;
+                    gemm_panels(kernel, &a, m, &w, &mut split, 0..cut);
+                    for i in 0..m {
+                        let first = (cut * PANEL).min(n);
+                        assert!(split[i * n + first..(i + 1) * n]
+                            .iter()
+                            .all(|&v| v == i32::MIN));
+                    }
+                    gemm_panels(kernel, &a, m, &w, &mut split, cut..w.panels());
+                    assert_eq!(
+                        split, want,
+                        "{kernel:?} split at panel {cut}, m={m} k={k} n={n}"
+                    );
                     if !checked.contains(&kernel) {
                         checked.push(kernel);
                     }

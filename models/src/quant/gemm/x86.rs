@@ -7,6 +7,7 @@
 //! the whole contraction. Row blocks are balanced ([`row_blocks`]) so no block is a short tail.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::{row_blocks, Kernel, PackedWeights, PANEL};
 
@@ -16,11 +17,18 @@ const QUAD: usize = PANEL * 4;
 /// # Safety
 /// The CPU must have `kernel`'s features; `a` must hold `m * w.kp` bytes and `acc` `m * w.n`
 /// values; `w`'s weights must fit `kernel` (AVX2: 7-bit). All checked by [`super::gemm`].
-pub(super) unsafe fn gemm(kernel: Kernel, a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+pub(super) unsafe fn gemm(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
     match kernel {
-        Kernel::Avx512Vnni => gemm_avx512vnni(a, m, w, acc),
-        Kernel::AvxVnni => gemm_avxvnni(a, m, w, acc),
-        _ => gemm_avx2(a, m, w, acc),
+        Kernel::Avx512Vnni => gemm_avx512vnni(a, m, w, acc, panels),
+        Kernel::AvxVnni => gemm_avxvnni(a, m, w, acc, panels),
+        _ => gemm_avx2(a, m, w, acc, panels),
     }
 }
 
@@ -35,9 +43,15 @@ struct Out {
 /// AVX-512 VNNI: up to 12 rows × 32 columns in 24 zmm accumulators; per k-quad two weight
 /// loads, one broadcast per row and two `vpdpbusd` per row (64 MACs each, no saturation).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn gemm_avx512vnni(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+unsafe fn gemm_avx512vnni(
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
     let kq = w.kp / 4;
-    for p in 0..w.np / PANEL {
+    for p in panels.clone() {
         let b = w.data.as_ptr().add(p * kq * QUAD);
         let corr = w.offset_correction.as_ptr().add(p * PANEL);
         let c0 = p * PANEL;
@@ -103,13 +117,19 @@ unsafe fn tile_zmm<const MR: usize>(
 }
 
 #[target_feature(enable = "avx2")]
-unsafe fn gemm_avx2(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
-    gemm_ymm::<false>(a, m, w, acc)
+unsafe fn gemm_avx2(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32], panels: Range<usize>) {
+    gemm_ymm::<false>(a, m, w, acc, panels)
 }
 
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn gemm_avxvnni(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
-    gemm_ymm::<true>(a, m, w, acc)
+unsafe fn gemm_avxvnni(
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
+    gemm_ymm::<true>(a, m, w, acc, panels)
 }
 
 /// AVX2 and AVX-VNNI on ymm: column blocks of 16 (half a panel), rows in balanced blocks of up
@@ -117,10 +137,16 @@ unsafe fn gemm_avxvnni(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
 /// `vpdpbusd` per 32 MACs). Inlined into the two entry points above so each tile inlines with
 /// its features.
 #[inline(always)]
-unsafe fn gemm_ymm<const VNNI: bool>(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32]) {
+unsafe fn gemm_ymm<const VNNI: bool>(
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
     let kq = w.kp / 4;
     let max_rows = if VNNI { 6 } else { 4 };
-    for p in 0..w.np / PANEL {
+    for p in panels.clone() {
         for h in 0..2 {
             let c0 = p * PANEL + h * 16;
             if c0 >= w.n {

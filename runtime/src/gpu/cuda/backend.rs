@@ -19,7 +19,7 @@ use crate::preprocess::Preprocessor;
 
 /// How the backend runs the encoder and the Q-Former.
 enum Models {
-    /// Our kernels over the lowered graphs ([`crate::gpu::graph`]): everything stays on the GPU
+    /// Our kernels over the lowered graphs ([`crate::plan`]): everything stays on the GPU
     /// from the frame to the embeddings; int8 bundles run their linear layers in int8.
     Ours {
         enc: Box<GraphExec>,
@@ -80,7 +80,7 @@ impl CudaBackend {
 }
 
 fn ours(gpu: &mut Gpu, bundle: &Bundle) -> Result<Models, GpuError> {
-    let (enc, qf) = crate::gpu::graph::lower_bundle(bundle)?;
+    let (enc, qf) = crate::plan::lower_bundle(bundle)?;
     let enc = Box::new(GraphExec::new(gpu, enc)?);
     let qf = match qf {
         Some(p) => Some(Box::new(GraphExec::new(gpu, p)?)),

@@ -7,9 +7,9 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConf
 use super::device::{driver_err, Gpu};
 use super::launch::{blocks, check_len, launched, Launch};
 use super::ops::{Int8Kernel, Kernels};
-use crate::gpu::graph::{Broadcast, Conv2d, MatMul, Permute, Plan, Step};
-use crate::gpu::reference::Activation;
+use crate::gpu::reference::{Activation, RowWeights};
 use crate::gpu::GpuError;
+use crate::plan::{Broadcast, Conv2d, MatMul, Permute, Plan, Step};
 
 // SAFETY: plain #[repr(C)] structs of i32 arrays, laid out exactly like graph.cu's EfBroadcast,
 // EfPermute, EfMatMul and EfConv (4-byte fields, no padding); passed to kernels by value.
@@ -42,6 +42,8 @@ enum StepData {
         w: CudaSlice<i8>,
         scales: CudaSlice<f32>,
         q: CudaSlice<i8>,
+        /// `k` padded to 32 (the rows' stride).
+        kp: usize,
     },
 }
 
@@ -100,11 +102,16 @@ impl GraphExec {
         for s in &plan.steps {
             data.push(match s {
                 Step::Gather { indices, .. } => StepData::Indices(gpu.upload(indices)?),
-                Step::Int8Linear { m, weights, .. } => StepData::Int8 {
-                    w: gpu.upload(&weights.q)?,
-                    scales: gpu.upload(&weights.scales)?,
-                    q: gpu.zeros::<i8>(m * weights.kp)?,
-                },
+                Step::Int8Linear { m, weights, .. } => {
+                    // The GPU kernels read the same integers as rows padded to 32.
+                    let rows = RowWeights::from_packed(weights);
+                    StepData::Int8 {
+                        w: gpu.upload(&rows.q)?,
+                        scales: gpu.upload(&rows.scales)?,
+                        q: gpu.zeros::<i8>(m * rows.kp)?,
+                        kp: rows.kp,
+                    }
+                }
                 _ => StepData::None,
             });
         }
@@ -378,14 +385,15 @@ impl GraphExec {
                 m,
                 weights,
                 act_scale,
+                ..
             } => {
                 let (x, out, m, act_scale) = (*x, *out, *m, *act_scale);
                 let which = *int8;
-                let StepData::Int8 { w, scales, q } = data else {
+                let StepData::Int8 { w, scales, q, kp } = data else {
                     return Err(GpuError::Unsupported("int8 weights missing".into()));
                 };
                 let (ins, y) = io(bufs, [x, 0, 0], 1, out);
-                kernels.quantize_i8(ins[0], q, (m, weights.k, weights.kp), act_scale)?;
+                kernels.quantize_i8(ins[0], q, (m, weights.k, *kp), act_scale)?;
                 kernels.linear_i8(
                     which,
                     q,
@@ -394,7 +402,7 @@ impl GraphExec {
                     act_scale,
                     None,
                     y,
-                    (m, weights.n, weights.kp),
+                    (m, weights.n, *kp),
                     Activation::None,
                 )
             }

@@ -2,25 +2,40 @@
 //! model (with our `QLinear` int8 operators in place for an int8 bundle) lowered to a flat list
 //! of [`Step`]s over buffers sized once, each step one kernel.
 //!
-//! The plan is backend-neutral. [`run_cpu`] executes it with plain loops: that is how the lowering
-//! is checked without a GPU (against tract's own output, `tests/tests/gpu_graph.rs`), and the
+//! The plan is backend-neutral. [`run_reference`] executes it with plain loops: that is how the lowering
+//! is checked without a GPU (against tract's own output, `tests/tests/plan.rs`), and the
 //! CUDA executor (`cuda::GraphExec`) runs the same steps with the kernels of `kernels/graph.cu`
 //! and `kernels/linear.cu`. A node whose op has no lowering becomes a `Step::Host` (tract's own
-//! evaluation), named in [`Plan::host_nodes`]: [`run_cpu`] executes it, the CUDA executor refuses
+//! evaluation), named in [`Plan::host_nodes`]: [`run_reference`] and [`CpuPlan`] execute it (the latter only on request), the CUDA executor refuses
 //! such a plan (it would copy through the host every frame) and the CUDA backend then runs the
 //! models on tract-cuda instead (`--device cuda`).
 //!
 //! Files: `ir` (the plan's types), `lower` (tract's typed model → plan; the graph comes
 //! from `Bundle::load_encoder_graph` / `load_qformer_graph`), `einsum` (einsums as strided
-//! matrix products), `cpu` (the CPU executor and each step's reference loop).
+//! matrix products), `reference` (each step's definition as a plain loop), `exec` ([`CpuPlan`]: the fast CPU
+//! executor), `pool` (the fixed worker pool).
 
-mod cpu;
 mod einsum;
+mod exec;
 mod ir;
 mod lower;
 
-pub use cpu::{conv_cpu, eval_host, run_cpu, unary};
+mod reference;
+
+pub use exec::{CpuPlan, FloatKernel};
 pub use ir::{
     BinOp, Broadcast, Buffer, Conv2d, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };
 pub use lower::{lower, lower_bundle};
+pub use pool::{available_threads, Pool};
+pub use reference::{conv_cpu, erf, eval_host, run_reference, unary};
+
+mod pool;
+
+/// Why a model cannot be lowered to a plan, or a plan cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A node or shape the lowering does not handle.
+    #[error("{0}")]
+    Unsupported(String),
+}

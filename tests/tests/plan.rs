@@ -1,14 +1,17 @@
-//! The GPU execution plan, checked without a GPU: the bundle's encoder and Q-Former graphs
-//! lowered to kernel steps (`edgefuse_runtime::gpu::graph`) and executed with the steps' CPU
-//! definitions must reproduce tract's outputs, in float and in int8. The CUDA executor runs the
-//! same steps with kernels that `gpu_parity` checks against the same definitions.
+//! The execution plan: the bundle's encoder and Q-Former graphs lowered to steps
+//! (`edgefuse_runtime::plan`) must reproduce tract's outputs, in float and in int8, both when
+//! executed with the steps' definitions (`run_reference`, what the CUDA kernels are checked
+//! against in `gpu_parity`) and by the fast CPU executor (`CpuPlan`), whose results must not
+//! depend on the thread count.
 
 use edgefuse_calibration as calibrate;
 use edgefuse_models::Bundle;
 use edgefuse_runtime::capture::{self, synthetic::render};
 use edgefuse_runtime::engine::TractEngine;
 use edgefuse_runtime::frame::PixelFormat;
-use edgefuse_runtime::gpu::graph::{lower_bundle, run_cpu, Step};
+use std::sync::Arc;
+
+use edgefuse_runtime::plan::{lower_bundle, run_reference, CpuPlan, Pool, Step};
 use edgefuse_runtime::preprocess::Preprocessor;
 use edgefuse_tests::{default_bundle, samples};
 
@@ -29,7 +32,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
 fn check(bundle: &Bundle, what: &str, tol: f32) {
     let (enc, qf) = lower_bundle(bundle).unwrap();
     let qf = qf.expect("the default bundle has a Q-Former");
-    let count = |p: &edgefuse_runtime::gpu::graph::Plan, f: fn(&Step) -> bool| {
+    let count = |p: &edgefuse_runtime::plan::Plan, f: fn(&Step) -> bool| {
         p.steps.iter().filter(|s| f(s)).count()
     };
     println!(
@@ -51,6 +54,15 @@ fn check(bundle: &Bundle, what: &str, tol: f32) {
     let mut emb = vec![0.0; engine.embedding_dim()];
     let mut queries = vec![0.0; engine.queries_len()];
     let mut worst = (0f32, 0f32);
+    let mut fast = (0f32, 0f32);
+    let (one, three) = (
+        Arc::new(Pool::new(1).unwrap()),
+        Arc::new(Pool::new(3).unwrap()),
+    );
+    let mut enc1 = CpuPlan::new(&enc, one.clone()).unwrap();
+    let mut qf1 = CpuPlan::new(&qf, one).unwrap();
+    let mut enc3 = CpuPlan::new(&enc, three.clone()).unwrap();
+    let mut qf3 = CpuPlan::new(&qf, three).unwrap();
     // Fewer frames under emulation (scripts/test-aarch64): the plan's reference loops are slow.
     let frames = if emulated() { 1 } else { 4 };
     for i in 0..frames {
@@ -58,24 +70,52 @@ fn check(bundle: &Bundle, what: &str, tol: f32) {
         pre.run(&frame, &mut input).unwrap();
         engine.run_encoder(&input, &mut emb).unwrap();
         engine.run_qformer(&mut queries).unwrap();
-        let outs = run_cpu(&enc, &input).unwrap();
+        let outs = run_reference(&enc, &input).unwrap();
         let (d, m) = max_diff(&outs[0], &emb);
         assert!(
             d <= tol * m.max(1.0),
             "{what} frame {i}: embedding differs by {d} (max {m})"
         );
         worst.0 = worst.0.max(d);
-        let q = run_cpu(&qf, &outs[1]).unwrap();
+        let q = run_reference(&qf, &outs[1]).unwrap();
         let (d, m) = max_diff(&q[0], &queries);
         assert!(
             d <= tol * m.max(1.0),
             "{what} frame {i}: q-former differs by {d} (max {m})"
         );
         worst.1 = worst.1.max(d);
+        // The fast executor: the same tolerance against tract, and the same bits on 1 and 3
+        // threads.
+        enc1.run(&input).unwrap();
+        qf1.run(enc1.output(1)).unwrap();
+        let (d, m) = max_diff(enc1.output(0), &emb);
+        assert!(
+            d <= tol * m.max(1.0),
+            "{what} frame {i}: CpuPlan embedding differs by {d} (max {m})"
+        );
+        fast.0 = fast.0.max(d);
+        let (d, m) = max_diff(qf1.output(0), &queries);
+        assert!(
+            d <= tol * m.max(1.0),
+            "{what} frame {i}: CpuPlan q-former differs by {d} (max {m})"
+        );
+        fast.1 = fast.1.max(d);
+        enc3.run(&input).unwrap();
+        qf3.run(enc3.output(1)).unwrap();
+        assert_eq!(
+            enc1.output(0),
+            enc3.output(0),
+            "{what} frame {i}: 1 vs 3 threads"
+        );
+        assert_eq!(
+            qf1.output(0),
+            qf3.output(0),
+            "{what} frame {i}: 1 vs 3 threads"
+        );
     }
     println!(
-        "{what}: max |plan - tract| embedding {:.2e}, queries {:.2e}",
-        worst.0, worst.1
+        "{what}: max |plan - tract| embedding {:.2e}, queries {:.2e}; CpuPlan {:.2e}, {:.2e} (1 and 3 threads identical)",
+        worst.0, worst.1, fast.0, fast.1
     );
 }
 

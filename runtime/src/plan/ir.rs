@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::TypedNode;
 
-use crate::gpu::reference::RowWeights;
+use edgefuse_models::quant::gemm::{Kernel, PackedWeights};
 
 /// Most axes a generic step handles.
 pub const MAX_RANK: usize = 6;
@@ -258,8 +258,10 @@ pub enum Step {
         out: usize,
         /// Rows.
         m: usize,
-        /// Weights as rows, from the CPU path's quantizer.
-        weights: Arc<RowWeights>,
+        /// The layer's packed weights (shared with the `QLinear` operator).
+        weights: Arc<PackedWeights>,
+        /// The int8 kernel the weights were quantized for (their width: 7-bit for AVX2).
+        kernel: Kernel,
         /// Activation scale.
         act_scale: f32,
     },

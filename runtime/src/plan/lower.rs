@@ -20,11 +20,10 @@ use super::einsum::einsum_matmul;
 use super::ir::{
     strides, BinOp, Broadcast, Buffer, Conv2d, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };
-use crate::gpu::reference::RowWeights;
-use crate::gpu::GpuError;
+use super::PlanError;
 
-fn unsupported(node: &TypedNode, why: impl std::fmt::Display) -> GpuError {
-    GpuError::Unsupported(format!("node `{}` ({}): {why}", node.name, node.op.name()))
+fn unsupported(node: &TypedNode, why: impl std::fmt::Display) -> PlanError {
+    PlanError::Unsupported(format!("node `{}` ({}): {why}", node.name, node.op.name()))
 }
 
 /// `[outer, len, inner]` around `axis`.
@@ -44,15 +43,15 @@ struct Lowering<'a> {
 }
 
 impl Lowering<'_> {
-    fn shape(&self, o: OutletId) -> Result<Vec<usize>, GpuError> {
+    fn shape(&self, o: OutletId) -> Result<Vec<usize>, PlanError> {
         let fact = self
             .model
             .outlet_fact(o)
-            .map_err(|e| GpuError::Unsupported(format!("{e:#}")))?;
+            .map_err(|e| PlanError::Unsupported(format!("{e:#}")))?;
         fact.shape
             .as_concrete()
             .map(|s| s.to_vec())
-            .ok_or_else(|| GpuError::Unsupported(format!("outlet {o:?} has no concrete shape")))
+            .ok_or_else(|| PlanError::Unsupported(format!("outlet {o:?} has no concrete shape")))
     }
 
     fn new_buffer(&mut self, shape: Vec<usize>, init: Option<Arc<[f32]>>) -> usize {
@@ -61,35 +60,35 @@ impl Lowering<'_> {
     }
 
     /// The buffer of an outlet, materialising a constant on first use.
-    fn buf(&mut self, o: OutletId) -> Result<usize, GpuError> {
+    fn buf(&mut self, o: OutletId) -> Result<usize, PlanError> {
         if let Some(b) = self.map.get(&o) {
             return Ok(*b);
         }
         let t = self
             .consts
             .get(&o)
-            .ok_or_else(|| GpuError::Unsupported(format!("outlet {o:?} was not lowered")))?
+            .ok_or_else(|| PlanError::Unsupported(format!("outlet {o:?} was not lowered")))?
             .clone();
         let f = t
             .cast_to::<f32>()
-            .map_err(|e| GpuError::Unsupported(format!("constant {o:?}: {e:#}")))?;
+            .map_err(|e| PlanError::Unsupported(format!("constant {o:?}: {e:#}")))?;
         let data: Arc<[f32]> = f
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>().map(|s| s.into()))
-            .map_err(|e| GpuError::Unsupported(format!("constant {o:?}: {e:#}")))?;
+            .map_err(|e| PlanError::Unsupported(format!("constant {o:?}: {e:#}")))?;
         let b = self.new_buffer(t.shape().to_vec(), Some(data));
         self.map.insert(o, b);
         Ok(b)
     }
 
-    fn out(&mut self, node: &TypedNode) -> Result<usize, GpuError> {
+    fn out(&mut self, node: &TypedNode) -> Result<usize, PlanError> {
         let o = OutletId::new(node.id, 0);
         let b = self.new_buffer(self.shape(o)?, None);
         self.map.insert(o, b);
         Ok(b)
     }
 
-    fn lower_node(&mut self, node: &TypedNode) -> Result<(), GpuError> {
+    fn lower_node(&mut self, node: &TypedNode) -> Result<(), PlanError> {
         let op = &node.op;
         if op.downcast_ref::<TypedSource>().is_some() {
             if self.plan.input != usize::MAX {
@@ -113,7 +112,7 @@ impl Lowering<'_> {
         Ok(())
     }
 
-    fn host(&mut self, node: &TypedNode) -> Result<(), GpuError> {
+    fn host(&mut self, node: &TypedNode) -> Result<(), PlanError> {
         let inputs = node
             .inputs
             .iter()
@@ -144,7 +143,7 @@ impl Lowering<'_> {
     }
 
     /// `Ok(false)`: no GPU lowering for this node (it runs on the host).
-    fn try_lower(&mut self, node: &TypedNode) -> Result<bool, GpuError> {
+    fn try_lower(&mut self, node: &TypedNode) -> Result<bool, PlanError> {
         let op = &node.op;
         let f32_out = self
             .model
@@ -398,7 +397,8 @@ impl Lowering<'_> {
                 x,
                 out,
                 m,
-                weights: Arc::new(RowWeights::from_packed(w)),
+                weights: q.weights_arc(),
+                kernel: q.kernel(),
                 act_scale: q.act_scale(),
             });
             return Ok(true);
@@ -413,7 +413,7 @@ impl Lowering<'_> {
         &mut self,
         node: &TypedNode,
         c: &tract_onnx::tract_core::ops::cnn::Conv,
-    ) -> Result<bool, GpuError> {
+    ) -> Result<bool, PlanError> {
         use tract_onnx::tract_core::ops::cnn::KernelFormat;
         use tract_onnx::tract_core::ops::nn::DataFormat;
         let ps = &c.pool_spec;
@@ -487,7 +487,7 @@ impl Lowering<'_> {
 }
 
 /// Lower a decluttered typed model (single input, f32 outputs).
-pub fn lower(model: &TypedModel) -> Result<Plan, GpuError> {
+pub fn lower(model: &TypedModel) -> Result<Plan, PlanError> {
     let mut l = Lowering {
         model,
         plan: Plan {
@@ -502,16 +502,16 @@ pub fn lower(model: &TypedModel) -> Result<Plan, GpuError> {
     };
     let order = model
         .eval_order()
-        .map_err(|e| GpuError::Unsupported(format!("{e:#}")))?;
+        .map_err(|e| PlanError::Unsupported(format!("{e:#}")))?;
     for id in order {
         l.lower_node(model.node(id))?;
     }
     if l.plan.input == usize::MAX {
-        return Err(GpuError::Unsupported("the model has no input".into()));
+        return Err(PlanError::Unsupported("the model has no input".into()));
     }
     let outs = model
         .output_outlets()
-        .map_err(|e| GpuError::Unsupported(format!("{e:#}")))?
+        .map_err(|e| PlanError::Unsupported(format!("{e:#}")))?
         .to_vec();
     for o in outs {
         let b = l.buf(o)?;
@@ -522,8 +522,8 @@ pub fn lower(model: &TypedModel) -> Result<Plan, GpuError> {
 
 /// The decluttered graphs of a bundle's encoder and Q-Former (int8 operators in place for an
 /// int8 bundle), lowered.
-pub fn lower_bundle(bundle: &edgefuse_models::Bundle) -> Result<(Plan, Option<Plan>), GpuError> {
-    let err = |e: edgefuse_models::BundleError| GpuError::Unsupported(e.to_string());
+pub fn lower_bundle(bundle: &edgefuse_models::Bundle) -> Result<(Plan, Option<Plan>), PlanError> {
+    let err = |e: edgefuse_models::BundleError| PlanError::Unsupported(e.to_string());
     let enc = bundle.load_encoder_graph().map_err(err)?;
     let enc_plan = lower(&enc.model)?;
     let qf_plan = match enc.output_shapes.get(1) {

@@ -4,12 +4,12 @@
 use tract_onnx::prelude::*;
 
 use super::ir::{BinOp, Conv2d, Plan, RedOp, Step, UnOp, MAX_RANK};
-use crate::gpu::reference;
-use crate::gpu::GpuError;
+use super::PlanError;
+use edgefuse_models::quant::gemm;
 
 /// Execute `plan` on the CPU with the reference loops; returns the output buffers. Checks the
 /// lowering without a GPU; every step's loop is the definition the GPU kernel must match.
-pub fn run_cpu(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, GpuError> {
+pub fn run_reference(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, PlanError> {
     let mut mem: Vec<Vec<f32>> = plan
         .buffers
         .iter()
@@ -19,7 +19,7 @@ pub fn run_cpu(plan: &Plan, input: &[f32]) -> Result<Vec<Vec<f32>>, GpuError> {
         })
         .collect();
     if input.len() != mem[plan.input].len() {
-        return Err(GpuError::Unsupported(format!(
+        return Err(PlanError::Unsupported(format!(
             "input has {} values, the plan expects {}",
             input.len(),
             mem[plan.input].len()
@@ -36,7 +36,7 @@ fn take(mem: &mut [Vec<f32>], out: usize) -> Vec<f32> {
     std::mem::take(&mut mem[out])
 }
 
-fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), GpuError> {
+fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), PlanError> {
     match step {
         Step::Binary {
             op,
@@ -213,18 +213,19 @@ fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), GpuError> {
             x,
             out,
             m,
-            weights,
+            weights: w,
             act_scale,
+            ..
         } => {
-            let q = reference::quantize_i8(&mem[*x], *m, weights.k, weights.kp, *act_scale);
-            mem[*out] = reference::linear_i8(
-                &q,
-                weights,
-                *act_scale,
-                None,
-                *m,
-                reference::Activation::None,
-            );
+            // The definition: the scalar quantizer and scalar GEMM every int8 kernel matches.
+            let mut qa = vec![0u8; m * w.kp];
+            gemm::quantize_activations(&mem[*x], *m, w.k, w.kp, *act_scale, &mut qa);
+            let mut acc = vec![0i32; m * w.n];
+            gemm::gemm_scalar(&qa, *m, w, &mut acc);
+            let y = &mut mem[*out];
+            for (i, a) in acc.iter().enumerate() {
+                y[i] = *a as f32 * (act_scale * w.scales[i % w.n]);
+            }
         }
         Step::Host {
             node,
@@ -247,8 +248,8 @@ pub fn eval_host(
     inputs: &[usize],
     shapes: &[Vec<usize>],
     mem: &[Vec<f32>],
-) -> Result<Vec<Vec<f32>>, GpuError> {
-    let err = |e: TractError| GpuError::Unsupported(format!("host node `{}`: {e:#}", node.name));
+) -> Result<Vec<Vec<f32>>, PlanError> {
+    let err = |e: TractError| PlanError::Unsupported(format!("host node `{}`: {e:#}", node.name));
     let mut tv = TVec::new();
     for (i, shape) in inputs.iter().zip(shapes) {
         let t = Tensor::from_shape(shape, &mem[*i]).map_err(err)?;
@@ -256,7 +257,7 @@ pub fn eval_host(
     }
     let outs =
         node.op.eval_out_of_plan(tv).map_err(err)?.ok_or_else(|| {
-            GpuError::Unsupported(format!("host node `{}` needs a plan", node.name))
+            PlanError::Unsupported(format!("host node `{}` needs a plan", node.name))
         })?;
     outs.into_iter()
         .map(|t| {
@@ -270,14 +271,14 @@ pub fn eval_host(
 /// `ef_unary` on one value.
 pub fn unary(op: UnOp, v: f32) -> f32 {
     match op {
-        UnOp::Gelu => reference::act(v, reference::Activation::Gelu),
+        UnOp::Gelu => 0.5 * v * (1.0 + erf(v as f64 * std::f64::consts::FRAC_1_SQRT_2) as f32),
         UnOp::Exp => v.exp(),
         UnOp::Sqrt => v.sqrt(),
         UnOp::Rsqrt => 1.0 / v.sqrt(),
         UnOp::Recip => 1.0 / v,
         UnOp::Tanh => v.tanh(),
         UnOp::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-        UnOp::Erf => reference::erf(v as f64) as f32,
+        UnOp::Erf => erf(v as f64) as f32,
     }
 }
 
@@ -320,4 +321,44 @@ pub fn conv_cpu(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], s: &C
             }
         }
     }
+}
+
+/// Error function (Abramowitz–Stegun 7.1.26 is too coarse here: this is the series / continued
+/// fraction pair, accurate to ~1e-15).
+pub fn erf(x: f64) -> f64 {
+    let ax = x.abs();
+    let r = if ax < 2.5 {
+        // Maclaurin series.
+        let mut term = ax;
+        let mut sum = ax;
+        let x2 = ax * ax;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -x2 / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc continued fraction (Lentz).
+        let tiny = 1e-300;
+        let mut f = ax;
+        let mut c = ax;
+        let mut d = 0.0;
+        for i in 1..200 {
+            let a = i as f64 / 2.0;
+            d = ax + a * d;
+            d = if d.abs() < tiny { tiny } else { d };
+            c = ax + a / c;
+            c = if c.abs() < tiny { tiny } else { c };
+            d = 1.0 / d;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
+    };
+    r.copysign(x)
 }

@@ -1,0 +1,486 @@
+//! The plan's element-wise, reduction and data-movement steps over slices, written so the
+//! compiler vectorises them, and compiled three times on x86-64 (AVX-512, AVX2, baseline) with
+//! the widest chosen at run time ([`multiversion!`]); on AArch64 NEON is the baseline. The
+//! transcendental functions are branch-free polynomial approximations (relative error ~2e-7,
+//! far inside the plan's 1e-4 agreement with tract), so they vectorise too. No fused
+//! multiply-add is used outside the matrix kernels, so every version gives the same bits.
+
+use super::super::ir::{BinOp, RedOp, UnOp};
+
+/// Define `pub fn $name` that runs its body compiled for the widest vector ISA of this CPU.
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($a:ident : $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn inner($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v512($($a: $t),*) { inner($($a),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v256($($a: $t),*) { inner($($a),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { v512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { v256($($a),*) };
+                }
+            }
+            inner($($a),*)
+        }
+    };
+}
+
+/// `e^x` (Cephes' polynomial after range reduction by ln 2), `x` clamped to [−87.3, 88.3]: the
+/// result stays a normal float (≥ 1.2e-38, ≤ 2.1e38).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// `erf x` (Abramowitz–Stegun 7.1.26, absolute error < 1.5e-7).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn unary1(op: UnOp, v: f32) -> f32 {
+    match op {
+        UnOp::Gelu => 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)),
+        UnOp::Exp => exp(v),
+        UnOp::Sqrt => v.sqrt(),
+        UnOp::Rsqrt => 1.0 / v.sqrt(),
+        UnOp::Recip => 1.0 / v,
+        UnOp::Tanh => {
+            let e = exp(2.0 * v.clamp(-9.0, 9.0));
+            (e - 1.0) / (e + 1.0)
+        }
+        UnOp::Sigmoid => 1.0 / (1.0 + exp(-v)),
+        UnOp::Erf => erf(v),
+    }
+}
+
+multiversion! {
+    /// `y = op(x)` element by element.
+    pub fn unary(op: UnOp, x: &[f32], y: &mut [f32]) {
+        // One loop per operator, so each is a straight vector loop.
+        macro_rules! each {
+            ($($o:ident)*) => {
+                match op {
+                    $(UnOp::$o => for (d, s) in y.iter_mut().zip(x) {
+                        *d = unary1(UnOp::$o, *s);
+                    },)*
+                }
+            };
+        }
+        each!(Gelu Exp Sqrt Rsqrt Recip Tanh Sigmoid Erf);
+    }
+}
+
+#[inline(always)]
+fn bin1(op: BinOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinOp::Add => a + b,
+        BinOp::Sub => a - b,
+        BinOp::Mul => a * b,
+        BinOp::Div => a / b,
+    }
+}
+
+/// A broadcast binary step with its axes merged: up to `MAX_RANK - 1` outer axes walked with
+/// counters, and one inner run of `len` outputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BinGeo {
+    /// Outer axis sizes (outermost first), 1 where unused.
+    pub outer: [usize; 5],
+    /// `a`'s stride per outer axis.
+    pub sa: [usize; 5],
+    /// `b`'s stride per outer axis.
+    pub sb: [usize; 5],
+    /// Inner run length.
+    pub len: usize,
+    /// `a`'s inner stride (0 or 1 in practice).
+    pub ia: usize,
+    /// `b`'s inner stride.
+    pub ib: usize,
+}
+
+impl BinGeo {
+    /// Merge the axes of a `[MAX_RANK]` broadcast (dims, element strides of `a` and `b`).
+    pub fn new(dims: &[i32; 6], sa: &[i32; 6], sb: &[i32; 6]) -> Self {
+        // (dim, sa, sb) from the innermost outwards, size-1 axes dropped, mergeable axes merged.
+        let mut axes: Vec<(usize, usize, usize)> = Vec::new();
+        for i in (0..6).rev() {
+            let d = dims[i] as usize;
+            if d == 1 {
+                continue;
+            }
+            let (a, b) = (sa[i] as usize, sb[i] as usize);
+            if let Some(last) = axes.last_mut() {
+                if a == last.1 * last.0 && b == last.2 * last.0 {
+                    last.0 *= d;
+                    continue;
+                }
+            }
+            axes.push((d, a, b));
+        }
+        let mut g = BinGeo {
+            outer: [1; 5],
+            len: 1,
+            ..Default::default()
+        };
+        if let Some(&(d, a, b)) = axes.first() {
+            g.len = d;
+            g.ia = a;
+            g.ib = b;
+        }
+        for (slot, &(d, a, b)) in (0..5).rev().zip(axes.iter().skip(1)) {
+            g.outer[slot] = d;
+            g.sa[slot] = a;
+            g.sb[slot] = b;
+        }
+        g
+    }
+}
+
+multiversion! {
+    /// `y = a op b` with broadcasting per `g`.
+    pub fn binary(op: BinOp, a: &[f32], b: &[f32], y: &mut [f32], g: &BinGeo) {
+        let total: usize = g.outer.iter().product();
+        let mut idx = [0usize; 5];
+        let (mut oa, mut ob) = (0usize, 0usize);
+        for run in 0..total {
+            let dst = &mut y[run * g.len..(run + 1) * g.len];
+            macro_rules! runs {
+                ($($o:ident)*) => {
+                    match (op, g.ia, g.ib) {
+                        $((BinOp::$o, 1, 1) => {
+                            let (sa, sb) = (&a[oa..oa + g.len], &b[ob..ob + g.len]);
+                            for ((d, x), z) in dst.iter_mut().zip(sa).zip(sb) {
+                                *d = bin1(BinOp::$o, *x, *z);
+                            }
+                        }
+                        (BinOp::$o, 1, 0) => {
+                            let (sa, z) = (&a[oa..oa + g.len], b[ob]);
+                            for (d, x) in dst.iter_mut().zip(sa) {
+                                *d = bin1(BinOp::$o, *x, z);
+                            }
+                        }
+                        (BinOp::$o, 0, 1) => {
+                            let (x, sb) = (a[oa], &b[ob..ob + g.len]);
+                            for (d, z) in dst.iter_mut().zip(sb) {
+                                *d = bin1(BinOp::$o, x, *z);
+                            }
+                        })*
+                        _ => {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = bin1(op, a[oa + j * g.ia], b[ob + j * g.ib]);
+                            }
+                        }
+                    }
+                };
+            }
+            runs!(Add Sub Mul Div);
+            // Next outer index (innermost outer axis fastest).
+            for ax in (0..5).rev() {
+                idx[ax] += 1;
+                oa += g.sa[ax];
+                ob += g.sb[ax];
+                if idx[ax] < g.outer[ax] {
+                    break;
+                }
+                oa -= g.sa[ax] * g.outer[ax];
+                ob -= g.sb[ax] * g.outer[ax];
+                idx[ax] = 0;
+            }
+        }
+    }
+}
+
+/// Sum of a contiguous run in 16 independent lanes (vectorisable), then the lanes.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += *v;
+        }
+    }
+    let mut s = lanes.iter().sum::<f32>();
+    for v in chunks.remainder() {
+        s += *v;
+    }
+    s
+}
+
+#[inline(always)]
+fn fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, *v);
+        }
+    }
+    let mut s = lanes.iter().fold(init, |a, b| f(a, *b));
+    for v in chunks.remainder() {
+        s = f(s, *v);
+    }
+    s
+}
+
+#[inline(always)]
+fn reduce_run(op: RedOp, x: &[f32]) -> f32 {
+    match op {
+        RedOp::Sum => sum(x),
+        RedOp::Max => fold(x, f32::NEG_INFINITY, f32::max),
+        RedOp::Min => fold(x, f32::INFINITY, f32::min),
+    }
+}
+
+multiversion! {
+    /// Reduce the middle axis of `[outer, len, inner]`.
+    pub fn reduce(op: RedOp, x: &[f32], y: &mut [f32], dims: [usize; 3]) {
+        let [o, l, n] = dims;
+        if n == 1 {
+            for (oi, d) in y[..o].iter_mut().enumerate() {
+                *d = reduce_run(op, &x[oi * l..(oi + 1) * l]);
+            }
+            return;
+        }
+        for oi in 0..o {
+            let dst = &mut y[oi * n..(oi + 1) * n];
+            dst.copy_from_slice(&x[oi * l * n..oi * l * n + n]);
+            for li in 1..l {
+                let src = &x[(oi * l + li) * n..(oi * l + li + 1) * n];
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = match op {
+                        RedOp::Sum => *d + *v,
+                        RedOp::Max => d.max(*v),
+                        RedOp::Min => d.min(*v),
+                    };
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax along the middle axis of `[outer, len, inner]`.
+    pub fn softmax(x: &[f32], y: &mut [f32], dims: [usize; 3]) {
+        let [o, l, n] = dims;
+        if n == 1 {
+            for oi in 0..o {
+                let (src, dst) = (&x[oi * l..(oi + 1) * l], &mut y[oi * l..(oi + 1) * l]);
+                let mx = fold(src, f32::NEG_INFINITY, f32::max);
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = exp(*v - mx);
+                }
+                let inv = 1.0 / sum(dst);
+                for d in dst.iter_mut() {
+                    *d *= inv;
+                }
+            }
+            return;
+        }
+        for oi in 0..o {
+            for ni in 0..n {
+                let at = |li: usize| (oi * l + li) * n + ni;
+                let mx = (0..l).map(|li| x[at(li)]).fold(f32::NEG_INFINITY, f32::max);
+                let mut s = 0.0;
+                for li in 0..l {
+                    let e = exp(x[at(li)] - mx);
+                    y[at(li)] = e;
+                    s += e;
+                }
+                let inv = 1.0 / s;
+                for li in 0..l {
+                    y[at(li)] *= inv;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x / √(mean(x²) + eps)` along the middle axis of `[outer, len, inner]`.
+    pub fn rms_norm(x: &[f32], y: &mut [f32], dims: [usize; 3], eps: f32) {
+        let [o, l, n] = dims;
+        for oi in 0..o {
+            for ni in 0..n {
+                let at = |li: usize| (oi * l + li) * n + ni;
+                let inv = if n == 1 {
+                    let row = &x[oi * l..(oi + 1) * l];
+                    let mut lanes = [0f32; 16];
+                    let mut chunks = row.chunks_exact(16);
+                    for c in &mut chunks {
+                        for (a, v) in lanes.iter_mut().zip(c) {
+                            *a += *v * *v;
+                        }
+                    }
+                    let ss = lanes.iter().sum::<f32>()
+                        + chunks.remainder().iter().map(|v| v * v).sum::<f32>();
+                    1.0 / (ss / l as f32 + eps).sqrt()
+                } else {
+                    let ss: f32 = (0..l).map(|li| x[at(li)] * x[at(li)]).sum();
+                    1.0 / (ss / l as f32 + eps).sqrt()
+                };
+                for li in 0..l {
+                    y[at(li)] = x[at(li)] * inv;
+                }
+            }
+        }
+    }
+}
+
+/// A transposition with its axes merged: outer axes walked with counters, one inner run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PermGeo {
+    /// Outer output axis sizes, 1 where unused.
+    pub outer: [usize; 5],
+    /// Input stride per outer axis.
+    pub src: [usize; 5],
+    /// Inner run length.
+    pub len: usize,
+    /// Input stride of the inner run.
+    pub inner: usize,
+}
+
+impl PermGeo {
+    /// From output dims and the input stride of each output dim.
+    pub fn new(dims: &[i32; 6], src_strides: &[i32; 6]) -> Self {
+        let zero = [0i32; 6];
+        let b = BinGeo::new(dims, src_strides, &zero);
+        PermGeo {
+            outer: b.outer,
+            src: b.sa,
+            len: b.len,
+            inner: b.ia,
+        }
+    }
+}
+
+/// `y[i] = x[src(i)]` per `g`.
+pub fn permute(x: &[f32], y: &mut [f32], g: &PermGeo) {
+    let total: usize = g.outer.iter().product();
+    let mut idx = [0usize; 5];
+    let mut off = 0usize;
+    for run in 0..total {
+        let dst = &mut y[run * g.len..(run + 1) * g.len];
+        if g.inner == 1 {
+            dst.copy_from_slice(&x[off..off + g.len]);
+        } else {
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = x[off + j * g.inner];
+            }
+        }
+        for ax in (0..5).rev() {
+            idx[ax] += 1;
+            off += g.src[ax];
+            if idx[ax] < g.outer[ax] {
+                break;
+            }
+            off -= g.src[ax] * g.outer[ax];
+            idx[ax] = 0;
+        }
+    }
+}
+
+/// Select `indices` along the middle axis of `[outer, len, inner]`.
+pub fn gather(x: &[f32], y: &mut [f32], dims: [usize; 3], indices: &[i32]) {
+    let [o, l, n] = dims;
+    let k = indices.len();
+    for oi in 0..o {
+        for (j, &ix) in indices.iter().enumerate() {
+            let s = (oi * l + ix as usize) * n;
+            y[(oi * k + j) * n..(oi * k + j + 1) * n].copy_from_slice(&x[s..s + n]);
+        }
+    }
+}
+
+/// Write `x` (`[outer, len, inner]`) at `offset` along the middle axis of `y`
+/// (`[outer, total, inner]`).
+pub fn concat_part(x: &[f32], y: &mut [f32], dims: [usize; 3], total: usize, offset: usize) {
+    let [o, l, n] = dims;
+    for oi in 0..o {
+        let d = (oi * total + offset) * n;
+        y[d..d + l * n].copy_from_slice(&x[oi * l * n..(oi + 1) * l * n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{erf as erf_ref, unary as unary_ref};
+
+    #[test]
+    fn approximations_are_close_to_the_definitions() {
+        let mut worst = [0f32; 3];
+        for i in -4000..=4000 {
+            let x = i as f32 / 400.0;
+            let e = (exp(x) - x.exp()).abs() / x.exp();
+            worst[0] = worst[0].max(e);
+            worst[1] = worst[1].max((erf(x) - erf_ref(x as f64) as f32).abs());
+            let g = unary_ref(UnOp::Gelu, x);
+            worst[2] = worst[2].max((unary1(UnOp::Gelu, x) - g).abs());
+        }
+        assert!(worst[0] < 5e-7, "exp relative error {}", worst[0]);
+        assert!(worst[1] < 6e-7, "erf absolute error {}", worst[1]);
+        assert!(worst[2] < 2e-6, "gelu absolute error {}", worst[2]);
+        assert!(exp(100.0).is_finite() && exp(100.0) > 1e38);
+        assert!(exp(-100.0) > 0.0 && exp(-100.0) < 1e-37);
+    }
+
+    #[test]
+    fn merged_broadcasts_match_the_definition() {
+        // [2,3,4] + [1,3,1], [2,3,4] * [2,1,4], [2,3,4] / scalar, [4] - [2,3,4].
+        let cases: [([i32; 6], [i32; 6], [i32; 6]); 4] = [
+            ([1, 1, 1, 2, 3, 4], [0, 0, 0, 12, 4, 1], [0, 0, 0, 0, 1, 0]),
+            ([1, 1, 1, 2, 3, 4], [0, 0, 0, 12, 4, 1], [0, 0, 0, 4, 0, 1]),
+            ([1, 1, 1, 2, 3, 4], [0, 0, 0, 12, 4, 1], [0; 6]),
+            ([1, 1, 1, 2, 3, 4], [0, 0, 0, 0, 0, 1], [0, 0, 0, 12, 4, 1]),
+        ];
+        let a: Vec<f32> = (0..24).map(|i| i as f32 + 1.0).collect();
+        let b: Vec<f32> = (0..24).map(|i| (i as f32) * 0.5 - 3.0).collect();
+        for (dims, sa, sb) in cases {
+            let g = BinGeo::new(&dims, &sa, &sb);
+            for op in [BinOp::Add, BinOp::Sub, BinOp::Mul, BinOp::Div] {
+                let mut y = vec![f32::NAN; 24];
+                binary(op, &a, &b, &mut y, &g);
+                for (i, got) in y.iter().enumerate() {
+                    let (mut r, mut ia, mut ib) = (i, 0, 0);
+                    for ax in (0..6).rev() {
+                        let c = r % dims[ax] as usize;
+                        r /= dims[ax] as usize;
+                        ia += c * sa[ax] as usize;
+                        ib += c * sb[ax] as usize;
+                    }
+                    assert_eq!(*got, bin1(op, a[ia], b[ib]), "{op:?} {dims:?} at {i}");
+                }
+            }
+        }
+    }
+}
