@@ -19,6 +19,8 @@
 //! VNNI (zmm, up to 12 rows × 32 columns) in [`x86`]; AArch64 NEON and SDOT (dot product, the
 //! Orin's and Xavier's cores) in [`arm`].
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
 #[cfg(target_arch = "x86_64")]
@@ -46,6 +48,9 @@ pub enum Kernel {
     AvxVnni,
     /// x86-64 AVX-512 VNNI (`vpdpbusd` on zmm; Cascade Lake and later servers, Zen 4+).
     Avx512Vnni,
+    /// x86-64 AMX-INT8 tiles (Sapphire Rapids and later Xeons), AVX-512 VNNI for the rows and
+    /// layers that do not fill a tile.
+    Amx,
     /// AArch64 NEON (Advanced SIMD; the original Jetson Nano's Cortex-A57).
     Neon,
     /// AArch64 SDOT (dot-product extension; Orin's Cortex-A78AE, Xavier's Carmel).
@@ -63,13 +68,14 @@ impl Kernel {
     }
 
     /// Every kernel, slowest first.
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Scalar,
         Kernel::Neon,
         Kernel::Sdot,
         Kernel::Avx2,
         Kernel::AvxVnni,
         Kernel::Avx512Vnni,
+        Kernel::Amx,
     ];
 
     /// Every kernel this CPU can run, slowest first (for parity tests and benchmarks).
@@ -96,6 +102,8 @@ impl Kernel {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => Kernel::Avx512Vnni.is_available() && amx::available(),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(target_arch = "aarch64")]
@@ -343,7 +351,14 @@ pub fn gemm_panels(
             panels.start * PANEL..(panels.end * PANEL).min(w.n),
         ),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni => {
+        Kernel::Amx if amx::fits(w) => {
+            assert!(kernel.is_available(), "AMX is not usable on this CPU");
+            // SAFETY: AMX and AVX-512 VNNI are available (checked above), the K depth is whole
+            // tiles (`fits`), buffer sizes and the panel range were asserted above.
+            unsafe { amx::gemm(a, m, w, acc, panels) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni | Kernel::Amx => {
             assert!(
                 kernel.is_available(),
                 "{kernel:?} is not supported by this CPU"
@@ -444,6 +459,11 @@ mod tests {
             (25, 20, 65),
             (50, 768, 40),
             (7, 130, 9),
+            // Whole AMX tiles (K a multiple of 64), one and two 16-row blocks, with and without
+            // leftover rows and columns.
+            (16, 64, 32),
+            (33, 128, 70),
+            (64, 192, 96),
         ];
         let mut checked = Vec::new();
         for qmax in [WEIGHT_MAX_7BIT, WEIGHT_MAX_8BIT] {
@@ -527,6 +547,7 @@ mod tests {
         for (feature, kernel) in [
             ("avxvnni", Kernel::AvxVnni),
             ("avx512vnni", Kernel::Avx512Vnni),
+            ("amx_int8 (with the OS's tile permission)", Kernel::Amx),
         ] {
             if !checked.contains(&kernel) {
                 println!("{kernel:?} not checked: this CPU has no {feature}");

@@ -26,7 +26,7 @@ pub(super) unsafe fn gemm(
     panels: Range<usize>,
 ) {
     match kernel {
-        Kernel::Avx512Vnni => gemm_avx512vnni(a, m, w, acc, panels),
+        Kernel::Avx512Vnni | Kernel::Amx => gemm_avx512vnni(a, m, w, acc, panels),
         Kernel::AvxVnni => gemm_avxvnni(a, m, w, acc, panels),
         _ => gemm_avx2(a, m, w, acc, panels),
     }
@@ -42,7 +42,6 @@ struct Out {
 
 /// AVX-512 VNNI: up to 12 rows × 32 columns in 24 zmm accumulators; per k-quad two weight
 /// loads, one broadcast per row and two `vpdpbusd` per row (64 MACs each, no saturation).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemm_avx512vnni(
     a: &[u8],
     m: usize,
@@ -50,13 +49,30 @@ unsafe fn gemm_avx512vnni(
     acc: &mut [i32],
     panels: Range<usize>,
 ) {
+    gemm_rows(a, 0..m, w, acc, panels)
+}
+
+/// The AVX-512 VNNI kernel on rows `rows` of `a` and `acc` only (also AMX's last rows).
+///
+/// # Safety
+/// As [`gemm`] with the AVX-512 VNNI kernel; `rows.end ≤ m`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn gemm_rows(
+    a: &[u8],
+    rows: Range<usize>,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+) {
     let kq = w.kp / 4;
+    let (first, m) = (rows.start, rows.len());
     for p in panels.clone() {
         let b = w.data.as_ptr().add(p * kq * QUAD);
         let corr = w.offset_correction.as_ptr().add(p * PANEL);
         let c0 = p * PANEL;
         let cols = (w.n - c0).min(PANEL);
         for (r0, rows) in row_blocks(m, 12) {
+            let r0 = first + r0;
             let ap = a.as_ptr().add(r0 * w.kp);
             let out = Out {
                 ptr: acc.as_mut_ptr().add(r0 * w.n + c0),
