@@ -25,4 +25,4 @@ pub use calibrators::{
 };
 pub use collect::{collect, CalibrateError, Calibration, LayerStats, MIN_FRAMES};
 pub use fidelity::{evaluate, FidelityReport, LayerReport};
-pub use stage::{stage_bundle, Staged};
+pub use stage::{remove_stale_staging, stage_bundle, staging_dir, Staged, StaleStaging};

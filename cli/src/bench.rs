@@ -1,8 +1,5 @@
 //! `edgefuse bench`: per-stage latency, throughput, allocations and memory as one JSON object.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use serde::{Serialize, Serializer};
@@ -14,7 +11,7 @@ use edgefuse_runtime::pipeline::{Pipeline, PipelineConfig, RunLimits, STAGES};
 use edgefuse_runtime::stats::Histogram;
 use edgefuse_runtime::trigger::Trigger;
 
-use crate::output::{install_ctrlc, Out};
+use crate::output::Out;
 use crate::paths::{open_bundle, ModelArg};
 use crate::values::Ranged;
 
@@ -124,13 +121,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
     let device = pipeline.device();
     let mut trigger = Trigger::Continuous;
-    let stop = Arc::new(AtomicBool::new(false));
-    install_ctrlc(&stop);
+    let stop = crate::signals::install();
     let limits = RunLimits {
         max_frames: Some(a.frames),
         warmup: a.warmup,
     };
-    let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |_| Ok(()));
+    let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, stop, |_| Ok(()));
     result.with_context(|| format!("bench on {uri} stopped"))?;
     if s.frames == 0 {
         return Err(anyhow!(

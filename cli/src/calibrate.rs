@@ -66,6 +66,8 @@ fn usage(e: CalibrateError) -> anyhow::Error {
 }
 
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    // The work cannot stop midway: a signal exits, removing the unfinished bundle (below).
+    crate::signals::exit_on_signal();
     let bundle = open_bundle(a.model.model.as_deref())?;
     if a.out.exists() {
         return Err(UsageError(format!(
@@ -73,6 +75,21 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
             a.out.display()
         ))
         .into());
+    }
+    let staging = cal::staging_dir(&a.out).map_err(usage)?;
+    for s in cal::remove_stale_staging(&a.out) {
+        match s.removed {
+            Ok(()) => eprintln!(
+                "removed {}, the unfinished output of an interrupted calibration ({})",
+                s.path.display(),
+                s.why
+            ),
+            Err(e) => eprintln!(
+                "cannot remove {}, the unfinished output of an interrupted calibration ({}): {e}",
+                s.path.display(),
+                s.why
+            ),
+        }
     }
     let mut source = capture::open(&a.source)?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -97,6 +114,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         c.layers.len(),
         a.skip.len()
     );
+    let cleanup = crate::signals::remove_on_signal(&staging);
     let staged = cal::stage_bundle(&bundle, &c, &a.skip, &a.out).map_err(usage)?;
 
     // Fidelity: float and int8 side by side on the evaluation frames.
@@ -117,7 +135,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let mut report = serde_json::to_string(&f)?;
     report.push('\n');
     staged.add_file("fidelity.json", &report)?;
-    let out = staged.commit()?;
+    let out = cleanup.commit(|| staged.commit())?;
     report_calibration(&out, &f, &eval_uri).with_context(|| {
         format!(
             "the int8 bundle {} is complete, but its report could not be printed",

@@ -1,6 +1,7 @@
 //! `edgefuse`: the command-line front end. Parses, dispatches to one file per subcommand, maps
 //! errors to exit codes (0 success, 1 runtime error, 2 usage or configuration error; a closed
-//! stdout pipe ends quietly with 0, any other stdout write error is 1).
+//! stdout pipe ends quietly with 0, any other stdout write error is 1; a second signal, or the
+//! first one in `calibrate`, exits with 128 + its number: see `signals`).
 
 mod bench;
 mod board;
@@ -12,6 +13,7 @@ mod options;
 mod output;
 mod paths;
 mod run;
+mod signals;
 mod values;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

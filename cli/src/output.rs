@@ -1,11 +1,9 @@
 //! What `run` prints: one line per classified frame (text, or JSON written without allocating)
-//! and the summary; the Ctrl-C handler shared by `run` and `bench`; and [`Out`], the stdout every
+//! and the summary; and [`Out`], the stdout every
 //! command prints through, whose write errors are values ([`StdoutError`]) and never a panic.
 
 use std::fmt;
 use std::io::{self, StdoutLock, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use edgefuse_runtime::actuate::HardwareReport;
@@ -44,14 +42,6 @@ impl Out {
     /// Flush what is buffered.
     pub fn finish(mut self) -> Result<(), StdoutError> {
         self.0.flush().map_err(StdoutError)
-    }
-}
-
-/// Set `stop` on Ctrl-C or SIGTERM.
-pub fn install_ctrlc(stop: &Arc<AtomicBool>) {
-    let s = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || s.store(true, Ordering::Relaxed)) {
-        log::warn!("cannot install the Ctrl-C handler ({e}); stop with SIGKILL");
     }
 }
 

@@ -2,8 +2,6 @@
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -14,7 +12,7 @@ use edgefuse_runtime::pipeline::{Pipeline, RunLimits};
 use edgefuse_runtime::trigger::{EdgeTrigger, ExternalTrigger, Trigger};
 
 use crate::options::RunOptions;
-use crate::output::{install_ctrlc, print_summary, write_json, write_text, StdoutError};
+use crate::output::{print_summary, write_json, write_text, StdoutError};
 use crate::paths::{default_samples, open_bundle};
 
 /// `run`'s command line: the options, and a file to read more of them from.
@@ -54,8 +52,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .and_then(Hardware::trigger_clock)
         .map(|clock| Box::new(EdgeTrigger(clock)) as Box<dyn ExternalTrigger>);
     let mut trigger = Trigger::new(&o.trigger(), external)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    install_ctrlc(&stop);
+    let stop = crate::signals::install();
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let json = o.json();
@@ -65,7 +62,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     // The write error that stopped the run, kept whole (the pipeline reports only its text).
     let mut stdout_failed: Option<std::io::Error> = None;
-    let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, &stop, |r| {
+    let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, stop, |r| {
         let latency = hw.as_ref().and_then(|h| h.on_events(r.events));
         let written = if json {
             write_json(&mut out, r, &labels, &uri, latency)

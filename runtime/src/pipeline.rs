@@ -6,7 +6,7 @@
 //! buffer is sized when the pipeline is built; after warm-up a frame causes no heap allocation
 //! in this code (the engine's own allocations are counted separately).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,9 @@ pub const STAGES: [&str; 7] = [
     "decision",
     "end_to_end",
 ];
+
+/// How often a run waiting for a frame looks at its stop flag.
+pub const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// Per-stage latency of one frame.
 #[derive(Debug, Clone, Copy, Default)]
@@ -340,6 +343,8 @@ impl Pipeline {
     {
         let ring = FrameRing::new(self.cfg.ring_slots, source.max_frame_bytes());
         let live = source.is_live();
+        // Wakes a paced source sleeping until its next frame when the run ends early.
+        let interrupt = source.interrupt();
         let capture_error: Mutex<Option<CaptureError>> = Mutex::new(None);
         let mut summary = RunSummary {
             stages: vec![Histogram::default(); STAGES.len()],
@@ -372,10 +377,9 @@ impl Pipeline {
                 source.stats()
             });
             let out = (|| -> Result<(), PipelineError> {
-                while let Some(frame) = ring.next() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
+                // `stop` is seen within STOP_POLL even while no frame comes (a source paced at
+                // one frame a minute must not delay a SIGTERM by a minute).
+                while let Some(frame) = ring.next_unless(stop, STOP_POLL) {
                     if !trigger.accept(&frame) {
                         summary.not_triggered += 1;
                         continue;
@@ -412,12 +416,18 @@ impl Pipeline {
             summary.other_allocations = alloc1[2] - alloc0[2];
             summary.wall = started.elapsed();
             ring.close();
+            if let Some(i) = &interrupt {
+                i.fire();
+            }
             summary.source = capture.join().unwrap_or_else(|_| {
                 log::error!("the capture thread panicked; input after that point was not read");
                 SourceStats::default()
             });
             out
         });
+        if let Some(i) = &interrupt {
+            i.reset();
+        }
         summary.dropped = ring.dropped();
         let result = result.and_then(|()| {
             match capture_error

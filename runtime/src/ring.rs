@@ -6,7 +6,9 @@
 //! writer waits instead. No operation allocates.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use heapless::{Deque, Vec as HVec};
 
@@ -113,6 +115,33 @@ impl FrameRing {
                 .changed
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
+        };
+        drop(st);
+        Some(ReadSlot {
+            ring: self,
+            idx,
+            frame: Some(lock(&self.slots[idx])),
+        })
+    }
+
+    /// Like [`FrameRing::next`], but `None` as soon as `stop` is set, even while no frame
+    /// comes (a slow paced source): `stop` is looked at every `poll` while waiting.
+    pub fn next_unless(&self, stop: &AtomicBool, poll: Duration) -> Option<ReadSlot<'_>> {
+        let mut st = lock(&self.state);
+        let idx = loop {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(i) = st.ready.pop_front() {
+                break i;
+            }
+            if st.closed {
+                return None;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, poll)
+                .map_or_else(|p| p.into_inner().0, |(g, _)| g);
         };
         drop(st);
         Some(ReadSlot {
@@ -239,6 +268,26 @@ mod tests {
         t.join().unwrap();
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
         assert_eq!(ring.dropped(), 0);
+    }
+
+    #[test]
+    fn a_reader_waiting_for_a_frame_sees_stop_within_the_poll_period() {
+        let ring = FrameRing::new(2, 16);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                stop.store(true, Ordering::Relaxed);
+            });
+            let t = std::time::Instant::now();
+            assert!(ring.next_unless(&stop, Duration::from_millis(10)).is_none());
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        });
+        // Without stop it hands out frames like `next`.
+        let stop = AtomicBool::new(false);
+        write(&ring, 7, false);
+        let f = ring.next_unless(&stop, Duration::from_millis(10)).unwrap();
+        assert_eq!(f.seq, 7);
     }
 
     #[test]

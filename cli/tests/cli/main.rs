@@ -17,6 +17,7 @@ mod config;
 mod device;
 mod inputs;
 mod run;
+mod signals;
 mod stdout;
 
 use std::path::{Path, PathBuf};

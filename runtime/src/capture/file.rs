@@ -244,7 +244,9 @@ impl FrameSource for FileSource {
             if !ok {
                 continue;
             }
-            self.pacer.wait();
+            if !self.pacer.wait() {
+                return Ok(false);
+            }
             frame.seq = self.seq;
             self.seq += 1;
             frame.captured_at = std::time::Instant::now();
@@ -255,6 +257,10 @@ impl FrameSource for FileSource {
 
     fn stats(&self) -> SourceStats {
         self.stats
+    }
+
+    fn interrupt(&self) -> Option<super::Interrupt> {
+        Some(self.pacer.interrupt())
     }
 
     fn describe(&self) -> String {

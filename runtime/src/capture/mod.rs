@@ -12,6 +12,7 @@ pub mod synthetic;
 pub mod v4l2;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
@@ -91,6 +92,56 @@ pub trait FrameSource: Send {
     /// Human-readable description of the negotiated format (for `info` and logs).
     fn describe(&self) -> String {
         self.uri().to_string()
+    }
+    /// A handle that wakes this source while it waits for its next frame's time (a paced
+    /// replay), so that stopping a run does not wait a whole frame period. A woken source ends
+    /// its input (`Ok(false)`) until the handle is reset. `None` for sources that never wait
+    /// longer than a camera's frame period.
+    fn interrupt(&self) -> Option<Interrupt> {
+        None
+    }
+}
+
+/// Wakes a [`Pacer`] sleeping until its next frame is due (see [`FrameSource::interrupt`]).
+/// Clones share one state; firing it stays in effect until [`Interrupt::reset`]. Neither
+/// firing nor waiting allocates.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<(Mutex<bool>, Condvar)>);
+
+impl Interrupt {
+    /// Wake the waiting source now, and make every later wait return at once.
+    pub fn fire(&self) {
+        let (fired, changed) = &*self.0;
+        *fired.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        changed.notify_all();
+    }
+
+    /// Let waits sleep again (for a source reused by another run).
+    pub fn reset(&self) {
+        *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    /// Whether [`Interrupt::fire`] was called since the last reset.
+    pub fn is_fired(&self) -> bool {
+        *self.0 .0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sleep until `due`, or less if fired. Returns `true` when fired.
+    pub fn sleep_until(&self, due: Instant) -> bool {
+        let (fired, changed) = &*self.0;
+        let mut f = fired.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if *f {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= due {
+                return false;
+            }
+            f = changed
+                .wait_timeout(f, due - now)
+                .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        }
     }
 }
 
@@ -247,11 +298,13 @@ pub const MIN_FPS: f64 = 1e-4;
 /// The fastest paced rate a source accepts.
 pub const MAX_FPS: f64 = 10_000.0;
 
-/// Sleeps so that successive frames are released at a fixed rate.
+/// Sleeps so that successive frames are released at a fixed rate; an [`Interrupt`] cuts the
+/// sleep short.
 #[derive(Debug, Clone)]
 pub struct Pacer {
     period: Option<Duration>,
     next: Option<Instant>,
+    interrupt: Interrupt,
 }
 
 impl Pacer {
@@ -265,20 +318,31 @@ impl Pacer {
                     .unwrap_or(Duration::from_secs(1))
             }),
             next: None,
+            interrupt: Interrupt::default(),
         }
     }
 
-    /// Wait until the next frame is due.
-    pub fn wait(&mut self) {
-        let Some(period) = self.period else { return };
+    /// The handle that cuts [`Pacer::wait`] short.
+    pub fn interrupt(&self) -> Interrupt {
+        self.interrupt.clone()
+    }
+
+    /// Wait until the next frame is due. Returns `false` when interrupted (the caller ends its
+    /// input), `true` otherwise.
+    #[must_use]
+    pub fn wait(&mut self) -> bool {
+        let Some(period) = self.period else {
+            return !self.interrupt.is_fired();
+        };
         let now = Instant::now();
         let due = self.next.unwrap_or(now);
-        if due > now {
-            std::thread::sleep(due - now);
+        if self.interrupt.sleep_until(due) {
+            return false;
         }
         // If we are late by more than a period, resynchronise instead of bursting.
         let base = if now > due + period { now } else { due };
         self.next = Some(base + period);
+        true
     }
 }
 
@@ -322,6 +386,25 @@ mod tests {
         // The pacer never panics, even on a rate that bypassed the URI check.
         let _ = Pacer::new(Some(1e-20));
         let _ = Pacer::new(Some(f64::MIN_POSITIVE));
+    }
+
+    #[test]
+    fn an_interrupt_cuts_a_long_pacer_wait_short() {
+        let mut pacer = Pacer::new(Some(MIN_FPS));
+        assert!(pacer.wait(), "the first frame is due at once");
+        let interrupt = pacer.interrupt();
+        let firer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            interrupt.fire();
+        });
+        let t = Instant::now();
+        assert!(!pacer.wait(), "interrupted");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        firer.join().unwrap();
+        // Fired stays fired (a later wait returns at once) until reset.
+        assert!(!pacer.wait());
+        pacer.interrupt().reset();
+        assert!(!pacer.interrupt().is_fired());
     }
 
     #[test]

@@ -171,13 +171,19 @@ impl FrameSource for SyntheticSource {
         if self.limit != 0 && self.seq >= self.limit {
             return Ok(false);
         }
-        self.pacer.wait();
+        if !self.pacer.wait() {
+            return Ok(false);
+        }
         let src = &self.frames[(self.seq % self.frames.len() as u64) as usize];
         frame.copy_from(src);
         frame.seq = self.seq;
         frame.captured_at = std::time::Instant::now();
         self.seq += 1;
         Ok(true)
+    }
+
+    fn interrupt(&self) -> Option<super::Interrupt> {
+        Some(self.pacer.interrupt())
     }
 
     fn describe(&self) -> String {
