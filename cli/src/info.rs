@@ -8,7 +8,7 @@ use clap::Args;
 use edgefuse_board::linux::{read_board, Health};
 use edgefuse_runtime::gpu;
 
-use crate::output::{Out, StdoutError};
+use crate::output::{Escaped, Out, StdoutError};
 use crate::paths::{open_bundle, ModelArg};
 
 #[derive(Args, Debug)]
@@ -27,12 +27,12 @@ pub fn info(a: InfoArgs) -> Result<()> {
     writeln!(
         out,
         "bundle      {} {} ({})",
-        m.name,
-        m.version,
+        Escaped(&m.name),
+        Escaped(&m.version),
         bundle.dir().display()
     )?;
     if !m.description.is_empty() {
-        writeln!(out, "            {}", m.description)?;
+        writeln!(out, "            {}", Escaped(&m.description))?;
     }
     writeln!(
         out,

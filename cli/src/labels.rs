@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use edgefuse_models::manifest::Label;
 use edgefuse_models::text::LabelEmbedder;
 
-use crate::output::Out;
+use crate::output::{Escaped, Out};
 use crate::paths::{open_bundle, open_bundle_to_edit, ModelArg};
 use crate::UsageError;
 
@@ -51,7 +51,12 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             let b = open_bundle(model.model.as_deref())?;
             let mut out = Out::lock();
             for l in &b.manifest().labels {
-                writeln!(out, "{}\t{}", l.name, l.prompts.join(" | "))?;
+                write!(out, "{}\t", Escaped(&l.name))?;
+                for (i, p) in l.prompts.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { " | " };
+                    write!(out, "{sep}{}", Escaped(p))?;
+                }
+                writeln!(out)?;
             }
             Ok(out.finish()?)
         }
@@ -86,7 +91,8 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             let mut out = Out::lock();
             writeln!(
                 out,
-                "label `{label}` now has {} prompt(s); the bundle has {} labels",
+                "label `{}` now has {} prompt(s); the bundle has {} labels",
+                Escaped(&label),
                 b.manifest().labels[idx].prompts.len(),
                 b.manifest().labels.len()
             )?;
@@ -115,7 +121,8 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             let mut out = Out::lock();
             writeln!(
                 out,
-                "removed `{label}`; {} labels remain",
+                "removed `{}`; {} labels remain",
+                Escaped(&label),
                 b.manifest().labels.len()
             )?;
             Ok(out.finish()?)

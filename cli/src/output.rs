@@ -45,6 +45,39 @@ impl Out {
     }
 }
 
+/// A label, prompt or file name as text output shows it: control characters (newlines, the
+/// ESC that starts a terminal escape sequence, C1 controls) and bidirectional overrides are
+/// written as escapes (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`) so that a name can neither break a
+/// line nor drive the terminal. Display writes it piece by piece: no allocation.
+pub struct Escaped<'a>(pub &'a str);
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let mut clean = 0;
+        for (i, c) in s.char_indices() {
+            if !needs_escape(c) {
+                continue;
+            }
+            f.write_str(&s[clean..i])?;
+            clean = i + c.len_utf8();
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if (c as u32) < 0x80 => write!(f, "\\x{:02x}", c as u32)?,
+                c => write!(f, "\\u{{{:x}}}", c as u32)?,
+            }
+        }
+        f.write_str(&s[clean..])
+    }
+}
+
 fn write_json_str(w: &mut impl Write, s: &str) -> io::Result<()> {
     w.write_all(b"\"")?;
     for c in s.chars() {
@@ -143,17 +176,23 @@ pub fn write_text(
     labels: &[String],
     latency: Option<Duration>,
 ) -> io::Result<()> {
-    write!(w, "frame {:>6}  {}  ", r.frame.seq, r.frame.source)?;
+    write!(
+        w,
+        "frame {:>6}  {}  ",
+        r.frame.seq,
+        Escaped(&r.frame.source)
+    )?;
     for (i, (l, p)) in r.top.iter().enumerate() {
         if i > 0 {
             w.write_all(b", ")?;
         }
-        write!(w, "{} {:.3}", labels[*l as usize], p)?;
+        write!(w, "{} {:.3}", Escaped(&labels[*l as usize]), p)?;
     }
     for e in r.events.iter() {
+        let label = Escaped(&labels[e.label as usize]);
         match e.kind {
-            EventKind::Fire => write!(w, "  FIRE {} ({:.3})", labels[e.label as usize], e.score)?,
-            EventKind::Release => write!(w, "  release {}", labels[e.label as usize])?,
+            EventKind::Fire => write!(w, "  FIRE {label} ({:.3})", e.score)?,
+            EventKind::Release => write!(w, "  release {label}")?,
         }
     }
     if let Some(l) = latency {
@@ -205,5 +244,26 @@ pub fn print_summary(
         let mut out = Out::lock();
         write!(out, "{text}")?;
         out.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn names_are_escaped_so_they_cannot_break_a_line_or_drive_the_terminal() {
+        for (raw, shown) in [
+            ("cat", "cat"),
+            ("a photo\nof a cat", "a photo\\nof a cat"),
+            ("\x1b[2J\x1b]0;pwned\x07x", "\\x1b[2J\\x1b]0;pwned\\x07x"),
+            ("tab\there\r", "tab\\there\\r"),
+            ("\u{9b}31m", "\\u{9b}31m"),
+            ("abc\u{202e}gnp.exe", "abc\\u{202e}gnp.exe"),
+            ("ünïcødé 猫 \\ ok", "ünïcødé 猫 \\ ok"),
+            ("\x7f", "\\x7f"),
+        ] {
+            assert_eq!(Escaped(raw).to_string(), shown, "{raw:?}");
+        }
     }
 }

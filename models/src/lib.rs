@@ -29,12 +29,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// `bundle.toml` could not be read.
-    #[error("{}: cannot read the bundle manifest ({source}); point --model at a bundle folder containing bundle.toml", path.display())]
+    #[error("{}: cannot read the bundle manifest ({error}); point --model at a bundle folder containing bundle.toml", path.display())]
     ManifestRead {
         /// The manifest path.
         path: PathBuf,
-        /// Why it could not be read.
-        source: files::ReadError,
+        /// Why it could not be read (in the message, not a `source`: `{:#}` prints it once).
+        error: files::ReadError,
     },
     /// `bundle.toml` is not valid TOML or does not match the schema.
     #[error("{}: invalid manifest: {message}", path.display())]
@@ -55,14 +55,14 @@ pub enum BundleError {
         message: String,
     },
     /// A file named by the manifest is missing or unreadable.
-    #[error("{} (manifest field `{field}`): cannot read the file ({source}); restore the bundle or fix the path", path.display())]
+    #[error("{} (manifest field `{field}`): cannot read the file ({error}); restore the bundle or fix the path", path.display())]
     MissingFile {
         /// The file.
         path: PathBuf,
         /// The manifest field naming it.
         field: String,
-        /// Why it could not be read.
-        source: files::ReadError,
+        /// Why it could not be read (in the message, not a `source`: `{:#}` prints it once).
+        error: files::ReadError,
     },
     /// A file's sha256 differs from the manifest's.
     #[error("{} (manifest field `{field}`): sha256 is {actual} but the manifest says {expected}; the file is corrupt or was replaced: restore it or re-run the exporter", path.display())]
@@ -97,12 +97,12 @@ pub enum BundleError {
         message: String,
     },
     /// Writing the bundle failed.
-    #[error("{}: cannot write ({source})", path.display())]
+    #[error("{}: cannot write ({error})", path.display())]
     Write {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source`: `{:#}` prints it once).
+        error: std::io::Error,
     },
     /// A prompt cannot be embedded.
     #[error("prompt {prompt:?}: {message}")]

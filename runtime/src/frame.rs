@@ -59,7 +59,9 @@ impl PixelFormat {
     }
 }
 
-/// Capacity reserved for a frame's source name so that setting it never allocates.
+/// Capacity reserved for a frame's source name by [`Frame::with_capacity`]; the pipeline's
+/// ring reserves the longest name its source reports ([`crate::capture::FrameSource::max_source_len`])
+/// when that is more, so that setting a name never allocates there.
 pub const SOURCE_NAME_CAPACITY: usize = 1024;
 
 /// One frame in a reusable buffer. Sources overwrite it in place; its `data` keeps its capacity.
@@ -84,6 +86,11 @@ pub struct Frame {
 impl Frame {
     /// An empty frame with `capacity` bytes reserved.
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_capacities(capacity, SOURCE_NAME_CAPACITY)
+    }
+
+    /// An empty frame with `capacity` bytes and a source name of `source_len` bytes reserved.
+    pub fn with_capacities(capacity: usize, source_len: usize) -> Self {
         Self {
             data: Vec::with_capacity(capacity),
             width: 0,
@@ -91,7 +98,7 @@ impl Frame {
             format: PixelFormat::Rgb,
             seq: 0,
             captured_at: Instant::now(),
-            source: String::with_capacity(SOURCE_NAME_CAPACITY),
+            source: String::with_capacity(source_len),
         }
     }
 
@@ -108,14 +115,11 @@ impl Frame {
         true
     }
 
-    /// Set the source name without allocating (truncated to the reserved capacity).
+    /// Set the source name, whole: without allocating when it fits the reserved capacity (it
+    /// always does in the pipeline's ring), growing it otherwise. Never cut.
     pub fn set_source(&mut self, name: &str) {
         self.source.clear();
-        let mut end = name.len().min(self.source.capacity());
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.source.push_str(&name[..end]);
+        self.source.push_str(name);
     }
 
     /// Copy another frame's content into this one, reusing capacity.

@@ -341,7 +341,13 @@ impl Pipeline {
     where
         S: FnMut(&FrameResult<'_>) -> std::io::Result<()>,
     {
-        let ring = FrameRing::new(self.cfg.ring_slots, source.max_frame_bytes());
+        let ring = FrameRing::with_source_len(
+            self.cfg.ring_slots,
+            source.max_frame_bytes(),
+            source
+                .max_source_len()
+                .max(crate::frame::SOURCE_NAME_CAPACITY),
+        );
         let live = source.is_live();
         // Wakes a paced source sleeping until its next frame when the run ends early.
         let interrupt = source.interrupt();

@@ -41,6 +41,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl FrameRing {
     /// `slots` frames (2..=MAX_SLOTS) of `frame_bytes` bytes each, allocated now.
     pub fn new(slots: usize, frame_bytes: usize) -> Self {
+        Self::with_source_len(slots, frame_bytes, crate::frame::SOURCE_NAME_CAPACITY)
+    }
+
+    /// Like [`FrameRing::new`], with room for source names of `source_len` bytes.
+    pub fn with_source_len(slots: usize, frame_bytes: usize, source_len: usize) -> Self {
         let n = slots.clamp(2, MAX_SLOTS);
         let mut free = HVec::new();
         for i in (0..n).rev() {
@@ -48,7 +53,7 @@ impl FrameRing {
         }
         Self {
             slots: (0..n)
-                .map(|_| Mutex::new(Frame::with_capacity(frame_bytes)))
+                .map(|_| Mutex::new(Frame::with_capacities(frame_bytes, source_len)))
                 .collect(),
             state: Mutex::new(State {
                 ready: Deque::new(),

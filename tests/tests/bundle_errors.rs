@@ -151,3 +151,35 @@ fn unknown_manifest_key_and_bad_values() {
     let e = open_err(d.path());
     assert!(e.contains("fusion.clip.weight"), "{e}");
 }
+
+/// The message as `edgefuse` prints it: the error and its sources (anyhow's `{:#}`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+#[test]
+fn os_errors_are_printed_once() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = Bundle::open(d.path()).unwrap_err();
+    let m = chain(&missing);
+    assert_eq!(m.matches("No such file or directory").count(), 1, "{m}");
+
+    let b = copy_bundle();
+    std::fs::remove_file(b.path().join("text_embeddings.bin")).unwrap();
+    let m = chain(&Bundle::open(b.path()).unwrap_err());
+    assert_eq!(m.matches("No such file or directory").count(), 1, "{m}");
+
+    let write = edgefuse_models::BundleError::Write {
+        path: "/ro/bundle.toml".into(),
+        error: std::io::Error::from_raw_os_error(30),
+    };
+    let m = chain(&write);
+    assert_eq!(m.matches("Read-only file system").count(), 1, "{m}");
+}

@@ -148,3 +148,67 @@ fn bundle_file_linked_to_a_device_or_a_fifo_is_refused_at_once() {
         .code(1)
         .stderr_has(&["bundle.toml", "a character device, not a regular file"]);
 }
+
+#[test]
+fn source_names_are_whole_escaped_and_percent_decoded() {
+    native_only!("architecture-independent");
+    let sample = repo().join("models/samples/mnist/mnist_00000.png");
+    // A folder path longer than 1,024 bytes, and a file name with `?`, `%`, a newline and a
+    // terminal escape sequence.
+    let dir = tempfile::tempdir().unwrap();
+    let deep = (0..6).fold(dir.path().to_path_buf(), |p, i| {
+        p.join(format!("{i}{}", "d".repeat(199)))
+    });
+    std::fs::create_dir_all(&deep).unwrap();
+    let name = "a?b%\n\x1b[31mc.png";
+    std::fs::copy(&sample, deep.join(name)).unwrap();
+    let full = deep.join(name).display().to_string();
+    assert!(full.len() > 1100);
+    let encoded = full.replace('%', "%25").replace('?', "%3F");
+    let uri = format!("file://{encoded}");
+
+    let r = Run::new(&["run", "--source", &uri, "--json"]);
+    let lines = r.code(0).json_lines();
+    assert_eq!(lines.len(), 1, "{}", r.context());
+    assert_eq!(
+        lines[0]["source"].as_str(),
+        Some(full.as_str()),
+        "cut or mangled"
+    );
+
+    let r = Run::new(&["run", "--source", &uri]);
+    let out = r.code(0).stdout();
+    assert!(
+        !out.contains('\x1b'),
+        "an escape sequence reached the terminal\n{out:?}"
+    );
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.starts_with("frame") && first.contains("a?b%\\n\\x1b[31mc.png"),
+        "{first:?}"
+    );
+    assert!(out.lines().nth(1).unwrap().starts_with("summary:"), "{out}");
+
+    // A file name that is not UTF-8 is named by its bytes, not U+FFFD.
+    let other = tempfile::tempdir().unwrap();
+    let raw = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xffz.png");
+    std::fs::copy(&sample, other.path().join(raw)).unwrap();
+    let r = Run::new(&[
+        "run",
+        "--source",
+        &format!("file://{}", other.path().display()),
+    ]);
+    r.code(0);
+    assert!(r.stdout().contains("\\xffz.png"), "{}", r.context());
+}
+
+#[test]
+fn a_device_that_is_not_a_camera_is_refused() {
+    native_only!("architecture-independent");
+    Run::new(&["info", "--camera", "/dev/null"])
+        .code(1)
+        .stderr_has(&["/dev/null", "not a V4L2 camera"]);
+    Run::new(&["run", "--source", "v4l2:///dev/null"])
+        .code(1)
+        .stderr_has(&["/dev/null", "not a V4L2 camera"]);
+}

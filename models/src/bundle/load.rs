@@ -245,11 +245,11 @@ fn load_graph(
         message,
     };
     let bytes =
-        crate::files::read_limited(&path, crate::files::MAX_MODEL_BYTES).map_err(|source| {
+        crate::files::read_limited(&path, crate::files::MAX_MODEL_BYTES).map_err(|error| {
             BundleError::MissingFile {
                 path: path.clone(),
                 field: field.clone(),
-                source,
+                error,
             }
         })?;
     let mut model = tract_onnx::onnx()

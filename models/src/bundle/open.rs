@@ -20,10 +20,10 @@ impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, BundleError> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let text = read_text_limited(&manifest_path, MAX_MANIFEST_BYTES).map_err(|source| {
+        let text = read_text_limited(&manifest_path, MAX_MANIFEST_BYTES).map_err(|error| {
             BundleError::ManifestRead {
                 path: manifest_path.clone(),
-                source,
+                error,
             }
         })?;
         let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::ManifestParse {
@@ -108,10 +108,10 @@ impl Bundle {
 /// its bytes.
 fn verify_file(dir: &Path, f: &FileRef, field: &str, limit: u64) -> Result<Vec<u8>, BundleError> {
     let path = dir.join(&f.file);
-    let bytes = read_limited(&path, limit).map_err(|source| BundleError::MissingFile {
+    let bytes = read_limited(&path, limit).map_err(|error| BundleError::MissingFile {
         path: path.clone(),
         field: field.to_string(),
-        source,
+        error,
     })?;
     let actual = sha256_hex(&bytes);
     if !actual.eq_ignore_ascii_case(f.sha256.trim()) {

@@ -43,9 +43,9 @@ pub(crate) struct StagedLabels {
 }
 
 fn werr(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Write {
+    move |error| BundleError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -74,6 +74,21 @@ pub fn decode_image(path: &Path) -> Result<(u32, u32, PixelFormat, Vec<u8>), Str
     })
 }
 
+/// A file's path as frames name it: UTF-8 as it is, any other byte as `\xNN` (not U+FFFD, so
+/// that names that differ only there stay apart and can be found).
+pub fn path_name(p: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
 impl FileSource {
     /// Open `file://PATH[?loop][&fps=N]`.
     pub fn open(uri: &Uri) -> Result<Self, CaptureError> {
@@ -113,7 +128,7 @@ impl FileSource {
                 message: "the folder holds no PNG/JPEG/PGM/PPM images".into(),
             });
         }
-        let names = files.iter().map(|p| p.display().to_string()).collect();
+        let names = files.iter().map(|p| path_name(p)).collect();
         let mut src = Self {
             uri: uri.raw.clone(),
             files,
@@ -257,6 +272,10 @@ impl FrameSource for FileSource {
 
     fn stats(&self) -> SourceStats {
         self.stats
+    }
+
+    fn max_source_len(&self) -> usize {
+        self.names.iter().map(String::len).max().unwrap_or(0)
     }
 
     fn interrupt(&self) -> Option<super::Interrupt> {

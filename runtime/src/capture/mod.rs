@@ -83,6 +83,11 @@ pub trait FrameSource: Send {
     fn is_live(&self) -> bool;
     /// Largest frame this source will produce, in bytes (for preallocating the ring).
     fn max_frame_bytes(&self) -> usize;
+    /// Longest source name ([`Frame::source`]) this source will set, in bytes (for
+    /// preallocating the ring): the URI unless the source names frames otherwise.
+    fn max_source_len(&self) -> usize {
+        self.uri().len()
+    }
     /// Overwrite `frame` with the next frame. `Ok(false)` at the end of input.
     fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError>;
     /// Counters of unusable input so far.
@@ -186,29 +191,36 @@ pub struct Uri {
 }
 
 impl Uri {
-    /// Split a URI; options without `=` get the value `1`.
+    /// Split a URI at its first `?`; options without `=` get the value `1`. The path and the
+    /// options are percent-decoded (`%3F` is a `?` in a file name, `%25` a `%`, `%26` an `&`);
+    /// a `%` not followed by two hex digits is kept as it is.
     pub fn parse(uri: &str) -> Result<Self, CaptureError> {
         let Some((scheme, rest)) = uri.split_once("://") else {
             return Err(CaptureError::UnknownScheme {
                 uri: uri.to_string(),
             });
         };
-        let (path, query) = match rest.rsplit_once('?') {
+        let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, q),
             None => (rest, ""),
         };
-        let options = query
-            .split('&')
-            .filter(|s| !s.is_empty())
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) => (k.to_ascii_lowercase(), v.to_string()),
-                None => (kv.to_ascii_lowercase(), "1".to_string()),
+        let decode = |what: &str, s: &str| {
+            percent_decode(s).ok_or_else(|| CaptureError::BadOption {
+                uri: uri.to_string(),
+                key: what.to_string(),
+                value: s.to_string(),
+                expected: "its percent-encoding (%XX) decodes to bytes that are not UTF-8".into(),
             })
-            .collect();
+        };
+        let mut options = Vec::new();
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            options.push((decode(k, k)?.to_ascii_lowercase(), decode(k, v)?));
+        }
         Ok(Self {
             raw: uri.to_string(),
             scheme: scheme.to_ascii_lowercase(),
-            path: path.to_string(),
+            path: decode("path", path)?,
             options,
         })
     }
@@ -293,6 +305,30 @@ impl Uri {
     }
 }
 
+/// Decode `%XX` escapes; a `%` without two hex digits stays as it is. `None` when the result
+/// is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The slowest paced rate a source accepts (one frame every 10 000 s, about 2.8 hours).
 pub const MIN_FPS: f64 = 1e-4;
 /// The fastest paced rate a source accepts.
@@ -366,6 +402,25 @@ mod tests {
             .fps()
             .unwrap_err();
         assert!(e.to_string().contains("fps=abc"), "{e}");
+    }
+
+    #[test]
+    fn a_question_mark_or_percent_escapes_in_a_path_reach_the_file_name() {
+        let u = Uri::parse("file:///tmp/a%3Fb%20c%25/x.png?loop&fps=2").unwrap();
+        assert_eq!(u.path, "/tmp/a?b c%/x.png");
+        assert!(u.flag("loop").unwrap());
+        assert_eq!(u.fps().unwrap(), Some(2.0));
+        // The first `?` starts the query: a literal `?` later is part of an option.
+        let u = Uri::parse("file:///tmp/x?loop&fps=1?").unwrap();
+        assert_eq!(u.path, "/tmp/x");
+        // A `%` without two hex digits is kept; a trailing one too.
+        assert_eq!(Uri::parse("file:///100%.png").unwrap().path, "/100%.png");
+        assert_eq!(Uri::parse("file:///a%4").unwrap().path, "/a%4");
+        assert_eq!(Uri::parse("file:///a%").unwrap().path, "/a%");
+        assert_eq!(Uri::parse("file:///%e7%8c%ab").unwrap().path, "/猫");
+        // Escapes that decode to non-UTF-8 are refused, naming the URI.
+        let e = Uri::parse("file:///a%ff").unwrap_err().to_string();
+        assert!(e.contains("file:///a%ff") && e.contains("UTF-8"), "{e}");
     }
 
     #[test]

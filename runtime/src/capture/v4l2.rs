@@ -70,6 +70,9 @@ fn device_error(device: &str, e: &std::io::Error, what: &str) -> CaptureError {
         }
         _ if e.raw_os_error() == Some(16) => "device busy: another program is using the camera; stop it and retry".to_string(),
         _ if e.raw_os_error() == Some(19) => "the camera vanished (ENODEV): reconnect it and restart".to_string(),
+        _ if e.raw_os_error() == Some(25) => format!(
+            "not a V4L2 camera ({e}); give a video capture device, e.g. /dev/video0 (ls /dev/video*)"
+        ),
         _ => format!("{e}"),
     };
     CaptureError::Device {
@@ -78,9 +81,31 @@ fn device_error(device: &str, e: &std::io::Error, what: &str) -> CaptureError {
     }
 }
 
+/// Open `device` and check that it is a V4L2 video capture device (a file, `/dev/null` or a
+/// metadata node is refused here instead of being described as a camera without formats).
+fn open_camera(device: &str) -> Result<Device, CaptureError> {
+    let dev = Device::with_path(device).map_err(|e| device_error(device, &e, "cannot open"))?;
+    let caps = dev
+        .query_caps()
+        .map_err(|e| device_error(device, &e, "cannot query its capabilities"))?;
+    if !caps
+        .capabilities
+        .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+    {
+        return Err(CaptureError::Device {
+            device: device.to_string(),
+            message: format!(
+                "{} ({}) is a V4L2 device but cannot capture video (a metadata or output node?); try another /dev/videoN",
+                caps.card, caps.driver
+            ),
+        });
+    }
+    Ok(dev)
+}
+
 /// The formats a device offers, as `FOURCC (description)` strings.
 pub fn list_formats(device: &str) -> Result<Vec<String>, CaptureError> {
-    let dev = Device::with_path(device).map_err(|e| device_error(device, &e, "cannot open"))?;
+    let dev = open_camera(device)?;
     let formats = dev
         .enum_formats()
         .map_err(|e| device_error(device, &e, "cannot list formats"))?;
@@ -127,8 +152,7 @@ impl V4l2Source {
                 Wire::Mjpeg,
             ],
         };
-        let dev =
-            Device::with_path(&device).map_err(|e| device_error(&device, &e, "cannot open"))?;
+        let dev = open_camera(&device)?;
         let offered = dev
             .enum_formats()
             .map_err(|e| device_error(&device, &e, "cannot list formats"))?;
