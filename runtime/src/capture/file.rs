@@ -36,6 +36,7 @@ pub struct FileSource {
     pacer: Pacer,
     stats: SourceStats,
     max_bytes: usize,
+    max_pixels: u64,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -54,13 +55,53 @@ fn is_image(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Decode one image file into packed GREY (for single-channel images) or RGB.
-pub fn decode_image(path: &Path) -> Result<(u32, u32, PixelFormat, Vec<u8>), String> {
-    let reader = image::ImageReader::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let reader = reader
-        .with_guessed_format()
+/// Largest image (in pixels) a `file://` source decodes unless `max_pixels=N` says otherwise:
+/// 4096 × 4096, 48 MiB of RGB. Larger images are refused by name before any pixel is decoded, so
+/// one huge image cannot take a small board's memory (the model input is far smaller).
+pub const DEFAULT_MAX_PIXELS: u64 = 4096 * 4096;
+
+/// Largest image file read (compressed bytes).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// Decode one image file into packed GREY (for single-channel images) or RGB; images of more
+/// than `max_pixels` pixels are refused.
+pub fn decode_image(
+    path: &Path,
+    max_pixels: u64,
+) -> Result<(u32, u32, PixelFormat, Vec<u8>), String> {
+    let bytes = edgefuse_models::files::read_limited(path, MAX_IMAGE_FILE_BYTES)
         .map_err(|e| format!("cannot read: {e}"))?;
-    let img = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
+    decode_image_bytes(&bytes, max_pixels)
+}
+
+/// [`decode_image`] on the bytes of an image file.
+pub fn decode_image_bytes(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<(u32, u32, PixelFormat, Vec<u8>), String> {
+    let reader = || {
+        let mut r = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read: {e}"))?;
+        let mut limits = image::Limits::default();
+        // Decoders' own buffers (16-bit, alpha) stay within a small multiple of the pixels.
+        limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(1 << 20));
+        r.limits(limits);
+        Ok::<_, String>(r)
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(format!(
+            "{w}x{h} is {pixels} pixels, more than the {max_pixels} this source decodes; \
+             shrink the image or raise the cap with max_pixels=N in the file:// URI"
+        ));
+    }
+    let img = reader()?
+        .decode()
+        .map_err(|e| format!("cannot decode: {e}"))?;
     let (w, h) = (img.width(), img.height());
     if w == 0 || h == 0 {
         return Err("image has no pixels".into());
@@ -92,8 +133,16 @@ pub fn path_name(p: &std::path::Path) -> String {
 impl FileSource {
     /// Open `file://PATH[?loop][&fps=N]`.
     pub fn open(uri: &Uri) -> Result<Self, CaptureError> {
-        uri.check_known(&["loop", "fps"])?;
+        uri.check_known(&["loop", "fps", "max_pixels"])?;
         let looping = uri.flag("loop")?;
+        let max_pixels: u64 = uri.get(
+            "max_pixels",
+            DEFAULT_MAX_PIXELS,
+            "expected the largest image to decode, in pixels (width × height), at least 1",
+        )?;
+        if max_pixels == 0 {
+            return Err(uri.bad("max_pixels", "0", "expected at least 1"));
+        }
         let fps = uri.fps()?;
         let root = PathBuf::from(&uri.path);
         let meta = std::fs::metadata(&root).map_err(|e| CaptureError::Path {
@@ -141,6 +190,7 @@ impl FileSource {
             pacer: Pacer::new(fps),
             stats,
             max_bytes: 0,
+            max_pixels,
         };
         src.preload()?;
         Ok(src)
@@ -151,7 +201,7 @@ impl FileSource {
         let mut decoded = Vec::with_capacity(self.files.len());
         let mut total = 0usize;
         for path in &self.files {
-            match decode_image(path) {
+            match decode_image(path, self.max_pixels) {
                 Ok((width, height, format, data)) => {
                     total += data.len();
                     self.max_bytes = self.max_bytes.max(data.len());
@@ -175,7 +225,11 @@ impl FileSource {
                     PRELOAD_BUDGET >> 20
                 );
                 self.stats.skipped_broken = 0;
-                // Keep only the sizes seen so far; decoding happens again on replay.
+                // Decoding happens again on replay: the ring's slots take the largest image
+                // the cap lets through, so no later image outgrows them.
+                self.max_bytes = self
+                    .max_bytes
+                    .max(usize::try_from(self.max_pixels.saturating_mul(3)).unwrap_or(usize::MAX));
                 return Ok(());
             }
         }
@@ -243,7 +297,7 @@ impl FrameSource for FileSource {
                     }
                     None => false,
                 },
-                None => match decode_image(&self.files[i]) {
+                None => match decode_image(&self.files[i], self.max_pixels) {
                     Ok((w, h, format, data)) => {
                         frame.reshape(w, h, format);
                         frame.data.copy_from_slice(&data);
@@ -294,5 +348,71 @@ impl FrameSource for FileSource {
                 ""
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG that declares `w × h` RGB pixels and holds none (reading the dimensions stops at
+    /// the first IDAT).
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend_from_slice(&w.to_be_bytes());
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        for chunk in [b"IDAT", b"IEND"] {
+            png.extend_from_slice(&0u32.to_be_bytes());
+            png.extend_from_slice(chunk);
+            png.extend_from_slice(&crc32(chunk).to_be_bytes());
+        }
+        png
+    }
+
+    #[test]
+    fn images_over_the_pixel_cap_are_refused_before_decoding() {
+        let e = decode_image_bytes(&png_header(13000, 13000), DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(e.contains("13000x13000") && e.contains("max_pixels"), "{e}");
+        // A small real image decodes, and is refused under a smaller cap.
+        let mut png = Vec::new();
+        image::RgbImage::new(100, 80)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let (w, h, format, data) = decode_image_bytes(&png, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(
+            (w, h, format, data.len()),
+            (100, 80, PixelFormat::Rgb, 100 * 80 * 3)
+        );
+        let e = decode_image_bytes(&png, 5000).unwrap_err();
+        assert!(e.contains("8000 pixels") && e.contains("5000"), "{e}");
+    }
+
+    #[test]
+    fn max_pixels_is_a_checked_uri_option() {
+        for bad in ["0", "-1", "many"] {
+            let uri = Uri::parse(&format!("file:///nonexistent?max_pixels={bad}")).unwrap();
+            let e = FileSource::open(&uri).err().unwrap().to_string();
+            assert!(e.contains("max_pixels"), "{e}");
+        }
     }
 }
