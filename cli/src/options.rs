@@ -526,6 +526,45 @@ status_led = "pin:12"
         assert!(e.contains("/nonexistent/edgefuse.toml"), "{e}");
     }
 
+    /// The config file under the fuzzer (`edgefuse_tests::fuzz`, corpus
+    /// `tests/fuzz/corpus/config/`): parsing, then everything `run` derives from the options.
+    #[test]
+    fn fuzz_config() {
+        fn target(data: &[u8]) {
+            let Ok(text) = std::str::from_utf8(data) else {
+                return;
+            };
+            let Ok(o) = RunOptions::parse(text, Path::new("fuzz.toml")) else {
+                return;
+            };
+            let o = RunOptions::default().over(o);
+            let labels: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+            let _ = o.pipeline(&labels);
+            let _ = o.trigger();
+            let wiring = o.wiring();
+            let _ = wiring.resolve(Some(edgefuse_board::jetson::Board::OrinNano), &labels);
+            let _ = wiring.resolve(None, &labels);
+            let _ = o.json();
+        }
+        let dict: &[&[u8]] = &[
+            b"source = \"",
+            b"trigger = \"",
+            b"top_k = ",
+            b"threshold = ",
+            b"fire_wins = ",
+            b"window = ",
+            b"release = ",
+            b"cooldown_ms = ",
+            b"frames = ",
+            b"threads = ",
+            b"[label_thresholds]\n",
+            b"[on]\n",
+            b"status_led = \"pin:",
+        ];
+        let r = edgefuse_tests::fuzz::run("config", dict, 1 << 16, target);
+        assert!(r.crashes.is_empty(), "{:?}", r.crashes);
+    }
+
     #[test]
     fn help_shows_the_runtime_defaults() {
         use clap::CommandFactory;

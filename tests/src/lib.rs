@@ -1,6 +1,8 @@
 //! Shared helpers for the edgefuse cross-crate tests: where the bundled model, samples and
 //! fixtures live, and ground-truth label files.
 
+pub mod fuzz;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

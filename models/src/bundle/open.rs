@@ -47,6 +47,22 @@ impl Bundle {
         Ok(bundle)
     }
 
+    /// Parse and check manifest text as [`Bundle::open`] does before it looks at any file (for
+    /// tools and the fuzz tests); `path` names it in errors.
+    pub fn check_manifest_text(text: &str, path: &Path) -> Result<Manifest, BundleError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| BundleError::ManifestParse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let field_err = |field: &str, message: String| BundleError::Field {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        validate_fields(&manifest, &field_err)?;
+        Ok(manifest)
+    }
+
     /// Validate an in-memory manifest against the files of `dir`.
     pub fn from_manifest(dir: PathBuf, manifest: Manifest) -> Result<Self, BundleError> {
         let manifest_path = dir.join(MANIFEST_FILE);
