@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edgefuse_models::files::{crash_point, rename, sync_dir, write_synced};
 use edgefuse_models::manifest::{FileRef, Quantization};
 use edgefuse_models::{sha256_hex, Bundle, MANIFEST_FILE};
 
@@ -22,19 +23,25 @@ impl Staged {
     /// Add a file (a report) to the bundle.
     pub fn add_file(&self, name: &str, text: &str) -> Result<(), CalibrateError> {
         let p = self.tmp.join(name);
-        std::fs::write(&p, text).map_err(|e| CalibrateError::Write {
+        write_synced(&p, text.as_bytes()).map_err(|e| CalibrateError::Write {
             path: p.clone(),
             message: e.to_string(),
         })
     }
 
-    /// Move the bundle into place.
+    /// Move the bundle into place: its files and folder are fsynced first, so that after a
+    /// crash or power cut `out` is either absent or complete; the parent folder after.
     pub fn commit(mut self) -> Result<PathBuf, CalibrateError> {
-        std::fs::rename(&self.tmp, &self.out).map_err(|e| CalibrateError::Write {
-            path: self.out.clone(),
+        let werr = |path: &Path, e: std::io::Error| CalibrateError::Write {
+            path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
+        };
+        sync_dir(&self.tmp).map_err(|e| werr(&self.tmp, e))?;
+        rename(&self.tmp, &self.out).map_err(|e| werr(&self.out, e))?;
         self.committed = true;
+        if let Some(parent) = self.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|e| werr(parent, e))?;
+        }
         Ok(self.out.clone())
     }
 }
@@ -165,6 +172,7 @@ pub fn stage_bundle(
     }
     let tmp = staging_dir(out)?;
     let _ = std::fs::remove_dir_all(&tmp);
+    crash_point("create", &tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| werr(&tmp, &e))?;
     let staged = Staged {
         tmp: tmp.clone(),
@@ -175,7 +183,10 @@ pub fn stage_bundle(
         let entry = entry.map_err(|e| werr(bundle.dir(), &e))?;
         if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
             let to = tmp.join(entry.file_name());
-            std::fs::copy(entry.path(), &to).map_err(|e| werr(&to, &e))?;
+            crash_point("copy", &to);
+            std::fs::copy(entry.path(), &to)
+                .and_then(|_| std::fs::File::open(&to)?.sync_all())
+                .map_err(|e| werr(&to, &e))?;
         }
     }
     let tables = cal.tables(skip);

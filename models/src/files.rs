@@ -128,15 +128,52 @@ pub fn read_text_limited(path: &Path, limit: u64) -> Result<String, ReadError> {
 /// survive a crash or power cut (the name does once its folder is synced, see [`sync_dir`]).
 pub fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
+    crash_point("create", path);
     let mut f = std::fs::File::create(path)?;
+    crash_point("write", path);
     f.write_all(bytes)?;
+    crash_point("fsync", path);
     f.sync_all()
 }
 
 /// fsync the folder `dir`, so that files created, renamed or removed in it stay so after a
 /// crash or power cut.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    crash_point("fsync", dir);
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// `std::fs::rename` behind a [`crash_point`].
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    crash_point("rename", from);
+    std::fs::rename(from, to)
+}
+
+/// Fault injection for the crash-consistency tests: with `EDGEFUSE_CRASH_AT=N` in the
+/// environment, the N-th call in the process (counted from 1) aborts it (SIGABRT: no clean-up,
+/// as a kill at that moment). Every step that changes a bundle or an output on disk (create,
+/// write, fsync, rename, remove) calls it first, so N = 1, 2, … kills a command at each of its
+/// writes in turn. Without the variable it does nothing.
+pub fn crash_point(step: &str, path: &Path) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let at = *AT.get_or_init(|| {
+        std::env::var("EDGEFUSE_CRASH_AT")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    if at == 0 {
+        return;
+    }
+    if COUNT.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        eprintln!(
+            "edgefuse: EDGEFUSE_CRASH_AT={at}: aborting before {step} {}",
+            path.display()
+        );
+        std::process::abort();
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ macro_rules! native_only {
 
 mod commands;
 mod config;
+mod crash;
 mod device;
 mod inputs;
 mod run;

@@ -205,6 +205,8 @@ fn an_interrupted_calibrate_leaves_no_temporary_bundle() {
         "calibrate",
         "--source",
         &source,
+        "--method",
+        "minmax",
         "--frames",
         "20",
         "--eval",

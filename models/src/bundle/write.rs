@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::open::sha256_hex;
 use super::validate::validate_fields;
 use super::{Bundle, MANIFEST_FILE};
-use crate::files::{sync_dir, write_synced};
+use crate::files::{crash_point, rename, sync_dir, write_synced};
 use crate::manifest::{Label, Manifest};
 use crate::BundleError;
 
@@ -156,8 +156,7 @@ impl Bundle {
         let emb_path = self.dir.join(&embeddings);
         if created {
             let tmp = tmp_name(&emb_path);
-            let written =
-                write_synced(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &emb_path));
+            let written = write_synced(&tmp, &bytes).and_then(|()| rename(&tmp, &emb_path));
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(werr(&emb_path)(e));
@@ -187,8 +186,7 @@ impl StagedLabels {
     pub(crate) fn commit(self) -> Result<Manifest, BundleError> {
         let manifest_path = self.dir.join(MANIFEST_FILE);
         // The new embedding file's name must be on disk before the manifest naming it is.
-        let renamed =
-            sync_dir(&self.dir).and_then(|()| std::fs::rename(&self.manifest_tmp, &manifest_path));
+        let renamed = sync_dir(&self.dir).and_then(|()| rename(&self.manifest_tmp, &manifest_path));
         if let Err(e) = renamed {
             self.abandon();
             return Err(werr(&manifest_path)(e));
@@ -229,6 +227,7 @@ impl StagedLabels {
                 continue;
             }
             let path = self.dir.join(&f);
+            crash_point("remove", &path);
             match std::fs::remove_file(&path) {
                 Ok(()) => log::info!("removed {}, no longer part of the bundle", path.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
