@@ -26,15 +26,15 @@ pub enum EngineError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     /// The plan cannot run the bundle's models (`--cpu-engine plan`), or failed to.
-    #[error("{model}: the CPU plan cannot run it: {source}")]
+    #[error("{model}: the CPU plan cannot run it: {reason}")]
     Plan {
         /// Which model.
         model: &'static str,
-        /// Why.
-        source: PlanError,
+        /// Why (in the message; not a separate source, so it is not printed twice).
+        reason: PlanError,
     },
     /// The worker threads could not be started.
-    #[error("cannot start {threads} CPU worker threads: {source}")]
+    #[error("cannot start {threads} CPU worker threads")]
     Threads {
         /// Threads asked for.
         threads: usize,
@@ -258,7 +258,7 @@ impl std::fmt::Debug for PlanEngine {
 impl PlanEngine {
     /// Lower the bundle's models and prepare them on a pool of `threads` (0 = all cores).
     pub fn new(bundle: &Bundle, threads: usize) -> Result<Self, EngineError> {
-        let plan_err = |model| move |source| EngineError::Plan { model, source };
+        let plan_err = |model| move |reason| EngineError::Plan { model, reason };
         let (enc, qf) = plan::lower_bundle(bundle).map_err(plan_err("encoder"))?;
         let want = if threads == 0 {
             plan::available_threads()
@@ -279,7 +279,7 @@ impl PlanEngine {
         if encoder.output_len(0) != embedding_dim {
             return Err(EngineError::Plan {
                 model: "encoder",
-                source: PlanError::Unsupported(format!(
+                reason: PlanError::Unsupported(format!(
                     "embedding has {} values, the manifest says {embedding_dim}",
                     encoder.output_len(0)
                 )),
@@ -309,17 +309,17 @@ impl PlanEngine {
         let t0 = Instant::now();
         self.encoder
             .run(image)
-            .map_err(|source| EngineError::Plan {
+            .map_err(|reason| EngineError::Plan {
                 model: "encoder",
-                source,
+                reason,
             })?;
         embedding.copy_from_slice(self.encoder.output(0));
         let t1 = Instant::now();
         if let Some(q) = self.qformer.as_mut() {
             q.run(self.encoder.output(1))
-                .map_err(|source| EngineError::Plan {
+                .map_err(|reason| EngineError::Plan {
                     model: "qformer",
-                    source,
+                    reason,
                 })?;
             queries.copy_from_slice(q.output(0));
         }

@@ -151,3 +151,84 @@ fn int8_plan_reproduces_tract_int8() {
     // encoder and 4 Q-Former layers that stays under 1% of the output range.
     check(&int8, "int8", 1e-2);
 }
+
+/// The bundle `EDGEFUSE_PLAN_BUNDLE` names (e.g. `scripts/bench-cpu`'s ViT-B/32 + Q-Former export,
+/// float or int8), checked the same way; skipped with the reason printed when it is unset.
+#[test]
+fn named_bundle_plan_reproduces_tract() {
+    let Some(path) = std::env::var_os("EDGEFUSE_PLAN_BUNDLE") else {
+        println!("EDGEFUSE_PLAN_BUNDLE not set: only the default bundle's plans are checked");
+        return;
+    };
+    let bundle = Bundle::open(&path).unwrap();
+    let tol = if bundle.is_int8() { 1e-2 } else { 1e-4 };
+    check(
+        &bundle,
+        &format!("{}", std::path::Path::new(&path).display()),
+        tol,
+    );
+}
+
+/// A slice along a middle axis (how ViT encoders drop the class token) lowers to a gather and
+/// runs in both executors exactly as tract computes it.
+#[test]
+fn slices_lower_and_match_tract() {
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::ops::array::Slice;
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([2, 5, 3])).unwrap();
+    let s = m.wire_node("s", Slice::new(1, 1, 4), &[x]).unwrap();
+    m.select_output_outlets(&s).unwrap();
+    let plan = edgefuse_runtime::plan::lower(&m).unwrap();
+    assert!(plan.host_nodes.is_empty(), "{:?}", plan.host_nodes);
+    let input: Vec<f32> = (0..30).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let want = m
+        .clone()
+        .into_runnable()
+        .unwrap()
+        .run(tvec!(Tensor::from_shape(&[2, 5, 3], &input)
+            .unwrap()
+            .into_tvalue()))
+        .unwrap();
+    let want = want[0]
+        .try_as_plain_ram()
+        .unwrap()
+        .as_slice::<f32>()
+        .unwrap()
+        .to_vec();
+    assert_eq!(want.len(), 2 * 3 * 3);
+    assert_eq!(run_reference(&plan, &input).unwrap()[0], want);
+    let mut fast = CpuPlan::new(&plan, Arc::new(Pool::new(2).unwrap())).unwrap();
+    fast.run(&input).unwrap();
+    assert_eq!(fast.output(0), &want[..]);
+}
+
+/// `Where(IsNaN(x), 0, x)` (attention's guard in exported BLIP-2 Q-Formers) becomes one step, and
+/// both executors replace exactly the NaNs.
+#[test]
+fn nan_guards_lower_to_one_step() {
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::ops::logic::Iff;
+    use tract_onnx::tract_core::ops::math::is_nan;
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([2, 4])).unwrap();
+    let nan = m.wire_node("isnan", is_nan(), &[x]).unwrap();
+    let zero = m.add_const("zero", tensor0(0f32)).unwrap();
+    let zero = m
+        .wire_node("zero.b", tract_onnx::tract_core::ops::change_axes::AxisOp::Add(0), &[zero])
+        .unwrap();
+    let zero = m
+        .wire_node("zero.bb", tract_onnx::tract_core::ops::change_axes::AxisOp::Add(0), &zero)
+        .unwrap();
+    let y = m.wire_node("where", Iff, &[nan[0], zero[0], x]).unwrap();
+    m.select_output_outlets(&y).unwrap();
+    let m = m.into_decluttered().unwrap();
+    let plan = edgefuse_runtime::plan::lower(&m).unwrap();
+    assert!(plan.host_nodes.is_empty(), "{:?}", plan.host_nodes);
+    let input = [1.0, f32::NAN, -2.0, f32::NAN, 0.5, 3.0, f32::NAN, -0.0];
+    let want = [1.0, 0.0, -2.0, 0.0, 0.5, 3.0, 0.0, -0.0];
+    assert_eq!(run_reference(&plan, &input).unwrap()[0], want);
+    let mut fast = CpuPlan::new(&plan, Arc::new(Pool::new(1).unwrap())).unwrap();
+    fast.run(&input).unwrap();
+    assert_eq!(fast.output(0), &want[..]);
+}

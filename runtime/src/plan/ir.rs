@@ -45,6 +45,9 @@ pub enum UnOp {
     Sigmoid = 6,
     /// `erf x`
     Erf = 7,
+    /// `x`, with NaN replaced by 0 (`Where(IsNaN(x), 0, x)`: attention's guard for fully masked
+    /// rows).
+    NanToZero = 8,
 }
 
 /// Reductions over one axis (`ef_reduce`'s codes).

@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::array::{Gather, TypedConcat};
+use tract_onnx::tract_core::ops::array::{Gather, Slice, TypedConcat};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::logic::Iff;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm, Softmax, SoftmaxKind};
 use tract_onnx::tract_core::ops::source::TypedSource;
 
@@ -103,6 +104,10 @@ impl Lowering<'_> {
                 .insert(OutletId::new(node.id, 0), c.val().clone());
             return Ok(());
         }
+        // `IsNaN` feeding only `Where(isnan, 0, x)` selects: the selects become one step each.
+        if self.is_nan_only_for_selects(node) {
+            return Ok(());
+        }
         // A node whose inputs are all constants is folded by tract's declutter; anything left is
         // computed per frame.
         let lowered = self.try_lower(node)?;
@@ -142,6 +147,43 @@ impl Lowering<'_> {
         Ok(())
     }
 
+    /// For a `Where(IsNaN(x), 0, x)` node: `x`.
+    fn nan_select_input(&self, node: &TypedNode) -> Option<OutletId> {
+        node.op.downcast_ref::<Iff>()?;
+        let [cond, then, other] = node.inputs[..] else {
+            return None;
+        };
+        let isnan = self.model.node(cond.node);
+        let ew = isnan.op.downcast_ref::<ElementWiseOp>()?;
+        if ew.0.name() != "IsNan" || isnan.inputs.first() != Some(&other) {
+            return None;
+        }
+        let zeros = self.model.outlet_fact(then).ok()?.konst.clone()?;
+        let zeros = zeros.cast_to::<f32>().ok()?;
+        let plain = zeros.try_as_plain_ram().ok()?;
+        plain
+            .as_slice::<f32>()
+            .ok()?
+            .iter()
+            .all(|v| *v == 0.0)
+            .then_some(other)
+    }
+
+    /// An `IsNaN` node whose every consumer is a `Where(IsNaN(x), 0, x)`.
+    fn is_nan_only_for_selects(&self, node: &TypedNode) -> bool {
+        let is_isnan = node
+            .op
+            .downcast_ref::<ElementWiseOp>()
+            .is_some_and(|ew| ew.0.name() == "IsNan");
+        let succ = &node.outputs[0].successors;
+        is_isnan
+            && !succ.is_empty()
+            && succ.iter().all(|s| {
+                let n = self.model.node(s.node);
+                self.nan_select_input(n).is_some()
+            })
+    }
+
     /// `Ok(false)`: no GPU lowering for this node (it runs on the host).
     fn try_lower(&mut self, node: &TypedNode) -> Result<bool, PlanError> {
         let op = &node.op;
@@ -152,6 +194,20 @@ impl Lowering<'_> {
             .unwrap_or(false);
         if !f32_out || node.outputs.len() != 1 {
             return Ok(false);
+        }
+        if let Some(x) = self.nan_select_input(node) {
+            let so = self.shape(OutletId::new(node.id, 0))?;
+            if self.shape(x)? != so {
+                return Ok(false);
+            }
+            let x = self.buf(x)?;
+            let out = self.out(node)?;
+            self.plan.steps.push(Step::Unary {
+                op: UnOp::NanToZero,
+                x,
+                out,
+            });
+            return Ok(true);
         }
         if let Some(bin) = op.downcast_ref::<TypedBinOp>() {
             let kind = match bin.0.name() {
@@ -320,6 +376,30 @@ impl Lowering<'_> {
                 out,
                 dims,
                 indices: indices.into(),
+            });
+            return Ok(true);
+        }
+        if let Some(sl) = op.downcast_ref::<Slice>() {
+            // A contiguous range along one axis: a gather of consecutive indices (ViT encoders
+            // slice the class token off the token sequence).
+            let si = self.shape(node.inputs[0])?;
+            let dims = split3(&si, sl.axis);
+            let (Ok(start), Ok(end)) = (sl.start.to_i64(), sl.end.to_i64()) else {
+                return Ok(false);
+            };
+            if start < 0 || end < start || end > dims[1] as i64 {
+                return Err(unsupported(
+                    node,
+                    format!("slice {start}..{end} outside 0..{}", dims[1]),
+                ));
+            }
+            let x = self.buf(node.inputs[0])?;
+            let out = self.out(node)?;
+            self.plan.steps.push(Step::Gather {
+                x,
+                out,
+                dims,
+                indices: (start as i32..end as i32).collect::<Vec<_>>().into(),
             });
             return Ok(true);
         }

@@ -279,6 +279,13 @@ pub fn unary(op: UnOp, v: f32) -> f32 {
         UnOp::Tanh => v.tanh(),
         UnOp::Sigmoid => 1.0 / (1.0 + (-v).exp()),
         UnOp::Erf => erf(v as f64) as f32,
+        UnOp::NanToZero => {
+            if v.is_nan() {
+                0.0
+            } else {
+                v
+            }
+        }
     }
 }
 

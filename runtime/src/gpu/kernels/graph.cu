@@ -27,7 +27,7 @@ ef_binary(int op, const float* __restrict__ a,
     y[i] = op == 0 ? x + z : op == 1 ? x - z : op == 2 ? x * z : x / z;
 }
 
-// y = f(x) (op: 0 GELU, 1 exp, 2 sqrt, 3 rsqrt, 4 recip, 5 tanh, 6 sigmoid, 7 erf).
+// y = f(x) (op: 0 GELU, 1 exp, 2 sqrt, 3 rsqrt, 4 recip, 5 tanh, 6 sigmoid, 7 erf, 8 NaN → 0).
 extern "C" __global__ void __launch_bounds__(1024)
 ef_unary(int op, const float* __restrict__ x, float* __restrict__ y,
                                     int n) {
@@ -43,6 +43,7 @@ ef_unary(int op, const float* __restrict__ x, float* __restrict__ y,
     case 4: r = 1.0f / v; break;
     case 5: r = tanhf(v); break;
     case 6: r = 1.0f / (1.0f + expf(-v)); break;
+    case 8: r = isnan(v) ? 0.0f : v; break;
     default: r = erff(v); break;
     }
     y[i] = r;

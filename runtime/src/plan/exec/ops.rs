@@ -79,6 +79,13 @@ fn unary1(op: UnOp, v: f32) -> f32 {
         }
         UnOp::Sigmoid => 1.0 / (1.0 + exp(-v)),
         UnOp::Erf => erf(v),
+        UnOp::NanToZero => {
+            if v.is_nan() {
+                0.0
+            } else {
+                v
+            }
+        }
     }
 }
 
@@ -95,7 +102,7 @@ multiversion! {
                 }
             };
         }
-        each!(Gelu Exp Sqrt Rsqrt Recip Tanh Sigmoid Erf);
+        each!(Gelu Exp Sqrt Rsqrt Recip Tanh Sigmoid Erf NanToZero);
     }
 }
 
