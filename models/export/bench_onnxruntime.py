@@ -147,10 +147,15 @@ def main():
         for c in args.calibrators:
             out = os.path.join(tmp, f"{name}-static-{c}.onnx")
             t0 = time.time()
-            quantize_static(path, out, Reader(inp, data), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, c),
-                            extra_options={"ActivationSymmetric": True})
+            try:
+                quantize_static(path, out, Reader(inp, data), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=getattr(CalibrationMethod, c),
+                                extra_options={"ActivationSymmetric": True})
+            except Exception as e:  # e.g. an attention mask's -inf defeats a calibrator
+                print(json.dumps({"bundle": args.bundle, "model": name, "variant": f"ort-int8-static-{c}",
+                                  "error": f"{type(e).__name__}: {e}"}), flush=True)
+                continue
             print(json.dumps({"model": name, "quantize_static": c, "seconds": round(time.time() - t0, 1)}),
                   file=sys.stderr)
             variants[f"ort-int8-static-{c}"] = out

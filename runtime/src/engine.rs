@@ -293,6 +293,32 @@ impl PlanEngine {
         })
     }
 
+    /// Time each step of both plans on `image` (see [`CpuPlan::profile`]).
+    pub fn profile(
+        &mut self,
+        image: &[f32],
+    ) -> Result<Vec<(String, Duration, usize)>, EngineError> {
+        let plan_err = |model| move |reason| EngineError::Plan { model, reason };
+        let mut v: Vec<_> = self
+            .encoder
+            .profile(image)
+            .map_err(plan_err("encoder"))?
+            .into_iter()
+            .map(|(k, d, n)| (format!("encoder {k}"), d, n))
+            .collect();
+        if let Some(q) = self.qformer.as_mut() {
+            let p = q
+                .profile(self.encoder.output(1))
+                .map_err(plan_err("qformer"))?;
+            v.extend(
+                p.into_iter()
+                    .map(|(k, d, n)| (format!("qformer {k}"), d, n)),
+            );
+        }
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(v)
+    }
+
     /// Threads a frame runs on.
     pub fn threads(&self) -> usize {
         self.encoder.threads()

@@ -215,10 +215,18 @@ fn nan_guards_lower_to_one_step() {
     let nan = m.wire_node("isnan", is_nan(), &[x]).unwrap();
     let zero = m.add_const("zero", tensor0(0f32)).unwrap();
     let zero = m
-        .wire_node("zero.b", tract_onnx::tract_core::ops::change_axes::AxisOp::Add(0), &[zero])
+        .wire_node(
+            "zero.b",
+            tract_onnx::tract_core::ops::change_axes::AxisOp::Add(0),
+            &[zero],
+        )
         .unwrap();
     let zero = m
-        .wire_node("zero.bb", tract_onnx::tract_core::ops::change_axes::AxisOp::Add(0), &zero)
+        .wire_node(
+            "zero.bb",
+            tract_onnx::tract_core::ops::change_axes::AxisOp::Add(0),
+            &zero,
+        )
         .unwrap();
     let y = m.wire_node("where", Iff, &[nan[0], zero[0], x]).unwrap();
     m.select_output_outlets(&y).unwrap();

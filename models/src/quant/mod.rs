@@ -97,10 +97,13 @@ pub fn find_linear_nodes(model: &TypedModel) -> TractResult<Vec<LinearNode>> {
     Ok(found)
 }
 
-/// Whether an einsum `formula` over concrete dims is a linear layer in memory terms: one
-/// contracted axis, innermost in the activation; the weight has one other non-unit axis `n`;
-/// the output's non-unit axes are the activation's (in order) then `n` innermost. Size-1 axes
-/// may sit anywhere (tract's declutter moves them around). Returns `(k, n, transposed)`.
+/// Whether an einsum `formula` over concrete dims is a linear layer in memory terms: the
+/// contracted axes are the activation's innermost ones (one axis, or several such as a
+/// multi-head output projection's `heads × head_dim`), in the same order and adjacent in the
+/// weight; the weight has one other non-unit axis `n`, before or after them; the output's non-unit
+/// axes are the activation's remaining ones (in order) then `n` innermost. Size-1 axes may sit
+/// anywhere (tract's declutter moves them around). Returns `(k, n, transposed)` with `k` the
+/// product of the contracted dims.
 fn linear_shape(
     formula: &str,
     adims: &[usize],
@@ -124,22 +127,45 @@ fn linear_shape(
         .copied()
         .filter(|c| b.contains(c) && !o.contains(c))
         .collect();
-    let [kax] = contracted[..] else { return None };
-    if *a.last()? != kax {
+    if contracted.is_empty() || a[a.len() - contracted.len()..] != contracted[..] {
         return None;
     }
-    let k = *adims.last()?;
+    let k: usize = contracted
+        .iter()
+        .map(|c| dim(&a, adims, *c))
+        .product::<Option<usize>>()?;
+    // The weight's non-unit axes: the contracted block (same order) and `n`, one before the other.
     let big_b: Vec<char> = b
         .iter()
         .copied()
-        .filter(|c| *c != kax && dim(&b, wdims, *c) != Some(1))
+        .filter(|c| dim(&b, wdims, *c) != Some(1))
         .collect();
-    let [nax] = big_b[..] else { return None };
+    let big_c: Vec<char> = contracted
+        .iter()
+        .copied()
+        .filter(|c| dim(&a, adims, *c) != Some(1))
+        .collect();
+    let others: Vec<char> = big_b
+        .iter()
+        .copied()
+        .filter(|c| !contracted.contains(c))
+        .collect();
+    let [nax] = others[..] else { return None };
     let n = dim(&b, wdims, nax)?;
-    let ko = b.iter().position(|c| *c == kax)?;
-    let no = b.iter().position(|c| *c == nax)?;
-    // Output: the activation's non-unit axes in order, then n, nothing non-unit after n.
-    let big_a: Vec<char> = a[..a.len() - 1]
+    let transposed = if big_b[1..] == big_c[..] && big_b[0] == nax {
+        true
+    } else if big_b[..big_b.len() - 1] == big_c[..] && big_b[big_b.len() - 1] == nax {
+        false
+    } else {
+        return None;
+    };
+    for c in &contracted {
+        if dim(&b, wdims, *c)? != dim(&a, adims, *c)? {
+            return None;
+        }
+    }
+    // Output: the activation's other non-unit axes in order, then n, nothing non-unit after n.
+    let big_a: Vec<char> = a[..a.len() - contracted.len()]
         .iter()
         .copied()
         .filter(|c| dim(&a, adims, *c) != Some(1))
@@ -154,7 +180,7 @@ fn linear_shape(
     if big_o != want || dim(&o, odims, nax) != Some(n) {
         return None;
     }
-    Some((k, n, no < ko))
+    Some((k, n, transposed))
 }
 
 /// Per-layer activation scales from `edgefuse calibrate`, stored in a bundle as
@@ -281,8 +307,10 @@ impl EvalOp for QLinear {
         let x = plain_in.as_slice::<f32>()?;
         let w = &*self.weights;
         let shape = input.shape();
+        // The contracted axes are the input's innermost ones (checked when the layer was found):
+        // their product is `k`.
         ensure!(
-            shape.last() == Some(&w.k),
+            x.len() % w.k == 0,
             "QLinear expects …×{} input, got {shape:?}",
             w.k
         );
@@ -359,4 +387,53 @@ pub fn quantize_model(
         done.push(lin.name);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::linear_shape;
+
+    #[test]
+    fn linear_layers_are_recognised_with_one_or_several_contracted_axes() {
+        // Plain, transposed (Gemm transB), with unit axes anywhere.
+        assert_eq!(
+            linear_shape("mk,kn->mn", &[50, 768], &[768, 3072], &[50, 3072]),
+            Some((768, 3072, false))
+        );
+        assert_eq!(
+            linear_shape("mk,nk->mn", &[50, 768], &[512, 768], &[50, 512]),
+            Some((768, 512, true))
+        );
+        assert_eq!(
+            linear_shape("amk,kn->amn", &[1, 49, 768], &[768, 768], &[1, 49, 768]),
+            Some((768, 768, false))
+        );
+        // A multi-head output projection: heads × head_dim contracted together.
+        assert_eq!(
+            linear_shape("mbk,bkn->mn", &[50, 12, 64], &[12, 64, 768], &[50, 768]),
+            Some((768, 768, false))
+        );
+        assert_eq!(
+            linear_shape("mbk,nbk->mn", &[50, 12, 64], &[768, 12, 64], &[50, 768]),
+            Some((768, 768, true))
+        );
+        // Not linear layers: contracted axes not innermost, in another order in the weight, or
+        // the output reordered.
+        assert_eq!(
+            linear_shape("km,kn->mn", &[768, 50], &[768, 3072], &[50, 3072]),
+            None
+        );
+        assert_eq!(
+            linear_shape("mbk,kbn->mn", &[50, 12, 64], &[64, 12, 768], &[50, 768]),
+            None
+        );
+        assert_eq!(
+            linear_shape("mk,kn->nm", &[50, 768], &[768, 3072], &[3072, 50]),
+            None
+        );
+        assert_eq!(
+            linear_shape("mk,kno->mno", &[50, 768], &[768, 4, 8], &[50, 4, 8]),
+            None
+        );
+    }
 }

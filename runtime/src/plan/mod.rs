@@ -22,7 +22,7 @@ mod lower;
 
 mod reference;
 
-pub use exec::{CpuPlan, FloatKernel};
+pub use exec::{gemm as float_gemm, CpuPlan, FloatKernel};
 pub use ir::{
     BinOp, Broadcast, Buffer, Conv2d, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };

@@ -12,7 +12,7 @@
 //!
 //! Files: `gemm` (f32 packing and micro-kernels), `ops` (element-wise, reductions, moves).
 
-mod gemm;
+pub mod gemm;
 mod ops;
 
 use std::sync::Arc;
@@ -583,6 +583,63 @@ impl CpuPlan {
             ctx.exec(op, base, &mut self.scratch);
         }
         Ok(())
+    }
+}
+
+impl CpuPlan {
+    /// Run once and time each step; returns the total per kind of step (`matmul 50x768x2304`,
+    /// `int8 50x768x2304`, `binary`, …), slowest first. A diagnostic (it allocates): `edgefuse
+    /// bench --profile` prints it.
+    pub fn profile(
+        &mut self,
+        input: &[f32],
+    ) -> Result<Vec<(String, std::time::Duration, usize)>, PlanError> {
+        self.run(input)?;
+        let base = self.arena.as_mut_ptr();
+        let ctx = Ctx {
+            consts: &self.consts,
+            pool: &self.pool,
+            fk: self.fk,
+        };
+        let mut by: std::collections::BTreeMap<String, (std::time::Duration, usize)> =
+            std::collections::BTreeMap::new();
+        for op in &self.ops {
+            let t0 = std::time::Instant::now();
+            ctx.exec(op, base, &mut self.scratch);
+            let e = by.entry(op_name(op)).or_default();
+            e.0 += t0.elapsed();
+            e.1 += 1;
+        }
+        let mut v: Vec<_> = by.into_iter().map(|(k, (d, n))| (k, d, n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(v)
+    }
+}
+
+fn op_name(op: &Op) -> String {
+    match op {
+        Op::Binary { op, .. } => format!("binary {op:?}"),
+        Op::Unary { op, .. } => format!("unary {op:?}"),
+        Op::Reduce { op, .. } => format!("reduce {op:?}"),
+        Op::RmsNorm { .. } => "rms norm".into(),
+        Op::Softmax { .. } => "softmax".into(),
+        Op::Permute { .. } => "permute".into(),
+        Op::Gather { .. } => "gather".into(),
+        Op::Concat { .. } => "concat".into(),
+        Op::MatMul { b, shape: s, .. } => format!(
+            "matmul {}{}x{}x{}x{}",
+            if matches!(b, Rhs::Packed(_)) {
+                ""
+            } else {
+                "live "
+            },
+            s.batch[0] * s.batch[1],
+            s.m,
+            s.k,
+            s.n
+        ),
+        Op::Conv { .. } | Op::ConvGrouped { .. } => "conv".into(),
+        Op::Int8 { m, w, kernel, .. } => format!("int8 {kernel:?} {m}x{}x{}", w.k, w.n),
     }
 }
 
