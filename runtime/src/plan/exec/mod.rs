@@ -103,11 +103,12 @@ enum Op {
         out: Loc,
         shape: MatMul,
     },
-    /// Group-1 convolution as a product: weights `[O, C·kh·kw]` × input patches (packed per
-    /// panel of output pixels straight from the input).
+    /// Group-1 convolution as a product: input patches (`[pixels, C·kh·kw]`, gathered into
+    /// scratch) × the weights, packed once as `[C·kh·kw, O]` panels; the result is written
+    /// transposed, straight into NCHW.
     Conv {
         x: Loc,
-        w: Loc,
+        w: Vec<f32>,
         bias: Option<Loc>,
         out: Loc,
         shape: Conv2d,
@@ -167,6 +168,8 @@ struct Scratch {
     pack_len: usize,
     /// Quantized activations of the current int8 layer.
     qa: Vec<u8>,
+    /// Input patches of the current convolution (`[pixels, C·kh·kw]`).
+    patches: Vec<f32>,
     /// Per worker: `acc_len` int8 accumulators.
     acc: Vec<i32>,
     acc_len: usize,
@@ -333,6 +336,7 @@ impl CpuPlan {
         };
         let mut ops = Vec::with_capacity(plan.steps.len());
         let (mut pack_len, mut acc_len, mut qa_len) = (0usize, 0usize, 0usize);
+        let mut patches_len = 0usize;
         for step in &plan.steps {
             ops.push(match step {
                 Step::Binary {
@@ -427,10 +431,24 @@ impl CpuPlan {
                     if shape.group == 1 {
                         let [_, c, _, _] = shape.input;
                         let k = (c * shape.kernel[0] * shape.kernel[1]) as usize;
-                        pack_len = pack_len.max(k * fk.nr());
+                        let [o, oh, ow] = shape.output.map(|d| d as usize);
+                        patches_len = patches_len.max(oh * ow * k);
+                        let Loc::Const { idx, .. } = w else {
+                            return Err(unsupported("convolution weights computed per frame"));
+                        };
+                        // Weights OIHW = [O, k] row-major: as a right-hand side [k, O].
+                        let geo = MatMul {
+                            batch: [1, 1],
+                            m: 0,
+                            n: o as i32,
+                            k: k as i32,
+                            sa: [0; 4],
+                            sb: [0, 0, 1, k as i32],
+                            sc: [0; 4],
+                        };
                         Op::Conv {
                             x,
-                            w,
+                            w: pack_rhs(&consts[idx], &geo, fk.nr())?,
                             bias,
                             out,
                             shape: *shape,
@@ -507,6 +525,7 @@ impl CpuPlan {
                 pack: vec![0.0; pack_len * threads],
                 pack_len,
                 qa: vec![128; qa_len],
+                patches: vec![0.0; patches_len],
                 acc: vec![0; acc_len * threads],
                 acc_len,
             },
@@ -667,7 +686,7 @@ impl Ctx<'_> {
         };
         match op {
             Op::Binary { op, a, b, out, geo } => ops::binary(*op, v(*a), v(*b), out_mut(*out), geo),
-            Op::Unary { op, x, out } => ops::unary(*op, v(*x), out_mut(*out)),
+            Op::Unary { op, x, out } => self.unary(*op, v(*x), out_mut(*out)),
             Op::Reduce { op, x, out, dims } => ops::reduce(*op, v(*x), out_mut(*out), *dims),
             Op::RmsNorm { x, out, dims, eps } => ops::rms_norm(v(*x), out_mut(*out), *dims, *eps),
             Op::Softmax { x, out, dims } => ops::softmax(v(*x), out_mut(*out), *dims),
@@ -700,7 +719,7 @@ impl Ctx<'_> {
                 shape,
             } => {
                 let y = out_mut(*out);
-                self.conv(v(*x), v(*w), y, shape, scratch);
+                self.conv(v(*x), w, y, shape, scratch);
                 if let Some(bias) = bias {
                     let [o, oh, ow] = shape.output.map(|d| d as usize);
                     let b = v(*bias);
@@ -726,6 +745,25 @@ impl Ctx<'_> {
                 act_scale,
             } => self.int8(v(*x), out_mut(*out), *m, w, *kernel, *act_scale, scratch),
         }
+    }
+
+    /// An element-wise step; split across the pool when it is large (GELU over an MLP's hidden
+    /// layer: 150k values per ViT-B/32 block).
+    fn unary(&self, op: UnOp, x: &[f32], y: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        let threads = self.pool.threads();
+        if threads == 1 || y.len() < 2 * CHUNK {
+            return ops::unary(op, x, y);
+        }
+        let len = y.len();
+        let tasks = len.div_ceil(CHUNK);
+        let yp = Shared(y.as_mut_ptr());
+        self.pool.run(tasks, &|t, _| {
+            let (a, b) = (t * CHUNK, ((t + 1) * CHUNK).min(len));
+            // SAFETY: each task writes its own chunk `a..b` of `y` (in bounds: b ≤ len).
+            let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a), b - a) };
+            ops::unary(op, &x[a..b], dst);
+        });
     }
 
     fn matmul(
@@ -802,38 +840,41 @@ impl Ctx<'_> {
         let k = c * kh * kw;
         let pixels = oh * ow;
         let nr = self.fk.nr();
-        let panels = pixels.div_ceil(nr);
-        let (xp, wp, yp) = (
-            Shared(x.as_ptr() as *mut f32),
-            Shared(w.as_ptr() as *mut f32),
-            Shared(y.as_mut_ptr()),
-        );
-        let pack = Shared(scratch.pack.as_mut_ptr());
-        let (fk, pack_len) = (self.fk, scratch.pack_len);
-        let s = *s;
-        self.pool.run(n * panels, &|task, worker| {
-            let (ni, p) = (task / panels, task % panels);
-            let cols = (pixels - p * nr).min(nr);
-            // SAFETY: each task packs into its worker's scratch and writes the output pixels of
-            // its own panel of its own image; reads stay inside `x` (bounds checked per tap)
-            // and `w` (`o × k`).
-            unsafe {
-                let dst = std::slice::from_raw_parts_mut(pack.get().add(worker * pack_len), k * nr);
-                let img = std::slice::from_raw_parts(xp.get().add(ni * c * h * wd), c * h * wd);
-                patches(img, &s, p * nr, cols, nr, dst);
-                let lhs = Lhs {
-                    ptr: wp.get(),
-                    rs: k,
-                    ks: 1,
-                };
-                let out = Out {
-                    ptr: yp.get().add(ni * o * pixels + p * nr),
-                    rs: pixels,
-                    cs: 1,
-                };
-                panel_product(fk, lhs, o, k, dst, out, cols);
-            }
-        });
+        let panels = o.div_ceil(nr);
+        for ni in 0..n {
+            let img = &x[ni * c * h * wd..(ni + 1) * c * h * wd];
+            let rows = &mut scratch.patches[..pixels * k];
+            patches(img, s, rows);
+            let (ap, yp) = (Shared(rows.as_mut_ptr()), Shared(y.as_mut_ptr()));
+            let fk = self.fk;
+            self.pool.run(panels, &|p, _| {
+                let cols = (o - p * nr).min(nr);
+                // SAFETY: `rows` is [pixels, k]; the panel holds k·nr values; each task writes
+                // output channels p·nr.. of this image (row i = pixel, column j = channel, so
+                // element (i, j) lands at channel·pixels + pixel: NCHW), no two tasks the same.
+                unsafe {
+                    let lhs = Lhs {
+                        ptr: ap.get(),
+                        rs: k,
+                        ks: 1,
+                    };
+                    let out = Out {
+                        ptr: yp.get().add(ni * o * pixels + p * nr * pixels),
+                        rs: 1,
+                        cs: pixels,
+                    };
+                    panel_product(
+                        fk,
+                        lhs,
+                        pixels,
+                        k,
+                        &w[p * k * nr..(p + 1) * k * nr],
+                        out,
+                        cols,
+                    );
+                }
+            });
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -859,9 +900,13 @@ impl Ctx<'_> {
             unsafe {
                 let acc = std::slice::from_raw_parts_mut(acc.get().add(worker * acc_len), m * n);
                 int8::gemm_panels(kernel, qa, m, w, acc, p..p + 1);
+                let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+                let scales = &w.scales[c0..c1];
                 for i in 0..m {
-                    for c in p * PANEL..((p + 1) * PANEL).min(n) {
-                        *yp.get().add(i * n + c) = acc[i * n + c] as f32 * (s * w.scales[c]);
+                    // This task's columns of row i: disjoint from every other task's.
+                    let y = std::slice::from_raw_parts_mut(yp.get().add(i * n + c0), c1 - c0);
+                    for ((o, a), sc) in y.iter_mut().zip(&acc[i * n + c0..i * n + c1]).zip(scales) {
+                        *o = *a as f32 * (s * sc);
                     }
                 }
             }
@@ -869,34 +914,41 @@ impl Ctx<'_> {
     }
 }
 
-/// Pack the input patches of output pixels `p0 .. p0+cols` as one `[k][nr]` panel, `k` =
-/// (channel, ky, kx); taps in the padding are 0.
-fn patches(img: &[f32], s: &Conv2d, p0: usize, cols: usize, nr: usize, dst: &mut [f32]) {
+/// Gather the input patch of every output pixel as a row of `rows` (`[pixels, C·kh·kw]`, k =
+/// (channel, ky, kx)); taps in the padding are 0. Runs of a patch row that lie inside the image
+/// are copied whole (a ViT patch embedding copies 32-float runs).
+fn patches(img: &[f32], s: &Conv2d, rows: &mut [f32]) {
     let [_, c, h, wd] = s.input.map(|d| d as usize);
-    let [_, _, ow] = s.output.map(|d| d as usize);
+    let [_, oh, ow] = s.output.map(|d| d as usize);
     let [kh, kw] = s.kernel.map(|d| d as usize);
-    let mut kk = 0;
-    for ci in 0..c {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = &mut dst[kk * nr..(kk + 1) * nr];
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = if j < cols {
-                        let (oy, ox) = ((p0 + j) / ow, (p0 + j) % ow);
-                        let iy = (oy * s.stride[0] as usize + ky * s.dilation[0] as usize) as isize
-                            - s.pad[0] as isize;
-                        let ix = (ox * s.stride[1] as usize + kx * s.dilation[1] as usize) as isize
-                            - s.pad[1] as isize;
-                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+    let [sy, sx] = s.stride.map(|d| d as isize);
+    let [dy, dx] = s.dilation.map(|d| d as isize);
+    let [py, px] = s.pad.map(|d| d as isize);
+    let k = c * kh * kw;
+    for (p, row) in rows.chunks_exact_mut(k).enumerate().take(oh * ow) {
+        let (oy, ox) = ((p / ow) as isize, (p % ow) as isize);
+        for ci in 0..c {
+            for ky in 0..kh {
+                let dst = &mut row[(ci * kh + ky) * kw..(ci * kh + ky + 1) * kw];
+                let iy = oy * sy + ky as isize * dy - py;
+                if iy < 0 || iy >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let line = &img[(ci * h + iy as usize) * wd..(ci * h + iy as usize + 1) * wd];
+                let x0 = ox * sx - px;
+                if dx == 1 && x0 >= 0 && x0 + kw as isize <= wd as isize {
+                    dst.copy_from_slice(&line[x0 as usize..x0 as usize + kw]);
+                } else {
+                    for (kx, d) in dst.iter_mut().enumerate() {
+                        let ix = x0 + kx as isize * dx;
+                        *d = if ix < 0 || ix >= wd as isize {
                             0.0
                         } else {
-                            img[(ci * h + iy as usize) * wd + ix as usize]
-                        }
-                    } else {
-                        0.0
-                    };
+                            line[ix as usize]
+                        };
+                    }
                 }
-                kk += 1;
             }
         }
     }
@@ -969,10 +1021,8 @@ fn op_locs(op: &Op) -> ([Option<Loc>; 3], Loc) {
         | Op::Gather { x, out, .. }
         | Op::Concat { x, out, .. }
         | Op::Int8 { x, out, .. } => ([Some(*x), None, None], *out),
-        Op::Conv {
-            x, w, bias, out, ..
-        }
-        | Op::ConvGrouped {
+        Op::Conv { x, bias, out, .. } => ([Some(*x), *bias, None], *out),
+        Op::ConvGrouped {
             x, w, bias, out, ..
         } => ([Some(*x), Some(*w), *bias], *out),
     }
