@@ -315,7 +315,7 @@ impl PlanEngine {
                     .map(|(k, d, n)| (format!("qformer {k}"), d, n)),
             );
         }
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         Ok(v)
     }
 

@@ -630,7 +630,7 @@ impl CpuPlan {
             e.1 += 1;
         }
         let mut v: Vec<_> = by.into_iter().map(|(k, (d, n))| (k, d, n)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         Ok(v)
     }
 }
