@@ -7,10 +7,22 @@ use std::path::{Path, PathBuf};
 /// The file name looked for next to the frames.
 pub const LABELS_CSV: &str = "labels.csv";
 
+/// The largest `labels.csv` read (a million labelled frames fit well within it).
+pub const MAX_LABELS_CSV_BYTES: u64 = 64 << 20;
+
 /// `file name -> label` from `dir/labels.csv`. Lines without a comma are skipped; labels are
-/// trimmed.
+/// trimmed. Only a regular file of at most [`MAX_LABELS_CSV_BYTES`] is read (a FIFO or a device
+/// named `labels.csv` is an error, not a hang).
 pub fn read_labels_csv(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(dir.join(LABELS_CSV))?;
+    use edgefuse_models::files::{read_text_limited, ReadError};
+    let path = dir.join(LABELS_CSV);
+    let text = read_text_limited(&path, MAX_LABELS_CSV_BYTES).map_err(|e| match e {
+        ReadError::Io(e) => e,
+        other => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {other}", path.display()),
+        ),
+    })?;
     Ok(text
         .lines()
         .skip(1)
@@ -61,5 +73,17 @@ mod tests {
         assert_eq!(t.label(d.path().join("c.png").to_str().unwrap()), None);
         assert_eq!(t.label("/nonexistent/x.png"), None);
         assert_eq!(read_labels_csv(d.path()).unwrap().len(), 2);
+        // Not a regular file: refused at once (a FIFO would block a plain read forever).
+        let fifo = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(fifo.path().join(LABELS_CSV))
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            let e = read_labels_csv(fifo.path()).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        } else {
+            println!("mkfifo unavailable: the FIFO case of labels.csv is not checked");
+        }
     }
 }
