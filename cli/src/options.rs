@@ -421,6 +421,21 @@ status_led = "pin:12"
             fe.contains("allowed 1..=16") && ce.contains("allowed 1..=16"),
             "{fe}\n{ce}"
         );
+        // `frames = 0` has one meaning through both doors: refused (no run of zero frames, and
+        // "no limit" is leaving the option out), the same for the CPU threads' range and engine.
+        let fe = parse("frames = 0\n").unwrap_err().to_string();
+        let ce = cli(&["--frames", "0"]).err().unwrap().to_string();
+        assert!(
+            fe.contains("allowed 1..") && ce.contains("allowed 1.."),
+            "{fe}\n{ce}"
+        );
+        assert_eq!(
+            parse("threads = 3\n").unwrap().threads,
+            cli(&["--threads", "3"]).unwrap().threads
+        );
+        let fe = parse("cpu_engine = \"onnx\"\n").unwrap_err().to_string();
+        let ce = cli(&["--cpu-engine", "onnx"]).err().unwrap().to_string();
+        assert!(fe.contains("use auto, plan or tract") && ce.contains("use auto, plan or tract"));
         let fe = parse("board = \"pi\"\n").unwrap_err().to_string();
         let ce = cli(&["--board", "pi"]).err().unwrap().to_string();
         assert!(fe.contains("unknown board `pi`") && ce.contains("unknown board `pi`"));
