@@ -37,11 +37,15 @@ macro_rules! multiversion {
 }
 
 /// `e^x` (Cephes' polynomial after range reduction by ln 2), `x` clamped to [−87.3, 88.3]: the
-/// result stays a normal float (≥ 1.2e-38, ≤ 2.1e38).
+/// result stays a normal float (≥ 1.2e-38, ≤ 2.1e38). Rounding and 2^n use the 1.5·2^23 trick
+/// (float adds and integer bit operations only), so the loop vectorises: a float-to-int
+/// conversion (`as i32` saturates) keeps LLVM from vectorising it.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low bits
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_2e-3;
@@ -50,7 +54,9 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // t's bits are 0x4B40_0000 + n: the exponent field of 2^n is n + 127 (1..=254 here).
+    let e = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
+    y * f32::from_bits(e)
 }
 
 /// `erf x` (Abramowitz–Stegun 7.1.26, absolute error < 1.5e-7).
