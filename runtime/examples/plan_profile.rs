@@ -25,9 +25,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut v: Vec<_> = total.into_iter().collect();
     v.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
     let sum: f64 = v.iter().map(|(_, (ms, _))| ms).sum();
-    println!("{path}, {threads} thread(s): {sum:.2} ms per frame");
+    // Written, not printed: `| head` closes the pipe, which ends the listing quietly.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{path}, {threads} thread(s): {sum:.2} ms per frame");
     for (k, (ms, n)) in v {
-        println!("{ms:9.3} ms  {n:4}x  {k}");
+        if writeln!(out, "{ms:9.3} ms  {n:4}x  {k}").is_err() {
+            break;
+        }
     }
     Ok(())
 }
