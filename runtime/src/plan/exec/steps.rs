@@ -1,0 +1,300 @@
+//! Executing one compiled step: the views of its buffers, and the steps that split across the
+//! pool (matrix products, convolutions, int8 layers, large element-wise steps).
+
+use edgefuse_models::quant::gemm::{self as int8, Kernel, PackedWeights, PANEL};
+
+use super::gemm::{pack_panel, panel_product, Lhs, Out, Rhs as Src};
+use super::{ops, Ctx, Loc, Op, Rhs, Scratch, Shared};
+use crate::plan::ir::{Conv2d, MatMul, UnOp};
+
+impl Ctx<'_> {
+    /// A step's input. The arena views below are sound because the arena outlives the run and
+    /// is not resized, `CpuPlan::run` holds it exclusively, and a step's output region is
+    /// disjoint from its inputs (`check_disjoint`), so no view aliases the one mutable view.
+    fn view(&self, base: *mut f32, l: Loc) -> &[f32] {
+        match l {
+            // SAFETY: see above; `off + len` lies in the arena (placed at build).
+            Loc::Arena { off, len } => unsafe { std::slice::from_raw_parts(base.add(off), len) },
+            Loc::Const { idx, len } => &self.consts[idx][..len],
+        }
+    }
+
+    pub(super) fn exec(&self, op: &Op, base: *mut f32, scratch: &mut Scratch) {
+        let v = |l: Loc| self.view(base, l);
+        let out_mut = |l: Loc| -> &mut [f32] {
+            let Loc::Arena { off, len } = l else {
+                unreachable!("check_disjoint refuses steps that write constants")
+            };
+            // SAFETY: in the arena; disjoint from every input of this step (check_disjoint)
+            // and the only mutable view while the step runs.
+            unsafe { std::slice::from_raw_parts_mut(base.add(off), len) }
+        };
+        match op {
+            Op::Binary { op, a, b, out, geo } => ops::binary(*op, v(*a), v(*b), out_mut(*out), geo),
+            Op::Unary { op, x, out } => self.unary(*op, v(*x), out_mut(*out)),
+            Op::Reduce { op, x, out, dims } => ops::reduce(*op, v(*x), out_mut(*out), *dims),
+            Op::RmsNorm { x, out, dims, eps } => ops::rms_norm(v(*x), out_mut(*out), *dims, *eps),
+            Op::Softmax { x, out, dims } => ops::softmax(v(*x), out_mut(*out), *dims),
+            Op::Permute { x, out, geo } => ops::permute(v(*x), out_mut(*out), geo),
+            Op::Gather {
+                x,
+                out,
+                dims,
+                indices,
+            } => ops::gather(v(*x), out_mut(*out), *dims, indices),
+            Op::Concat {
+                x,
+                out,
+                dims,
+                total,
+                offset,
+            } => ops::concat_part(v(*x), out_mut(*out), *dims, *total, *offset),
+            Op::MatMul { a, b, out, shape } => {
+                let live = match b {
+                    Rhs::Live(l) => Some(v(*l)),
+                    Rhs::Packed(_) => None,
+                };
+                self.matmul(v(*a), b, live, out_mut(*out), shape, scratch)
+            }
+            Op::Conv {
+                x,
+                w,
+                bias,
+                out,
+                shape,
+            } => {
+                let y = out_mut(*out);
+                self.conv(v(*x), w, y, shape, scratch);
+                if let Some(bias) = bias {
+                    let [o, oh, ow] = shape.output.map(|d| d as usize);
+                    let b = v(*bias);
+                    for (i, plane) in y.chunks_exact_mut(oh * ow).enumerate() {
+                        let bv = b[i % o];
+                        plane.iter_mut().for_each(|p| *p += bv);
+                    }
+                }
+            }
+            Op::ConvGrouped {
+                x,
+                w,
+                bias,
+                out,
+                shape,
+            } => crate::plan::conv_cpu(v(*x), v(*w), bias.map(v), out_mut(*out), shape),
+            Op::Int8 {
+                x,
+                out,
+                m,
+                w,
+                kernel,
+                act_scale,
+            } => self.int8(v(*x), out_mut(*out), *m, w, *kernel, *act_scale, scratch),
+        }
+    }
+
+    /// An element-wise step; split across the pool when it is large (GELU over an MLP's hidden
+    /// layer: 150k values per ViT-B/32 block).
+    fn unary(&self, op: UnOp, x: &[f32], y: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        let threads = self.pool.threads();
+        if threads == 1 || y.len() < 2 * CHUNK {
+            return ops::unary(op, x, y);
+        }
+        let len = y.len();
+        let tasks = len.div_ceil(CHUNK);
+        let yp = Shared(y.as_mut_ptr());
+        self.pool.run(tasks, &|t, _| {
+            let (a, b) = (t * CHUNK, ((t + 1) * CHUNK).min(len));
+            // SAFETY: each task writes its own chunk `a..b` of `y` (in bounds: b ≤ len).
+            let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a), b - a) };
+            ops::unary(op, &x[a..b], dst);
+        });
+    }
+
+    fn matmul(
+        &self,
+        a: &[f32],
+        b: &Rhs,
+        live: Option<&[f32]>,
+        y: &mut [f32],
+        s: &MatMul,
+        scratch: &mut Scratch,
+    ) {
+        let (m, n, k) = (s.m as usize, s.n as usize, s.k as usize);
+        let nr = self.fk.nr();
+        let panels = n.div_ceil(nr);
+        let [b0, b1] = s.batch.map(|d| d as usize);
+        let st = |v: [i32; 4]| v.map(|d| d as usize);
+        let (sa, sb, sc) = (st(s.sa), st(s.sb), st(s.sc));
+        let (ap, yp) = (Shared(a.as_ptr() as *mut f32), Shared(y.as_mut_ptr()));
+        let live = live.map(|l| Shared(l.as_ptr() as *mut f32));
+        let pack = Shared(scratch.pack.as_mut_ptr());
+        let (fk, pack_len) = (self.fk, scratch.pack_len);
+        self.pool.run(b0 * b1 * panels, &|task, worker| {
+            let (batch, p) = (task / panels, task % panels);
+            let (i0, i1) = (batch / b1, batch % b1);
+            let cols = (n - p * nr).min(nr);
+            // SAFETY: every pointer below stays inside its operand (offsets from the step's
+            // own geometry, which the lowering derived from the buffers' shapes); each task
+            // writes its own batch × panel of `y` and its own worker's scratch, so no two tasks
+            // write the same element, and the operands are only read.
+            unsafe {
+                let panel: &[f32] = match (b, live) {
+                    (Rhs::Packed(data), _) => &data[task * k * nr..(task + 1) * k * nr],
+                    (Rhs::Live(_), Some(src)) => {
+                        let dst = std::slice::from_raw_parts_mut(
+                            pack.get().add(worker * pack_len),
+                            k * nr,
+                        );
+                        let src = src.get().add(i0 * sb[0] + i1 * sb[1]);
+                        pack_panel(
+                            Src {
+                                ptr: src,
+                                sk: sb[2],
+                                sn: sb[3],
+                            },
+                            k,
+                            p * nr,
+                            cols,
+                            nr,
+                            dst,
+                        );
+                        dst
+                    }
+                    (Rhs::Live(_), None) => unreachable!("a live right-hand side has a view"),
+                };
+                let lhs = Lhs {
+                    ptr: ap.get().add(i0 * sa[0] + i1 * sa[1]),
+                    rs: sa[2],
+                    ks: sa[3],
+                };
+                let out = Out {
+                    ptr: yp.get().add(i0 * sc[0] + i1 * sc[1] + p * nr * sc[3]),
+                    rs: sc[2],
+                    cs: sc[3],
+                };
+                panel_product(fk, lhs, m, k, panel, out, cols);
+            }
+        });
+    }
+
+    fn conv(&self, x: &[f32], w: &[f32], y: &mut [f32], s: &Conv2d, scratch: &mut Scratch) {
+        let [n, c, h, wd] = s.input.map(|d| d as usize);
+        let [o, oh, ow] = s.output.map(|d| d as usize);
+        let [kh, kw] = s.kernel.map(|d| d as usize);
+        let k = c * kh * kw;
+        let pixels = oh * ow;
+        let nr = self.fk.nr();
+        let panels = o.div_ceil(nr);
+        for ni in 0..n {
+            let img = &x[ni * c * h * wd..(ni + 1) * c * h * wd];
+            let rows = &mut scratch.patches[..pixels * k];
+            patches(img, s, rows);
+            let (ap, yp) = (Shared(rows.as_mut_ptr()), Shared(y.as_mut_ptr()));
+            let fk = self.fk;
+            self.pool.run(panels, &|p, _| {
+                let cols = (o - p * nr).min(nr);
+                // SAFETY: `rows` is [pixels, k]; the panel holds k·nr values; each task writes
+                // output channels p·nr.. of this image (row i = pixel, column j = channel, so
+                // element (i, j) lands at channel·pixels + pixel: NCHW), no two tasks the same.
+                unsafe {
+                    let lhs = Lhs {
+                        ptr: ap.get(),
+                        rs: k,
+                        ks: 1,
+                    };
+                    let out = Out {
+                        ptr: yp.get().add(ni * o * pixels + p * nr * pixels),
+                        rs: 1,
+                        cs: pixels,
+                    };
+                    panel_product(
+                        fk,
+                        lhs,
+                        pixels,
+                        k,
+                        &w[p * k * nr..(p + 1) * k * nr],
+                        out,
+                        cols,
+                    );
+                }
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn int8(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        m: usize,
+        w: &PackedWeights,
+        kernel: Kernel,
+        s: f32,
+        scratch: &mut Scratch,
+    ) {
+        let qa = &mut scratch.qa[..m * w.kp];
+        int8::quantize_activations(x, m, w.k, w.kp, s, qa);
+        let qa: &[u8] = qa;
+        let (yp, acc) = (Shared(y.as_mut_ptr()), Shared(scratch.acc.as_mut_ptr()));
+        let acc_len = scratch.acc_len;
+        let n = w.n;
+        self.pool.run(w.panels(), &|p, worker| {
+            // SAFETY: each worker has its own accumulator region (`acc_len ≥ m·n`, sized at
+            // build); each task writes the output columns of its own panel only.
+            unsafe {
+                let acc = std::slice::from_raw_parts_mut(acc.get().add(worker * acc_len), m * n);
+                int8::gemm_panels(kernel, qa, m, w, acc, p..p + 1);
+                let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+                let scales = &w.scales[c0..c1];
+                for i in 0..m {
+                    // This task's columns of row i: disjoint from every other task's.
+                    let y = std::slice::from_raw_parts_mut(yp.get().add(i * n + c0), c1 - c0);
+                    for ((o, a), sc) in y.iter_mut().zip(&acc[i * n + c0..i * n + c1]).zip(scales) {
+                        *o = *a as f32 * (s * sc);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Gather the input patch of every output pixel as a row of `rows` (`[pixels, C·kh·kw]`, k =
+/// (channel, ky, kx)); taps in the padding are 0. Runs of a patch row that lie inside the image
+/// are copied whole (a ViT patch embedding copies 32-float runs).
+fn patches(img: &[f32], s: &Conv2d, rows: &mut [f32]) {
+    let [_, c, h, wd] = s.input.map(|d| d as usize);
+    let [_, oh, ow] = s.output.map(|d| d as usize);
+    let [kh, kw] = s.kernel.map(|d| d as usize);
+    let [sy, sx] = s.stride.map(|d| d as isize);
+    let [dy, dx] = s.dilation.map(|d| d as isize);
+    let [py, px] = s.pad.map(|d| d as isize);
+    let k = c * kh * kw;
+    for (p, row) in rows.chunks_exact_mut(k).enumerate().take(oh * ow) {
+        let (oy, ox) = ((p / ow) as isize, (p % ow) as isize);
+        for ci in 0..c {
+            for ky in 0..kh {
+                let dst = &mut row[(ci * kh + ky) * kw..(ci * kh + ky + 1) * kw];
+                let iy = oy * sy + ky as isize * dy - py;
+                if iy < 0 || iy >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let line = &img[(ci * h + iy as usize) * wd..(ci * h + iy as usize + 1) * wd];
+                let x0 = ox * sx - px;
+                if dx == 1 && x0 >= 0 && x0 + kw as isize <= wd as isize {
+                    dst.copy_from_slice(&line[x0 as usize..x0 as usize + kw]);
+                } else {
+                    for (kx, d) in dst.iter_mut().enumerate() {
+                        let ix = x0 + kx as isize * dx;
+                        *d = if ix < 0 || ix >= wd as isize {
+                            0.0
+                        } else {
+                            line[ix as usize]
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
