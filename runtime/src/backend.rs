@@ -114,7 +114,10 @@ impl Backend for CpuBackend {
         let t0 = Instant::now();
         self.pre.run(frame, &mut self.input)?;
         let preprocess = t0.elapsed();
-        let [encoder, qformer] = self.engine.run(&self.input, embedding, queries)?;
+        let [encoder, qformer] = self
+            .engine
+            .models_mut()
+            .run(&self.input, embedding, queries)?;
         *times = [preprocess, encoder, qformer];
         Ok(())
     }

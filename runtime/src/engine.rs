@@ -51,6 +51,44 @@ pub enum EngineError {
     },
 }
 
+fn plan_err(model: &'static str) -> impl Fn(PlanError) -> EngineError {
+    move |reason| EngineError::Plan { model, reason }
+}
+
+/// What both CPU engines offer the backend. The encoder → Q-Former sequence and its timing are
+/// written once, in [`Inference::run`].
+pub trait Inference {
+    /// Width of the pooled embedding.
+    fn embedding_dim(&self) -> usize;
+    /// Values in the Q-Former output (`queries × dim`), 0 without a Q-Former.
+    fn queries_len(&self) -> usize;
+    /// Whether a Q-Former runs.
+    fn has_qformer(&self) -> bool {
+        self.queries_len() > 0
+    }
+    /// Run the encoder on `image` (`[3, h, w]` values) and write the pooled embedding; the
+    /// token sequence is kept for [`Inference::run_qformer`].
+    fn run_encoder(&mut self, image: &[f32], embedding: &mut [f32]) -> Result<(), EngineError>;
+    /// Run the Q-Former on the tokens of the last encoder run; writes `[queries, dim]` (nothing
+    /// without a Q-Former).
+    fn run_qformer(&mut self, queries: &mut [f32]) -> Result<(), EngineError>;
+    /// Run the encoder on `image`, then the Q-Former when there is one; write the pooled
+    /// `embedding` and the `queries`, and return how long each model took (zero for a missing
+    /// Q-Former).
+    fn run(
+        &mut self,
+        image: &[f32],
+        embedding: &mut [f32],
+        queries: &mut [f32],
+    ) -> Result<[Duration; 2], EngineError> {
+        let t0 = Instant::now();
+        self.run_encoder(image, embedding)?;
+        let t1 = Instant::now();
+        self.run_qformer(queries)?;
+        Ok([t1 - t0, t1.elapsed()])
+    }
+}
+
 fn run_err(model: &'static str) -> impl Fn(TractError) -> EngineError {
     move |e| EngineError::Run {
         model,
@@ -124,43 +162,18 @@ impl TractEngine {
             queries_len,
         })
     }
+}
 
-    /// Width of the pooled embedding.
-    pub fn embedding_dim(&self) -> usize {
+impl Inference for TractEngine {
+    fn embedding_dim(&self) -> usize {
         self.embedding_dim
     }
 
-    /// Values in the Q-Former output (`queries × dim`), 0 without a Q-Former.
-    pub fn queries_len(&self) -> usize {
+    fn queries_len(&self) -> usize {
         self.queries_len
     }
 
-    /// Whether a Q-Former runs.
-    pub fn has_qformer(&self) -> bool {
-        self.qformer.is_some()
-    }
-
-    /// Run the encoder on `image` (`[3, h, w]` values), then the Q-Former when there is one;
-    /// write the pooled `embedding` and the `queries`, and return how long each model took
-    /// (zero for a missing Q-Former). The one place this sequence and its timing are written.
-    pub fn run(
-        &mut self,
-        image: &[f32],
-        embedding: &mut [f32],
-        queries: &mut [f32],
-    ) -> Result<[Duration; 2], EngineError> {
-        let t0 = Instant::now();
-        self.run_encoder(image, embedding)?;
-        let t1 = Instant::now();
-        if self.has_qformer() {
-            self.run_qformer(queries)?;
-        }
-        Ok([t1 - t0, t1.elapsed()])
-    }
-
-    /// Run the encoder on `image` (`[3, h, w]` values) and write the pooled embedding.
-    /// The token sequence is kept for [`TractEngine::run_qformer`].
-    pub fn run_encoder(&mut self, image: &[f32], embedding: &mut [f32]) -> Result<(), EngineError> {
+    fn run_encoder(&mut self, image: &[f32], embedding: &mut [f32]) -> Result<(), EngineError> {
         let _s = scope(Scope::Engine);
         self.input
             .try_as_plain_ram_mut()
@@ -180,8 +193,7 @@ impl TractEngine {
         Ok(())
     }
 
-    /// Run the Q-Former on the tokens of the last encoder run; writes `[queries, dim]`.
-    pub fn run_qformer(&mut self, queries: &mut [f32]) -> Result<(), EngineError> {
+    fn run_qformer(&mut self, queries: &mut [f32]) -> Result<(), EngineError> {
         let _s = scope(Scope::Engine);
         let (Some(state), Some(tokens)) = (self.qformer.as_mut(), self.tokens_in.as_ref()) else {
             return Ok(());
@@ -242,8 +254,6 @@ pub struct CpuConfig {
 pub struct PlanEngine {
     encoder: CpuPlan,
     qformer: Option<CpuPlan>,
-    embedding_dim: usize,
-    queries_len: usize,
 }
 
 impl std::fmt::Debug for PlanEngine {
@@ -258,7 +268,6 @@ impl std::fmt::Debug for PlanEngine {
 impl PlanEngine {
     /// Lower the bundle's models and prepare them on a pool of `threads` (0 = all cores).
     pub fn new(bundle: &Bundle, threads: usize) -> Result<Self, EngineError> {
-        let plan_err = |model| move |reason| EngineError::Plan { model, reason };
         let (enc, qf) = plan::lower_bundle(bundle).map_err(plan_err("encoder"))?;
         let want = if threads == 0 {
             plan::available_threads()
@@ -275,7 +284,6 @@ impl PlanEngine {
             None => None,
         };
         let embedding_dim = bundle.manifest().encoder.embedding_dim;
-        let queries_len = qformer.as_ref().map_or(0, |q| q.output_len(0));
         if encoder.output_len(0) != embedding_dim {
             return Err(EngineError::Plan {
                 model: "encoder",
@@ -285,12 +293,7 @@ impl PlanEngine {
                 )),
             });
         }
-        Ok(Self {
-            encoder,
-            qformer,
-            embedding_dim,
-            queries_len,
-        })
+        Ok(Self { encoder, qformer })
     }
 
     /// Time each step of both plans on `image` (see [`CpuPlan::profile`]).
@@ -298,7 +301,6 @@ impl PlanEngine {
         &mut self,
         image: &[f32],
     ) -> Result<Vec<(String, Duration, usize)>, EngineError> {
-        let plan_err = |model| move |reason| EngineError::Plan { model, reason };
         let mut v: Vec<_> = self
             .encoder
             .profile(image)
@@ -323,33 +325,32 @@ impl PlanEngine {
     pub fn threads(&self) -> usize {
         self.encoder.threads()
     }
+}
 
-    /// Run the encoder on `image`, then the Q-Former; like [`TractEngine::run`].
-    pub fn run(
-        &mut self,
-        image: &[f32],
-        embedding: &mut [f32],
-        queries: &mut [f32],
-    ) -> Result<[Duration; 2], EngineError> {
+impl Inference for PlanEngine {
+    fn embedding_dim(&self) -> usize {
+        self.encoder.output_len(0)
+    }
+
+    fn queries_len(&self) -> usize {
+        self.qformer.as_ref().map_or(0, |q| q.output_len(0))
+    }
+
+    fn run_encoder(&mut self, image: &[f32], embedding: &mut [f32]) -> Result<(), EngineError> {
         let _s = scope(Scope::Engine);
-        let t0 = Instant::now();
-        self.encoder
-            .run(image)
-            .map_err(|reason| EngineError::Plan {
-                model: "encoder",
-                reason,
-            })?;
+        self.encoder.run(image).map_err(plan_err("encoder"))?;
         embedding.copy_from_slice(self.encoder.output(0));
-        let t1 = Instant::now();
+        Ok(())
+    }
+
+    fn run_qformer(&mut self, queries: &mut [f32]) -> Result<(), EngineError> {
+        let _s = scope(Scope::Engine);
         if let Some(q) = self.qformer.as_mut() {
-            q.run(self.encoder.output(1))
-                .map_err(|reason| EngineError::Plan {
-                    model: "qformer",
-                    reason,
-                })?;
+            // The tokens stay where the encoder wrote them: no copy.
+            q.run(self.encoder.output(1)).map_err(plan_err("qformer"))?;
             queries.copy_from_slice(q.output(0));
         }
-        Ok([t1 - t0, t1.elapsed()])
+        Ok(())
     }
 }
 
@@ -392,40 +393,19 @@ impl CpuEngine {
         }
     }
 
-    /// Width of the pooled embedding.
-    pub fn embedding_dim(&self) -> usize {
+    /// The engine's models, whichever engine it is.
+    pub fn models_mut(&mut self) -> &mut dyn Inference {
         match self {
-            Self::Plan(p) => p.embedding_dim,
-            Self::Tract(t) => t.embedding_dim(),
+            Self::Plan(p) => p,
+            Self::Tract(t) => t,
         }
     }
 
-    /// Values in the Q-Former output, 0 without a Q-Former.
-    pub fn queries_len(&self) -> usize {
+    /// The engine's models, read-only (their sizes).
+    pub fn models(&self) -> &dyn Inference {
         match self {
-            Self::Plan(p) => p.queries_len,
-            Self::Tract(t) => t.queries_len(),
-        }
-    }
-
-    /// Whether a Q-Former runs.
-    pub fn has_qformer(&self) -> bool {
-        match self {
-            Self::Plan(p) => p.qformer.is_some(),
-            Self::Tract(t) => t.has_qformer(),
-        }
-    }
-
-    /// Run both models; see [`TractEngine::run`].
-    pub fn run(
-        &mut self,
-        image: &[f32],
-        embedding: &mut [f32],
-        queries: &mut [f32],
-    ) -> Result<[Duration; 2], EngineError> {
-        match self {
-            Self::Plan(p) => p.run(image, embedding, queries),
-            Self::Tract(t) => t.run(image, embedding, queries),
+            Self::Plan(p) => p,
+            Self::Tract(t) => t,
         }
     }
 }

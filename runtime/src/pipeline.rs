@@ -186,7 +186,7 @@ impl Pipeline {
     pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, BuildError> {
         let device = gpu::select(cfg.device, bundle)?;
         let cpu = CpuBackend::with_config(bundle, cfg.cpu)?;
-        let engine = cpu.engine();
+        let engine = cpu.engine().models();
         let (embedding_dim, queries_len) = (engine.embedding_dim(), engine.queries_len());
         let has_qformer = engine.has_qformer();
         let m = bundle.manifest();

@@ -2,7 +2,7 @@
 //! (max abs diff <= 1e-4). The reference was produced by `models/train/export_bundle.py`.
 
 use edgefuse_models::Bundle;
-use edgefuse_runtime::engine::TractEngine;
+use edgefuse_runtime::engine::{Inference, TractEngine};
 use edgefuse_tests::{default_bundle, fixture};
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {

@@ -7,7 +7,7 @@
 use edgefuse_calibration as calibrate;
 use edgefuse_models::Bundle;
 use edgefuse_runtime::capture::{self, synthetic::render};
-use edgefuse_runtime::engine::TractEngine;
+use edgefuse_runtime::engine::{Inference, TractEngine};
 use edgefuse_runtime::frame::PixelFormat;
 use std::sync::Arc;
 

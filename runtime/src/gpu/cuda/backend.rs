@@ -12,7 +12,7 @@ use super::exec::GraphExec;
 use super::launch::check_exact;
 use super::preprocess::GpuPreprocess;
 use crate::backend::{Backend, BackendError, ModelTimes};
-use crate::engine::TractEngine;
+use crate::engine::{Inference, TractEngine};
 use crate::frame::Frame;
 use crate::gpu::{GpuError, GpuModels};
 use crate::preprocess::Preprocessor;
