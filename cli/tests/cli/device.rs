@@ -24,41 +24,25 @@ fn device_flag_cpu_auto_and_cuda_without_a_usable_gpu() {
         r.stderr_has(&["GPU not used", &reason]);
         assert_eq!(r.stderr().matches("GPU not used").count(), 1);
     }
-    let b = Run::new(&["bench", "--frames", "3", "--warmup", "1", "--device", "cpu"]);
-    b.code(0);
-    let v: serde_json::Value = serde_json::from_str(b.stdout().trim()).unwrap();
+    // bench on the CPU with extra options: its JSON report.
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["bench", "--frames", "3", "--warmup", "1", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        let r = Run::new(&args);
+        r.code(0);
+        serde_json::from_str(r.stdout().trim())
+            .unwrap_or_else(|e| panic!("bench {extra:?}: {e}\n{}", r.context()))
+    };
+    let v = bench(&[]);
     let d = v["device"].as_str().unwrap_or_default();
-    assert!(d.starts_with("cpu (plan, "), "{}", b.context());
-    assert_eq!(v["allocations_per_frame"]["engine"], 0.0, "{}", b.context());
+    assert!(d.starts_with("cpu (plan, "), "{v}");
+    assert_eq!(v["allocations_per_frame"]["engine"], 0.0, "{v}");
+    assert_eq!(v["gpu_fallbacks"], 0);
     // The reference engine on request, and an explicit thread count.
-    let t = Run::new(&[
-        "bench",
-        "--frames",
-        "3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--cpu-engine",
-        "tract",
-    ]);
-    t.code(0);
-    let v: serde_json::Value = serde_json::from_str(t.stdout().trim()).unwrap();
-    assert_eq!(v["device"], "cpu (tract)", "{}", t.context());
-    let p = Run::new(&[
-        "bench",
-        "--frames",
-        "3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--threads",
-        "3",
-    ]);
-    p.code(0);
-    let v: serde_json::Value = serde_json::from_str(p.stdout().trim()).unwrap();
-    assert_eq!(v["device"], "cpu (plan, 3 threads)", "{}", p.context());
+    let v = bench(&["--cpu-engine", "tract"]);
+    assert_eq!(v["device"], "cpu (tract)", "{v}");
+    let v = bench(&["--threads", "3"]);
+    assert_eq!(v["device"], "cpu (plan, 3 threads)", "{v}");
     let bad = Run::new(&["bench", "--frames", "3", "--cpu-engine", "onnx"]);
     bad.code(2);
     assert!(
@@ -66,7 +50,6 @@ fn device_flag_cpu_auto_and_cuda_without_a_usable_gpu() {
         "{}",
         bad.context()
     );
-    assert_eq!(v["gpu_fallbacks"], 0);
     // The config file takes `device` too, checked like every other key.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("edgefuse.toml");
