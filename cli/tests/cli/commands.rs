@@ -20,10 +20,7 @@ fn info_describes_the_bundle() {
 #[test]
 fn labels_list_add_remove_roundtrip() {
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    copy_default_bundle(tmp.path());
     let m = tmp.path().to_str().unwrap();
     Run::new(&[
         "labels",
@@ -89,10 +86,7 @@ fn labels_add_and_remove_refuse_the_installed_default_bundle() {
 fn labels_add_with_stray_temporary_files_keeps_the_bundle_usable() {
     native_only!("labels with stray files");
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    copy_default_bundle(tmp.path());
     std::fs::create_dir(tmp.path().join("bundle.tmp-edgefuse")).unwrap();
     std::fs::write(tmp.path().join("text_embeddings.tmp-edgefuse"), "junk").unwrap();
     let m = tmp.path().to_str().unwrap();

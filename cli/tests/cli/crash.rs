@@ -45,15 +45,6 @@ fn label_names(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn fresh_bundle(into: &Path) {
-    let _ = std::fs::remove_dir_all(into);
-    std::fs::create_dir_all(into).unwrap();
-    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), into.join(e.file_name())).unwrap();
-    }
-}
-
 /// Kill `labels <args>` at each write; the bundle must list as `before` or `after` each time,
 /// and the same command must then complete on it.
 fn labels_killed_at_each_write(args: &[&str], before: &[String], after: &[String]) -> usize {
@@ -64,7 +55,7 @@ fn labels_killed_at_each_write(args: &[&str], before: &[String], after: &[String
     full.extend_from_slice(args);
     full.extend(["--model", &model]);
     for n in 1.. {
-        fresh_bundle(&dir);
+        copy_default_bundle(&dir);
         let out = run_crashing(n, &full);
         let what = full[..full.len() - 2].join(" ");
         if !crashed(&out, &what, n) {

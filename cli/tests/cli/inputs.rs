@@ -118,10 +118,7 @@ fn tiny_huge_and_non_finite_fps_are_usage_errors() {
 fn bundle_file_linked_to_a_device_or_a_fifo_is_refused_at_once() {
     native_only!("bundle file reading");
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    copy_default_bundle(tmp.path());
     let m = tmp.path().to_str().unwrap();
     let emb = tmp.path().join("text_embeddings.bin");
     std::fs::remove_file(&emb).unwrap();

@@ -28,6 +28,16 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A copy of the default bundle in `into` (created, or emptied first), for tests that edit one.
+fn copy_default_bundle(into: &Path) {
+    let _ = std::fs::remove_dir_all(into);
+    std::fs::create_dir_all(into).unwrap();
+    for e in std::fs::read_dir(repo().join("models/default")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), into.join(e.file_name())).unwrap();
+    }
+}
+
 /// The `edgefuse` binary under test. Cross-compiled test runs execute under qemu-user, where
 /// the host kernel cannot exec a foreign binary (no binfmt): the same emulator then runs it,
 /// from `$EDGEFUSE_TEST_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`) or the default.
