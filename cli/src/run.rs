@@ -10,6 +10,7 @@ use edgefuse_runtime::actuate::Hardware;
 use edgefuse_runtime::capture;
 use edgefuse_runtime::pipeline::{Pipeline, RunLimits};
 use edgefuse_runtime::trigger::{EdgeTrigger, ExternalTrigger, Trigger};
+use edgefuse_sinks::{RunInfo, Sinks};
 
 use crate::options::RunOptions;
 use crate::output::{print_summary, write_json, write_text, StdoutError};
@@ -41,6 +42,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
     let cfg = o.pipeline(&labels)?;
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
+    let info = RunInfo {
+        labels: labels.clone(),
+        source: uri.clone(),
+        model: format!("{} {}", bundle.manifest().name, bundle.manifest().version),
+        backend: pipeline.device(),
+    };
+    let mut sinks = sinks(&o, &info)?;
     let wiring = o.wiring();
     let hw = if wiring.is_empty() {
         None
@@ -74,8 +82,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             let kind = e.kind();
             stdout_failed = Some(e);
             std::io::Error::from(kind)
-        })
+        })?;
+        sinks.frame(r).map_err(std::io::Error::other)
     });
+    let sinks_result = sinks.finish(&summary);
     // Whatever is left in the buffer after a failed write is dropped with it, unwritten.
     drop(out);
     drop(trigger);
@@ -89,5 +99,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Err(StdoutError(e).into());
     }
     print_summary(&summary, gpio.as_ref(), json)?;
-    result.with_context(|| format!("run on {uri} stopped"))
+    result.with_context(|| format!("run on {uri} stopped"))?;
+    sinks_result.context("a sink failed at the end of the run")
+}
+
+/// The sinks `run`'s options ask for, in the order frames reach them.
+fn sinks(o: &RunOptions, info: &RunInfo) -> Result<Sinks> {
+    let _ = (o, info);
+    Ok(Sinks::new())
 }
