@@ -50,6 +50,15 @@ pub enum SinkError {
     },
 }
 
+/// A live source's state as the run sees it (a camera unplugged and back, a stream that stalls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// The source failed or stalled; the run keeps trying to reopen it.
+    Offline,
+    /// The source delivers frames again.
+    Online,
+}
+
 /// A consumer of classified frames.
 pub trait Sink: Send {
     /// Short name for logs and errors (`mqtt`, `http`, `snapshots`).
@@ -58,6 +67,13 @@ pub trait Sink: Send {
     /// One classified frame, on the inference thread: copy what is needed and return without
     /// blocking or allocating.
     fn frame(&mut self, r: &FrameResult<'_>) -> Result<(), SinkError>;
+
+    /// The source went offline or came back (`reason` says why it went: the error, or the
+    /// stall). Called on the inference thread, only on a change.
+    fn source(&mut self, state: SourceState, reason: &str) -> Result<(), SinkError> {
+        let _ = (state, reason);
+        Ok(())
+    }
 
     /// The run ended (source exhausted, stop requested, or an error): hand over what is left
     /// and stop the sink's threads. `summary` covers the whole run.
@@ -98,6 +114,12 @@ impl Sinks {
     /// Hand one frame to every sink; the first error stops the fan-out and is returned.
     pub fn frame(&mut self, r: &FrameResult<'_>) -> Result<(), SinkError> {
         self.0.iter_mut().try_for_each(|s| s.frame(r))
+    }
+
+    /// Tell every sink that the source went offline or came back; the first error stops the
+    /// fan-out and is returned.
+    pub fn source(&mut self, state: SourceState, reason: &str) -> Result<(), SinkError> {
+        self.0.iter_mut().try_for_each(|s| s.source(state, reason))
     }
 
     /// Finish every sink, even after one failed; the first error is returned, the others are
