@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod files;
 pub mod manifest;
 pub mod quant;
+pub mod store;
 pub mod text;
 
 pub use bundle::{
