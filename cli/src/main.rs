@@ -12,7 +12,9 @@ mod labels;
 mod options;
 mod output;
 mod paths;
+mod reload;
 mod run;
+mod sd_notify;
 mod signals;
 mod values;
 

@@ -24,7 +24,7 @@ use edgefuse_runtime::pipeline::PipelineConfig;
 use edgefuse_runtime::trigger::TriggerSpec;
 
 use crate::values::{de_actuators, de_from_str, de_label_thresholds};
-pub use crate::values::{BoardName, LabelThreshold, Ranged, Unit};
+pub use crate::values::{BoardName, LabelThreshold, Ranged, StallTimeout, Unit};
 use crate::UsageError;
 
 /// Most bytes of a `--config` file (the documented example is a few KiB).
@@ -123,6 +123,13 @@ pub struct RunOptions {
     #[arg(long, value_name = "ENGINE")]
     #[serde(default, deserialize_with = "de_from_str")]
     pub cpu_engine: Option<EngineChoice>,
+
+    // --- Camera recovery (issue 15 part B) ---
+    /// A camera that delivers no frame for this long is treated as failed and reopened (like an
+    /// unplugged one): 200ms, 5s, … from 100ms to 3600s [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub stall_timeout: Option<StallTimeout>,
 }
 
 impl RunOptions {
@@ -156,12 +163,19 @@ impl RunOptions {
             device: self.device.or(file.device),
             threads: self.threads.or(file.threads),
             cpu_engine: self.cpu_engine.or(file.cpu_engine),
+            stall_timeout: self.stall_timeout.or(file.stall_timeout),
         }
     }
 
     /// Read a configuration file (label-threshold origins name it): a regular file of at most
     /// [`MAX_CONFIG_BYTES`].
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_text(path).map(|(o, _)| o)
+    }
+
+    /// Like [`RunOptions::load`], also returning the file's text (a reload compares it).
+    pub fn load_text(path: &Path) -> Result<(Self, String), ConfigError> {
         let text =
             read_text_limited(path, MAX_CONFIG_BYTES).map_err(|error| ConfigError::Read {
                 path: path.to_path_buf(),
@@ -171,7 +185,16 @@ impl RunOptions {
         for t in &mut o.label_thresholds {
             t.origin = format!("{} {}", path.display(), t.origin);
         }
-        Ok(o)
+        Ok((o, text))
+    }
+
+    /// How live sources are opened (`stall_timeout`).
+    pub fn open_options(&self) -> edgefuse_runtime::capture::OpenOptions {
+        let mut o = edgefuse_runtime::capture::OpenOptions::default();
+        if let Some(t) = self.stall_timeout {
+            o.stall_timeout = t.0;
+        }
+        o
     }
 
     /// The trigger [default: continuous].

@@ -8,13 +8,16 @@ use clap::Args;
 
 use edgefuse_runtime::actuate::Hardware;
 use edgefuse_runtime::capture;
-use edgefuse_runtime::pipeline::{Pipeline, RunLimits};
+use edgefuse_runtime::capture::reconnect::{Health, HealthChange};
+use edgefuse_runtime::pipeline::{DecisionSettings, FrameResult, Pipeline, RunLimits, RunSink};
 use edgefuse_runtime::trigger::{EdgeTrigger, ExternalTrigger, Trigger};
-use edgefuse_sinks::{RunInfo, Sinks};
+use edgefuse_sinks::{RunInfo, Sinks, SourceState};
 
 use crate::options::RunOptions;
 use crate::output::{print_summary, write_json, write_text, StdoutError};
 use crate::paths::{default_samples, open_bundle};
+use crate::reload::{Mailbox, Reloader};
+use crate::sd_notify::Notifier;
 
 /// `run`'s command line: the options, and a file to read more of them from.
 #[derive(Args, Debug)]
@@ -27,17 +30,18 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(p) => RunOptions::load(p)?,
-        None => RunOptions::default(),
+    let (file, text) = match &args.config {
+        Some(p) => RunOptions::load_text(p)?,
+        None => (RunOptions::default(), String::new()),
     };
+    let cli = args.options.clone();
     let o = args.options.over(file);
     let bundle = open_bundle(o.model.as_deref())?;
     let uri = match &o.source {
         Some(s) => s.clone(),
         None => default_samples()?,
     };
-    let mut source = capture::open(&uri)?;
+    let mut source = capture::open_with(&uri, &o.open_options())?;
     log::info!("source {}", source.describe());
     let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
     let cfg = o.pipeline(&labels)?;
@@ -61,33 +65,35 @@ pub fn run(args: RunArgs) -> Result<()> {
         .map(|clock| Box::new(EdgeTrigger(clock)) as Box<dyn ExternalTrigger>);
     let mut trigger = Trigger::new(&o.trigger(), external)?;
     let stop = crate::signals::install();
+    let mailbox = reload_on_hup(&args.config, &text, cli, &labels, &pipeline);
     let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let json = o.json();
     let limits = RunLimits {
         max_frames: o.frames.map(|f| f.0),
         warmup: 0,
     };
+    let mut outputs = Outputs {
+        out,
+        hw: hw.as_ref(),
+        sinks: &mut sinks,
+        labels: &labels,
+        uri: &uri,
+        json,
+        stdout_failed: None,
+        notifier: Notifier::from_env(),
+        mailbox,
+    };
+    let (summary, result) =
+        pipeline.run_with(source.as_mut(), &mut trigger, limits, stop, &mut outputs);
+    if let Some(n) = &outputs.notifier {
+        n.stopping();
+    }
     // The write error that stopped the run, kept whole (the pipeline reports only its text).
-    let mut stdout_failed: Option<std::io::Error> = None;
-    let (summary, result) = pipeline.run(source.as_mut(), &mut trigger, limits, stop, |r| {
-        let latency = hw.as_ref().and_then(|h| h.on_events(r.events));
-        let written = if json {
-            write_json(&mut out, r, &labels, &uri, latency)
-        } else {
-            write_text(&mut out, r, &labels, latency)
-        };
-        // Flush per frame so events reach consumers (pipes, the journal) without delay.
-        written.and_then(|()| out.flush()).map_err(|e| {
-            let kind = e.kind();
-            stdout_failed = Some(e);
-            std::io::Error::from(kind)
-        })?;
-        sinks.frame(r).map_err(std::io::Error::other)
-    });
-    let sinks_result = sinks.finish(&summary);
+    let stdout_failed = outputs.stdout_failed.take();
     // Whatever is left in the buffer after a failed write is dropped with it, unwritten.
-    drop(out);
+    drop(outputs);
+    let sinks_result = sinks.finish(&summary);
     drop(trigger);
     let gpio = hw.and_then(|hw| hw.finish(result.is_err()));
     if let Some(e) = stdout_failed {
@@ -101,6 +107,102 @@ pub fn run(args: RunArgs) -> Result<()> {
     print_summary(&summary, gpio.as_ref(), json)?;
     result.with_context(|| format!("run on {uri} stopped"))?;
     sinks_result.context("a sink failed at the end of the run")
+}
+
+/// SIGHUP reloads the decision settings of `--config`'s file from now on (without a file there
+/// is nothing to reload: SIGHUP is ignored, with a warning).
+fn reload_on_hup(
+    config: &Option<PathBuf>,
+    text: &str,
+    cli: RunOptions,
+    labels: &[String],
+    pipeline: &Pipeline,
+) -> Option<std::sync::Arc<Mailbox>> {
+    let Some(path) = config else {
+        crate::signals::reload_on_hup(|| {
+            log::warn!("SIGHUP: no --config file to reload; ignored (SIGTERM or SIGINT stop)")
+        });
+        return None;
+    };
+    let (mut reloader, mailbox) = Reloader::new(
+        path.clone(),
+        text,
+        cli,
+        labels.to_vec(),
+        pipeline.decision_settings(),
+    );
+    crate::signals::reload_on_hup(move || reloader.reload());
+    Some(mailbox)
+}
+
+/// Where `run` sends what the pipeline produces, on the inference thread: stdout, GPIO, the
+/// sinks, systemd (readiness, watchdog, status); and where reloaded settings come in.
+struct Outputs<'a, W: Write> {
+    out: W,
+    hw: Option<&'a Hardware>,
+    sinks: &'a mut Sinks,
+    labels: &'a [String],
+    uri: &'a str,
+    json: bool,
+    /// The write error that stopped the run.
+    stdout_failed: Option<std::io::Error>,
+    notifier: Option<Notifier>,
+    mailbox: Option<std::sync::Arc<Mailbox>>,
+}
+
+impl<W: Write> RunSink for &mut Outputs<'_, W> {
+    fn frame(&mut self, r: &FrameResult<'_>) -> std::io::Result<()> {
+        let latency = self.hw.and_then(|h| h.on_events(r.events));
+        let written = if self.json {
+            write_json(&mut self.out, r, self.labels, self.uri, latency)
+        } else {
+            write_text(&mut self.out, r, self.labels, latency)
+        };
+        // Flush per frame so events reach consumers (pipes, the journal) without delay.
+        written.and_then(|()| self.out.flush()).map_err(|e| {
+            let kind = e.kind();
+            self.stdout_failed = Some(e);
+            std::io::Error::from(kind)
+        })?;
+        self.sinks.frame(r).map_err(std::io::Error::other)?;
+        if let Some(n) = self.notifier.as_mut().filter(|n| !n.is_ready()) {
+            n.ready(&format!("classifying frames from {}", self.uri));
+        }
+        Ok(())
+    }
+
+    fn source(&mut self, change: &HealthChange) -> std::io::Result<()> {
+        let state = match change.state {
+            Health::Offline => {
+                log::warn!(
+                    "source {} offline: {}; reopening it",
+                    self.uri,
+                    change.reason
+                );
+                SourceState::Offline
+            }
+            Health::Online => {
+                log::warn!("source {} online again: {}", self.uri, change.reason);
+                SourceState::Online
+            }
+        };
+        if let Some(n) = &self.notifier {
+            n.status(&match state {
+                SourceState::Offline => format!("camera offline: {}", change.reason),
+                SourceState::Online => format!("classifying frames from {}", self.uri),
+            });
+        }
+        self.sinks
+            .source(state, &change.reason)
+            .map_err(std::io::Error::other)
+    }
+
+    fn tick(&mut self) -> Option<DecisionSettings> {
+        if let Some(n) = self.notifier.as_mut() {
+            n.watchdog();
+        }
+        self.mailbox.as_ref().and_then(|m| m.take())
+    }
 }
 
 /// The sinks `run`'s options ask for, in the order frames reach them.

@@ -5,6 +5,9 @@
 //! ([`exit_on_signal`]), removing its unfinished output first. A second signal exits at once
 //! with the conventional code 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 //!
+//! Once a command asks for reloads ([`reload_on_hup`]: `run` with `--config`), SIGHUP no longer
+//! stops it: each one runs the reload on the signal thread, as often as it comes.
+//!
 //! The handler itself only stores atomics and writes to a pipe (async-signal-safe); a thread
 //! reading the pipe does the rest.
 
@@ -18,6 +21,11 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static FIRST: AtomicI32 = AtomicI32::new(0);
 /// The write end of the pipe to the signal thread (-1 until installed).
 static PIPE: AtomicI32 = AtomicI32::new(-1);
+/// SIGHUP reloads instead of stopping (see [`reload_on_hup`]).
+static RELOAD_ON_HUP: AtomicBool = AtomicBool::new(false);
+
+type ReloadFn = Box<dyn FnMut() + Send>;
+static RELOAD: Mutex<Option<ReloadFn>> = Mutex::new(None);
 
 /// What the signal thread does after setting the stop flag.
 #[derive(Debug, Default)]
@@ -43,6 +51,15 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // SAFETY: only async-signal-safe calls (errno access, write, _exit) on static data.
     unsafe {
         let errno = *libc::__errno_location();
+        if sig == libc::SIGHUP && RELOAD_ON_HUP.load(Ordering::SeqCst) {
+            let fd = PIPE.load(Ordering::SeqCst);
+            if fd >= 0 {
+                let b = sig as u8;
+                libc::write(fd, std::ptr::from_ref(&b).cast(), 1);
+            }
+            *libc::__errno_location() = errno;
+            return;
+        }
         if FIRST
             .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
@@ -61,13 +78,24 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
-/// The thread that acts on the first signal outside the signal handler.
+/// The thread that acts on signals outside the signal handler: every reload, and the first
+/// stop signal.
 fn signal_thread(read_fd: libc::c_int) {
     let mut b = 0u8;
     loop {
         // SAFETY: reading one byte into a local from a pipe this module owns.
         let n = unsafe { libc::read(read_fd, std::ptr::from_mut(&mut b).cast(), 1) };
         if n == 1 {
+            if i32::from(b) == libc::SIGHUP && FIRST.load(Ordering::SeqCst) != libc::SIGHUP {
+                if let Some(reload) = RELOAD
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_mut()
+                {
+                    reload();
+                }
+                continue;
+            }
             break;
         }
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
@@ -165,6 +193,13 @@ fn try_install() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// From now on SIGHUP runs `reload` (on the signal thread) instead of stopping the command.
+pub fn reload_on_hup(reload: impl FnMut() + Send + 'static) {
+    install();
+    *RELOAD.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(reload));
+    RELOAD_ON_HUP.store(true, Ordering::SeqCst);
 }
 
 /// Exit on the first signal (128 + its number) instead of setting the stop flag only, for a

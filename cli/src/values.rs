@@ -166,3 +166,22 @@ pub(crate) fn de_actuators<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Actuat
         .map(|(label, spec)| ActuatorSpec::parse(label, spec).map_err(de::Error::custom))
         .collect()
 }
+
+/// `--stall-timeout` / `stall_timeout`: a duration in the one grammar (`200ms`, `5s`, `5000`),
+/// from 100 ms to one hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallTimeout(pub std::time::Duration);
+
+impl FromStr for StallTimeout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let range = std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(3600);
+        match edgefuse_runtime::duration::parse_duration(s) {
+            Some(d) if range.contains(&d) => Ok(Self(d)),
+            _ => Err(format!(
+                "`{s}`: expected {} from 100ms to 3600s",
+                edgefuse_runtime::duration::DURATION_HELP
+            )),
+        }
+    }
+}

@@ -85,27 +85,46 @@ pub struct Decision {
 
 impl Decision {
     /// For `labels` labels. `window` is clamped to 1..=32 and `fire_wins` to 1..=window.
-    pub fn new(mut cfg: DecisionConfig, labels: usize) -> Self {
+    pub fn new(cfg: DecisionConfig, labels: usize) -> Self {
+        let mut d = Self {
+            cfg: DecisionConfig::default(),
+            thresholds: vec![0.0; labels],
+            state: vec![LabelState::default(); labels],
+            mask: 1,
+        };
+        d.reconfigure(cfg);
+        d
+    }
+
+    /// Change the parameters while running (a configuration reload), clamped like
+    /// [`Decision::new`]. What each label has seen stays: its wins in the last frames (cut to
+    /// the new window), whether it is active (it is released by the new `release_losses`) and
+    /// when it last fired (the new cooldown counts from then). A new threshold applies from the
+    /// next frame.
+    pub fn reconfigure(&mut self, mut cfg: DecisionConfig) {
         cfg.window = cfg.window.clamp(1, 32);
         cfg.fire_wins = cfg.fire_wins.clamp(1, cfg.window);
         cfg.release_losses = cfg.release_losses.max(1);
-        let mut thresholds = vec![cfg.threshold; labels];
+        self.thresholds.fill(cfg.threshold);
         for &(l, t) in &cfg.label_thresholds {
-            if let Some(x) = thresholds.get_mut(l as usize) {
+            if let Some(x) = self.thresholds.get_mut(l as usize) {
                 *x = t;
             }
         }
-        let mask = if cfg.window == 32 {
+        self.mask = if cfg.window == 32 {
             u32::MAX
         } else {
             (1u32 << cfg.window) - 1
         };
-        Self {
-            cfg,
-            thresholds,
-            state: vec![LabelState::default(); labels],
-            mask,
+        for st in &mut self.state {
+            st.wins &= self.mask;
         }
+        self.cfg = cfg;
+    }
+
+    /// The parameters in use (after clamping).
+    pub fn config(&self) -> &DecisionConfig {
+        &self.cfg
     }
 
     /// The winner of a frame: top-1 when above its threshold.
@@ -224,6 +243,54 @@ mod tests {
                 (6, EventKind::Fire, 0),
                 (7, EventKind::Release, 1)
             ]
+        );
+    }
+
+    #[test]
+    fn reconfigure_changes_thresholds_and_keeps_what_labels_have_seen() {
+        let mut d = Decision::new(
+            DecisionConfig {
+                threshold: 0.95,
+                window: 4,
+                fire_wins: 1,
+                release_losses: 3,
+                ..Default::default()
+            },
+            3,
+        );
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut ev = Events::new();
+        let probs = [0.0, 0.9, 0.0];
+        d.update(0, &top(1, 0.9), &probs, t0, &mut ev);
+        assert!(ev.is_empty(), "0.9 is below 0.95");
+        d.reconfigure(DecisionConfig {
+            threshold: 0.5,
+            label_thresholds: vec![(2, 0.99)],
+            window: 40,
+            fire_wins: 50,
+            release_losses: 1,
+            ..Default::default()
+        });
+        assert_eq!(
+            (d.config().window, d.config().fire_wins),
+            (32, 32),
+            "clamped"
+        );
+        d.reconfigure(DecisionConfig {
+            threshold: 0.5,
+            label_thresholds: vec![(2, 0.99)],
+            release_losses: 1,
+            ..Default::default()
+        });
+        d.update(1, &top(1, 0.9), &probs, t0 + ms(1), &mut ev);
+        assert_eq!(ev.len(), 1, "the new threshold applies at once");
+        assert!(d.is_active(1));
+        d.update(2, &top(2, 0.9), &[0.0, 0.0, 0.9], t0 + ms(2), &mut ev);
+        assert_eq!(
+            ev.iter().map(|e| (e.kind, e.label)).collect::<Vec<_>>(),
+            [(EventKind::Release, 1)],
+            "the label threshold of 2 holds; 1 is released after one loss (the new release)"
         );
     }
 

@@ -14,13 +14,14 @@ use edgefuse_models::Bundle;
 
 use crate::alloc;
 use crate::backend::{Backend, BackendError, CpuBackend, ModelTimes};
+use crate::capture::reconnect::{HealthChange, HealthFeed};
 use crate::capture::{CaptureError, FrameSource, SourceStats};
 use crate::decision::{Decision, DecisionConfig, Events};
 use crate::engine::{CpuConfig, EngineError};
 use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
 use crate::gpu::{self, DeviceChoice, GpuError};
-use crate::ring::FrameRing;
+use crate::ring::{FrameRing, Next};
 use crate::stats::Histogram;
 use crate::trigger::Trigger;
 
@@ -62,6 +63,48 @@ pub struct FrameResult<'a> {
     pub times: StageTimes,
     /// Top-1 label of each head before fusion.
     pub heads: HeadTop1,
+}
+
+/// What [`Pipeline::run_with`] hands its results to, on the inference thread
+/// ([`Pipeline::run`] takes a closure that sees frames only).
+pub trait RunSink {
+    /// One classified frame. An error stops the run.
+    fn frame(&mut self, r: &FrameResult<'_>) -> std::io::Result<()>;
+
+    /// The source went offline or came back (only sources that recover report this, see
+    /// [`FrameSource::health`]). An error stops the run.
+    fn source(&mut self, change: &HealthChange) -> std::io::Result<()> {
+        let _ = change;
+        Ok(())
+    }
+
+    /// Called before every frame and at least every [`STOP_POLL`] while no frame comes (a
+    /// source offline or slow): periodic work such as a watchdog ping. New decision settings
+    /// returned here apply from the next frame on. Must not allocate when it returns `None`.
+    fn tick(&mut self) -> Option<DecisionSettings> {
+        None
+    }
+}
+
+/// A closure as a [`RunSink`] that sees frames only.
+struct Frames<F>(F);
+
+impl<F> RunSink for Frames<F>
+where
+    F: FnMut(&FrameResult<'_>) -> std::io::Result<()>,
+{
+    fn frame(&mut self, r: &FrameResult<'_>) -> std::io::Result<()> {
+        (self.0)(r)
+    }
+}
+
+/// The settings a running pipeline can change between two frames (a configuration reload).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionSettings {
+    /// Thresholds and hysteresis.
+    pub decision: DecisionConfig,
+    /// Labels reported per frame (clamped to 1..=16).
+    pub top_k: usize,
 }
 
 /// Pipeline settings.
@@ -260,6 +303,22 @@ impl Pipeline {
         self.head.probabilities()
     }
 
+    /// The decision settings in use.
+    pub fn decision_settings(&self) -> DecisionSettings {
+        DecisionSettings {
+            decision: self.cfg.decision.clone(),
+            top_k: self.cfg.top_k,
+        }
+    }
+
+    /// Change the decision settings between two frames (see [`Decision::reconfigure`] for
+    /// what happens to labels that are active or cooling down).
+    pub fn set_decision(&mut self, settings: DecisionSettings) {
+        self.decision.reconfigure(settings.decision.clone());
+        self.cfg.decision = settings.decision;
+        self.cfg.top_k = settings.top_k.clamp(1, crate::fusion::MAX_TOP_K);
+    }
+
     /// Classify one frame synchronously. `Ok(None)` when the frame is broken (logged, skipped).
     /// When the primary backend fails and a fallback is left, the failure is logged once and
     /// this frame, like every later one, runs on the fallback.
@@ -327,20 +386,53 @@ impl Pipeline {
             .run(frame, &mut self.embedding, &mut self.queries, times)
     }
 
+    /// Tell `sink` of the source's health changes, and give it its tick.
+    fn between_frames<S: RunSink>(
+        &mut self,
+        sink: &mut S,
+        health: Option<&HealthFeed>,
+    ) -> Result<(), PipelineError> {
+        if let Some(h) = health {
+            while let Some(c) = h.take() {
+                sink.source(&c)
+                    .map_err(|e| PipelineError::Sink(e.to_string()))?;
+            }
+        }
+        if let Some(settings) = sink.tick() {
+            self.set_decision(settings);
+        }
+        Ok(())
+    }
+
     /// Run `source` to the end (or `limits`, or until `stop` is set), capturing on a second
-    /// thread into the ring and handing each classified frame to `sink`. The summary covers what
-    /// ran even when the run stops on an error (a vanished camera, a closed stdout).
-    pub fn run<S>(
+    /// thread into the ring and handing each classified frame to `sink`. The summary covers
+    /// what ran even when the run stops on an error (a camera that cannot come back, a closed
+    /// stdout).
+    pub fn run<F>(
+        &mut self,
+        source: &mut dyn FrameSource,
+        trigger: &mut Trigger,
+        limits: RunLimits,
+        stop: &AtomicBool,
+        sink: F,
+    ) -> (RunSummary, Result<(), PipelineError>)
+    where
+        F: FnMut(&FrameResult<'_>) -> std::io::Result<()>,
+    {
+        self.run_with(source, trigger, limits, stop, Frames(sink))
+    }
+
+    /// [`Pipeline::run`] handing `sink` (see [`RunSink`]) also the source's health changes, and
+    /// a tick before each frame and while no frame comes, which may return new decision
+    /// settings.
+    pub fn run_with<S: RunSink>(
         &mut self,
         source: &mut dyn FrameSource,
         trigger: &mut Trigger,
         limits: RunLimits,
         stop: &AtomicBool,
         mut sink: S,
-    ) -> (RunSummary, Result<(), PipelineError>)
-    where
-        S: FnMut(&FrameResult<'_>) -> std::io::Result<()>,
-    {
+    ) -> (RunSummary, Result<(), PipelineError>) {
         let ring = FrameRing::with_source_len(
             self.cfg.ring_slots,
             source.max_frame_bytes(),
@@ -351,6 +443,7 @@ impl Pipeline {
         let live = source.is_live();
         // Wakes a paced source sleeping until its next frame when the run ends early.
         let interrupt = source.interrupt();
+        let health = source.health();
         let capture_error: Mutex<Option<CaptureError>> = Mutex::new(None);
         let mut summary = RunSummary {
             stages: vec![Histogram::default(); STAGES.len()],
@@ -385,7 +478,16 @@ impl Pipeline {
             let out = (|| -> Result<(), PipelineError> {
                 // `stop` is seen within STOP_POLL even while no frame comes (a source paced at
                 // one frame a minute must not delay a SIGTERM by a minute).
-                while let Some(frame) = ring.next_unless(stop, STOP_POLL) {
+                loop {
+                    let frame = match ring.wait_next(stop, STOP_POLL) {
+                        Next::Frame(f) => f,
+                        Next::Idle => {
+                            self.between_frames(&mut sink, health.as_ref())?;
+                            continue;
+                        }
+                        Next::Done => break,
+                    };
+                    self.between_frames(&mut sink, health.as_ref())?;
                     if !trigger.accept(&frame) {
                         summary.not_triggered += 1;
                         continue;
@@ -410,7 +512,8 @@ impl Pipeline {
                             .filter(|e| e.kind == crate::decision::EventKind::Fire)
                             .count() as u64;
                     }
-                    sink(&r).map_err(|e| PipelineError::Sink(e.to_string()))?;
+                    sink.frame(&r)
+                        .map_err(|e| PipelineError::Sink(e.to_string()))?;
                     if limits.max_frames.is_some_and(|m| summary.frames >= m) {
                         break;
                     }

@@ -156,6 +156,40 @@ impl FrameRing {
         })
     }
 
+    /// Like [`FrameRing::next_unless`], but returns [`Next::Idle`] when no frame came within
+    /// `poll`, so the reader can do its periodic work (a watchdog ping, a reload) while the
+    /// source is slow or offline.
+    pub fn wait_next(&self, stop: &AtomicBool, poll: Duration) -> Next<'_> {
+        let mut st = lock(&self.state);
+        if stop.load(Ordering::Relaxed) {
+            return Next::Done;
+        }
+        let idx = match st.ready.pop_front() {
+            Some(i) => i,
+            None if st.closed => return Next::Done,
+            None => {
+                st = self
+                    .changed
+                    .wait_timeout(st, poll)
+                    .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+                if stop.load(Ordering::Relaxed) {
+                    return Next::Done;
+                }
+                match st.ready.pop_front() {
+                    Some(i) => i,
+                    None if st.closed => return Next::Done,
+                    None => return Next::Idle,
+                }
+            }
+        };
+        drop(st);
+        Next::Frame(ReadSlot {
+            ring: self,
+            idx,
+            frame: Some(lock(&self.slots[idx])),
+        })
+    }
+
     /// No more frames will be written; wakes a waiting reader and writer.
     pub fn close(&self) {
         lock(&self.state).closed = true;
@@ -172,6 +206,17 @@ impl FrameRing {
         drop(st);
         self.changed.notify_all();
     }
+}
+
+/// What [`FrameRing::wait_next`] found.
+#[derive(Debug)]
+pub enum Next<'a> {
+    /// The oldest committed frame.
+    Frame(ReadSlot<'a>),
+    /// No frame within the poll time.
+    Idle,
+    /// Stopped, or closed and drained.
+    Done,
 }
 
 /// A slot being filled by the writer. Dropped without [`WriteSlot::commit`] it goes back free.

@@ -5,8 +5,12 @@
 //! | `v4l2:///dev/videoN?width=640&height=480&fps=30&format=yuyv` | [`v4l2::V4l2Source`] (feature `v4l`) |
 //! | `file://PATH?loop=1&fps=10` | [`file::FileSource`]: one image or a folder replayed in name order |
 //! | `synthetic://?width=640&height=480&format=yuyv&fps=0&frames=0` | [`synthetic::SyntheticSource`] |
+//!
+//! A camera is opened inside [`reconnect::Reconnecting`], which reopens it when it fails or
+//! stalls; `synthetic://?…&fail_every=N` simulates such a camera (see [`synthetic`]).
 
 pub mod file;
+pub mod reconnect;
 pub mod synthetic;
 #[cfg(feature = "v4l")]
 pub mod v4l2;
@@ -71,6 +75,8 @@ pub struct SourceStats {
     pub skipped_non_images: u64,
     /// Images skipped because they could not be decoded (truncated, corrupt, unreadable).
     pub skipped_broken: u64,
+    /// Times a live source failed or stalled and was reopened ([`reconnect::Reconnecting`]).
+    pub outages: u64,
 }
 
 /// A producer of frames.
@@ -104,6 +110,37 @@ pub trait FrameSource: Send {
     /// longer than a camera's frame period.
     fn interrupt(&self) -> Option<Interrupt> {
         None
+    }
+    /// Where a source that recovers from failures ([`reconnect::Reconnecting`]) reports going
+    /// offline and coming back; `None` for sources that do not.
+    fn health(&self) -> Option<reconnect::HealthFeed> {
+        None
+    }
+    /// A source that waits on a device returns an error from `next_frame` when no frame came
+    /// within `timeout` (a stalled stream). Sources that never wait on a device ignore it.
+    fn set_frame_timeout(&mut self, timeout: Duration) {
+        let _ = timeout;
+    }
+}
+
+/// How live sources are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// A live source that delivers no frame for this long is treated as failed and reopened.
+    pub stall_timeout: Duration,
+    /// When reopen attempts are made.
+    pub backoff: reconnect::Backoff,
+}
+
+/// The default of [`OpenOptions::stall_timeout`].
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            backoff: reconnect::Backoff::DEFAULT,
+        }
     }
 }
 
@@ -150,13 +187,27 @@ impl Interrupt {
     }
 }
 
-/// Open a source from its URI.
+/// Open a source from its URI, with the default [`OpenOptions`].
 pub fn open(uri: &str) -> Result<Box<dyn FrameSource>, CaptureError> {
+    open_with(uri, &OpenOptions::default())
+}
+
+/// Open a source from its URI. A camera (and a simulated one, `synthetic://?fail_every=N`) is
+/// wrapped in [`reconnect::Reconnecting`]; a replay is not (its end ends the run).
+pub fn open_with(uri: &str, opts: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
     let parsed = Uri::parse(uri)?;
     match parsed.scheme.as_str() {
         "file" => Ok(Box::new(file::FileSource::open(&parsed)?)),
+        "synthetic" if parsed.options.iter().any(|(k, _)| k == "fail_every") => {
+            Ok(Box::new(reconnect::Reconnecting::open(
+                uri,
+                opts.stall_timeout,
+                opts.backoff,
+                synthetic::simulated_camera(parsed)?,
+            )?))
+        }
         "synthetic" => Ok(Box::new(synthetic::SyntheticSource::open(&parsed)?)),
-        "v4l2" => open_v4l2(&parsed),
+        "v4l2" => open_v4l2(parsed, opts),
         _ => Err(CaptureError::UnknownScheme {
             uri: uri.to_string(),
         }),
@@ -164,12 +215,21 @@ pub fn open(uri: &str) -> Result<Box<dyn FrameSource>, CaptureError> {
 }
 
 #[cfg(feature = "v4l")]
-fn open_v4l2(uri: &Uri) -> Result<Box<dyn FrameSource>, CaptureError> {
-    Ok(Box::new(v4l2::V4l2Source::open(uri)?))
+fn open_v4l2(uri: Uri, opts: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
+    let raw = uri.raw.clone();
+    let opener: reconnect::Opener = Box::new(move |_: &Interrupt| {
+        Ok(Box::new(v4l2::V4l2Source::open(&uri)?) as Box<dyn FrameSource>)
+    });
+    Ok(Box::new(reconnect::Reconnecting::open(
+        &raw,
+        opts.stall_timeout,
+        opts.backoff,
+        opener,
+    )?))
 }
 
 #[cfg(not(feature = "v4l"))]
-fn open_v4l2(uri: &Uri) -> Result<Box<dyn FrameSource>, CaptureError> {
+fn open_v4l2(uri: Uri, _: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
     Err(CaptureError::Unsupported {
         uri: uri.raw.clone(),
         message: "this edgefuse was built without V4L2 support; rebuild with `--features v4l`"
@@ -361,6 +421,11 @@ impl Pacer {
     /// The handle that cuts [`Pacer::wait`] short.
     pub fn interrupt(&self) -> Interrupt {
         self.interrupt.clone()
+    }
+
+    /// Wake on `interrupt` instead (a wrapper's, shared by every source it opens).
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        self.interrupt = interrupt;
     }
 
     /// Wait until the next frame is due. Returns `false` when interrupted (the caller ends its

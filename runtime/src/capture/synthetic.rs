@@ -4,8 +4,17 @@
 //! `variants` distinct frames (a shifted colour gradient with a moving dark square, like ink on
 //! paper) are rendered once when the source opens; replay copies them, so capture costs one
 //! `memcpy` and never allocates. `frames=0` (the default) never ends.
+//!
+//! `fail_every=N[&fail_for=K][&fail=error|stall]` makes it a simulated camera for testing
+//! recovery without one: it is opened inside [`super::reconnect::Reconnecting`] like a camera,
+//! fails after every N frames (an error like a vanished device, or with `fail=stall` no frame
+//! until the stall timeout), and its next K reopen attempts fail (default 1) before one works.
+//! The schedule counts frames and attempts, not time, so a test knows the sequence it gets.
 
-use super::{CaptureError, FrameSource, Pacer, Uri};
+use std::time::{Duration, Instant};
+
+use super::reconnect::Opener;
+use super::{CaptureError, FrameSource, Interrupt, Pacer, Uri};
 use crate::frame::{Frame, PixelFormat};
 
 /// Generated frames.
@@ -17,12 +26,27 @@ pub struct SyntheticSource {
     seq: u64,
     live: bool,
     pacer: Pacer,
+    /// Simulated camera: fail after this many frames since opening (0: never).
+    fail_every: u64,
+    /// Simulated camera: fail by stalling (no frame until `frame_timeout`) instead of an error.
+    stall: bool,
+    frame_timeout: Duration,
 }
 
 impl SyntheticSource {
     /// Open from a parsed `synthetic://` URI.
     pub fn open(uri: &Uri) -> Result<Self, CaptureError> {
-        uri.check_known(&["width", "height", "format", "fps", "frames", "variants"])?;
+        uri.check_known(&[
+            "width",
+            "height",
+            "format",
+            "fps",
+            "frames",
+            "variants",
+            "fail_every",
+            "fail_for",
+            "fail",
+        ])?;
         let width: u32 = uri.get("width", 640, "expected a width in pixels, 2..=8192")?;
         let height: u32 = uri.get("height", 480, "expected a height in pixels, 2..=8192")?;
         if !(2..=8192).contains(&width) {
@@ -47,6 +71,24 @@ impl SyntheticSource {
             return Err(uri.bad("variants", &variants.to_string(), "expected 1..=64"));
         }
         let fps = uri.fps()?;
+        let fail_every: u64 = uri.get(
+            "fail_every",
+            0,
+            "expected a frame count after which the simulated camera fails",
+        )?;
+        let stall = match uri.options.iter().rev().find(|(k, _)| k == "fail") {
+            None => false,
+            Some((_, v)) if v == "error" => false,
+            Some((_, v)) if v == "stall" => true,
+            Some((k, v)) => return Err(uri.bad(k, v, "expected error or stall")),
+        };
+        if fail_every > 0 && limit > 0 {
+            return Err(uri.bad(
+                "frames",
+                &limit.to_string(),
+                "a simulated camera (fail_every) runs until stopped: leave frames out and bound the run with --frames",
+            ));
+        }
         let frames = (0..variants)
             .map(|i| render(width, height, format, i as u32, &uri.raw))
             .collect();
@@ -57,6 +99,9 @@ impl SyntheticSource {
             seq: 0,
             live: fps.is_some(),
             pacer: Pacer::new(fps),
+            fail_every,
+            stall,
+            frame_timeout: super::DEFAULT_STALL_TIMEOUT,
         })
     }
 
@@ -68,6 +113,33 @@ impl SyntheticSource {
         );
         Self::open(&Uri::parse(&uri)?)
     }
+}
+
+/// The opener of a simulated camera (`fail_every=N`, see the module documentation): every
+/// opening after the first fails `fail_for` times before it works.
+pub fn simulated_camera(uri: Uri) -> Result<Opener, CaptureError> {
+    let fail_for: u32 = uri.get(
+        "fail_for",
+        1,
+        "expected how many reopen attempts fail after each failure, 0..=1000",
+    )?;
+    if fail_for > 1000 {
+        return Err(uri.bad("fail_for", &fail_for.to_string(), "expected 0..=1000"));
+    }
+    let mut failing = 0u32;
+    Ok(Box::new(move |interrupt: &Interrupt| {
+        if failing > 0 {
+            failing -= 1;
+            return Err(CaptureError::Device {
+                device: uri.raw.clone(),
+                message: "cannot open: no such device (simulated: fail_for)".into(),
+            });
+        }
+        let mut s = SyntheticSource::open(&uri)?;
+        s.pacer.set_interrupt(interrupt.clone());
+        failing = fail_for;
+        Ok(Box::new(s) as Box<dyn FrameSource>)
+    }))
 }
 
 /// Render variant `i`: light tinted paper with a vertical gradient and a dark square that
@@ -171,6 +243,31 @@ impl FrameSource for SyntheticSource {
         if self.limit != 0 && self.seq >= self.limit {
             return Ok(false);
         }
+        if self.fail_every != 0 && self.seq >= self.fail_every {
+            if !self.stall {
+                return Err(CaptureError::Device {
+                    device: self.uri.clone(),
+                    message: format!(
+                        "capture failed after {} frames: the device vanished (simulated: fail_every)",
+                        self.seq
+                    ),
+                });
+            }
+            if self
+                .pacer
+                .interrupt()
+                .sleep_until(Instant::now() + self.frame_timeout)
+            {
+                return Ok(false);
+            }
+            return Err(CaptureError::Device {
+                device: self.uri.clone(),
+                message: format!(
+                    "no frame for {:?}: the stream stalled (simulated: fail=stall)",
+                    self.frame_timeout
+                ),
+            });
+        }
         if !self.pacer.wait() {
             return Ok(false);
         }
@@ -184,6 +281,10 @@ impl FrameSource for SyntheticSource {
 
     fn interrupt(&self) -> Option<super::Interrupt> {
         Some(self.pacer.interrupt())
+    }
+
+    fn set_frame_timeout(&mut self, timeout: Duration) {
+        self.frame_timeout = timeout;
     }
 
     fn describe(&self) -> String {

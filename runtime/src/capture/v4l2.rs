@@ -18,8 +18,9 @@ use super::{CaptureError, FrameSource, Uri};
 use crate::frame::{Frame, PixelFormat};
 
 const BUFFERS: u32 = 4;
-/// How long `next_frame` waits for the camera before reporting it as stalled.
-const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `next_frame` waits for the camera before reporting it as stalled, until
+/// [`FrameSource::set_frame_timeout`] says otherwise (`--stall-timeout`).
+const FRAME_TIMEOUT: Duration = super::DEFAULT_STALL_TIMEOUT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wire {
@@ -51,6 +52,7 @@ pub struct V4l2Source {
     stride: usize,
     seq: u64,
     description: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for V4l2Source {
@@ -69,7 +71,7 @@ fn device_error(device: &str, e: &std::io::Error, what: &str) -> CaptureError {
             "permission denied: add your user to the `video` group (sudo usermod -aG video $USER) and log in again".to_string()
         }
         _ if e.raw_os_error() == Some(16) => "device busy: another program is using the camera; stop it and retry".to_string(),
-        _ if e.raw_os_error() == Some(19) => "the camera vanished (ENODEV): reconnect it and restart".to_string(),
+        _ if e.raw_os_error() == Some(19) => "the camera vanished (ENODEV): reconnect it".to_string(),
         _ if e.raw_os_error() == Some(25) => format!(
             "not a V4L2 camera ({e}); give a video capture device, e.g. /dev/video0 (ls /dev/video*)"
         ),
@@ -219,6 +221,7 @@ impl V4l2Source {
             stride,
             seq: 0,
             description,
+            timeout: FRAME_TIMEOUT,
         })
     }
 }
@@ -268,8 +271,8 @@ impl FrameSource for V4l2Source {
                     CaptureError::Device {
                         device: self.device.clone(),
                         message: format!(
-                            "no frame for {} s: the camera stalled or was unplugged",
-                            FRAME_TIMEOUT.as_secs()
+                            "no frame for {:?}: the camera stalled or was unplugged",
+                            self.timeout
                         ),
                     }
                 } else {
@@ -310,6 +313,11 @@ impl FrameSource for V4l2Source {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn set_frame_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.stream.set_timeout(timeout);
     }
 }
 
