@@ -16,6 +16,7 @@ mod reload;
 mod run;
 mod sd_notify;
 mod signals;
+mod status;
 mod values;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -130,6 +130,18 @@ pub struct RunOptions {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, deserialize_with = "de_from_str")]
     pub stall_timeout: Option<StallTimeout>,
+
+    // --- Status page, metrics, health (issue 16; cli/src/status.rs, sinks/src/http/) ---
+    /// Serve the status page, /metrics, /healthz, /snapshot.jpg and /events on ADDR (e.g.
+    /// 127.0.0.1:8080; port 0 picks a free port, printed on stderr). A non-loopback address
+    /// needs --http-token-file.
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Bearer token (one line, at least 16 characters) that every HTTP request must carry
+    /// (Authorization: Bearer <token>, or ?access_token=<token> for the page).
+    #[arg(long, value_name = "FILE")]
+    pub http_token_file: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -164,6 +176,9 @@ impl RunOptions {
             threads: self.threads.or(file.threads),
             cpu_engine: self.cpu_engine.or(file.cpu_engine),
             stall_timeout: self.stall_timeout.or(file.stall_timeout),
+            // Status page (issue 16).
+            http: self.http.or(file.http),
+            http_token_file: self.http_token_file.or(file.http_token_file),
         }
     }
 

@@ -51,6 +51,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         source: uri.clone(),
         model: format!("{} {}", bundle.manifest().name, bundle.manifest().version),
         backend: pipeline.device(),
+        precision: if bundle.is_int8() { "int8" } else { "float" }.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        max_frame_bytes: source.max_frame_bytes(),
     };
     let mut sinks = sinks(&o, &info)?;
     let wiring = o.wiring();
@@ -207,6 +210,10 @@ impl<W: Write> RunSink for &mut Outputs<'_, W> {
 
 /// The sinks `run`'s options ask for, in the order frames reach them.
 fn sinks(o: &RunOptions, info: &RunInfo) -> Result<Sinks> {
-    let _ = (o, info);
-    Ok(Sinks::new())
+    let mut sinks = Sinks::new();
+    // The status page (issue 16).
+    if let Some(http) = crate::status::sink(o, info)? {
+        sinks.push(http);
+    }
+    Ok(sinks)
 }

@@ -14,6 +14,8 @@
 
 use edgefuse_runtime::pipeline::{FrameResult, RunSummary};
 
+pub mod http;
+
 /// What every sink knows of the run it serves, fixed for the run.
 #[derive(Debug, Clone, Default)]
 pub struct RunInfo {
@@ -25,6 +27,12 @@ pub struct RunInfo {
     pub model: String,
     /// Where the models run (`cpu (plan, 6 threads)`, the GPU's description).
     pub backend: String,
+    /// The bundle's precision: `int8` (calibrated) or `float`.
+    pub precision: String,
+    /// edgefuse's version.
+    pub version: String,
+    /// Largest frame the source delivers, bytes (what a sink keeping pixels preallocates).
+    pub max_frame_bytes: usize,
 }
 
 /// A sink could not take a frame. The run stops on it (nothing is dropped silently); a sink

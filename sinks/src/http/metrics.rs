@@ -1,0 +1,204 @@
+//! `/metrics`: the run's counters and per-stage latency histograms in the Prometheus
+//! (OpenMetrics) text format, through the `prometheus-client` crate. Every per-label series is
+//! created at start so that counting on the inference thread is an atomic add (no lookup, no
+//! allocation).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use edgefuse_runtime::decision::EventKind;
+use edgefuse_runtime::pipeline::{FrameResult, STAGES};
+
+use crate::RunInfo;
+
+/// Histogram bucket bounds in seconds: 0.5 ms to 60 s, about 3 per decade.
+pub const LATENCY_BUCKETS_S: [f64; 17] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
+    60.0,
+];
+
+type Labels = Vec<(String, String)>;
+
+/// The registry and the handles the inference thread updates.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    frames: Counter,
+    skipped: Counter,
+    fires: Vec<Counter>,
+    releases: Vec<Counter>,
+    stages: Vec<Histogram>,
+    source_online: Gauge,
+    rss: Gauge,
+    uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
+    http_rejected: Counter,
+    snapshot_oversized: Gauge,
+}
+
+impl Metrics {
+    /// Every series of a run with `info`'s labels and description.
+    pub fn new(info: &RunInfo) -> Self {
+        let mut registry = Registry::with_prefix("edgefuse");
+        registry.register(
+            "build",
+            "What runs: the bundle, its precision, the device and the source",
+            Info::new(vec![
+                ("version".to_string(), info.version.clone()),
+                ("model".to_string(), info.model.clone()),
+                ("precision".to_string(), info.precision.clone()),
+                ("backend".to_string(), info.backend.clone()),
+                ("source".to_string(), info.source.clone()),
+            ]),
+        );
+        let frames = Counter::default();
+        registry.register("frames", "Frames classified", frames.clone());
+        let skipped = Counter::default();
+        registry.register(
+            "frames_skipped",
+            "Frames the source numbered that were not classified (dropped behind inference, not triggered, broken)",
+            skipped.clone(),
+        );
+        let events = Family::<Labels, Counter>::default();
+        registry.register(
+            "events",
+            "Decision events by label and kind (fire, release)",
+            events.clone(),
+        );
+        let series = |kind: &str| -> Vec<Counter> {
+            info.labels
+                .iter()
+                .map(|l| {
+                    events
+                        .get_or_create(&vec![
+                            ("label".to_string(), l.clone()),
+                            ("kind".to_string(), kind.to_string()),
+                        ])
+                        .clone()
+                })
+                .collect()
+        };
+        let fires = series("fire");
+        let releases = series("release");
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BUCKETS_S.iter().copied())
+        });
+        registry.register_with_unit(
+            "stage_latency",
+            "Per-stage latency of classified frames (end_to_end: capture to decision)",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let stages = STAGES
+            .iter()
+            .map(|s| {
+                latency
+                    .get_or_create(&vec![("stage".to_string(), s.to_string())])
+                    .clone()
+            })
+            .collect();
+        let source_online = Gauge::default();
+        source_online.set(1);
+        registry.register(
+            "source_online",
+            "1 while the source delivers frames, 0 while it is offline",
+            source_online.clone(),
+        );
+        let rss = Gauge::default();
+        registry.register_with_unit(
+            "resident_memory",
+            "Resident set size of the process",
+            Unit::Bytes,
+            rss.clone(),
+        );
+        let uptime = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "uptime",
+            "Time since the status server started",
+            Unit::Seconds,
+            uptime.clone(),
+        );
+        let http_rejected = Counter::default();
+        registry.register(
+            "http_rejected_connections",
+            "Connections the status server closed at once because every worker was busy",
+            http_rejected.clone(),
+        );
+        let snapshot_oversized = Gauge::default();
+        registry.register(
+            "snapshot_oversized_frames",
+            "Frames larger than the snapshot buffer (not shown on the page)",
+            snapshot_oversized.clone(),
+        );
+        Self {
+            registry,
+            frames,
+            skipped,
+            fires,
+            releases,
+            stages,
+            source_online,
+            rss,
+            uptime,
+            http_rejected,
+            snapshot_oversized,
+        }
+    }
+
+    /// Count one classified frame (inference thread; atomic adds and short locks, no
+    /// allocation). `skipped`: frames of the source not classified since the previous one.
+    pub fn frame(&self, r: &FrameResult<'_>, skipped: u64) {
+        self.frames.inc();
+        if skipped > 0 {
+            self.skipped.inc_by(skipped);
+        }
+        for (h, d) in self.stages.iter().zip(r.times.0) {
+            h.observe(d.as_secs_f64());
+        }
+        for e in r.events.iter() {
+            let counters = match e.kind {
+                EventKind::Fire => &self.fires,
+                EventKind::Release => &self.releases,
+            };
+            if let Some(c) = counters.get(e.label as usize) {
+                c.inc();
+            }
+        }
+    }
+
+    /// The source went offline (`false`) or came back.
+    pub fn source_online(&self, online: bool) {
+        self.source_online.set(online as i64);
+    }
+
+    /// A connection was refused because the server was full.
+    pub fn rejected(&self) {
+        self.http_rejected.inc();
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn encode(&self, uptime_s: f64, rss_bytes: Option<u64>, oversized: u64) -> String {
+        self.uptime.set(uptime_s);
+        if let Some(b) = rss_bytes {
+            self.rss.set(b as i64);
+        }
+        self.snapshot_oversized.set(oversized as i64);
+        let mut out = String::with_capacity(16 << 10);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The resident set size of this process, from `/proc/self/statm` (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (page > 0).then(|| pages * page as u64)
+}
