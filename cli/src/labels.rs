@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 
 use edgefuse_models::manifest::Label;
 use edgefuse_models::text::LabelEmbedder;
+use edgefuse_models::DroppedFit;
 
 use crate::output::{Escaped, Out};
 use crate::paths::{open_bundle, open_bundle_to_edit, ModelArg};
@@ -87,7 +88,7 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             labels[idx].prompts.extend(prompts);
             let row = embedder.embed_label(&labels[idx].prompts)?;
             rows[idx * dim..(idx + 1) * dim].copy_from_slice(&row);
-            b.write_labels(labels, &rows)?;
+            let dropped = b.write_labels(labels, &rows)?;
             let mut out = Out::lock();
             writeln!(
                 out,
@@ -96,6 +97,7 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
                 b.manifest().labels[idx].prompts.len(),
                 b.manifest().labels.len()
             )?;
+            say_dropped(&mut out, dropped.as_ref())?;
             Ok(out.finish()?)
         }
         LabelsAction::Remove { model, label } => {
@@ -117,7 +119,7 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
             labels.remove(idx);
             let mut rows = b.label_embeddings().to_vec();
             rows.drain(idx * dim..(idx + 1) * dim);
-            b.write_labels(labels, &rows)?;
+            let dropped = b.write_labels(labels, &rows)?;
             let mut out = Out::lock();
             writeln!(
                 out,
@@ -125,7 +127,23 @@ pub fn labels(a: LabelsArgs) -> Result<()> {
                 Escaped(&label),
                 b.manifest().labels.len()
             )?;
+            say_dropped(&mut out, dropped.as_ref())?;
             Ok(out.finish()?)
         }
     }
+}
+
+/// Say that a label change dropped the bundle's fitted fusion parameters, and what runs now.
+fn say_dropped(out: &mut Out, dropped: Option<&DroppedFit>) -> Result<()> {
+    if let Some(d) = dropped {
+        writeln!(
+            out,
+            "the fitted fusion parameters ({} frames) were fitted for the old labels and are removed; \
+             fusion method {} -> {}; run `edgefuse fit` again to adapt to the new labels",
+            d.frames,
+            d.method.name(),
+            d.now.name()
+        )?;
+    }
+    Ok(())
 }

@@ -13,13 +13,15 @@
 
 pub mod bundle;
 pub mod files;
+pub mod fitted;
 pub mod manifest;
 pub mod quant;
 pub mod store;
 pub mod text;
 
 pub use bundle::{
-    sha256_hex, Bundle, LoadedGraph, LoadedModel, QuantTables, MANIFEST_FILE, MAX_LABELS,
+    sha256_hex, Bundle, DroppedFit, LoadedGraph, LoadedModel, QuantTables, MANIFEST_FILE,
+    MAX_LABELS,
 };
 pub use manifest::Manifest;
 

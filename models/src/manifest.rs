@@ -38,6 +38,9 @@ pub struct Manifest {
     pub text_embeddings: TextEmbeddings,
     /// How the heads' scores are combined.
     pub fusion: Fusion,
+    /// Fusion parameters fitted by `edgefuse fit` on labelled frames (absent: zero-shot only).
+    #[serde(default)]
+    pub fusion_fitted: Option<FusionFitted>,
     /// Accuracy figures recorded when the bundle was built (name → fraction in 0..=1).
     #[serde(default)]
     pub accuracy: std::collections::BTreeMap<String, f64>,
@@ -212,8 +215,10 @@ pub struct Fusion {
     pub qformer: Option<HeadParams>,
 }
 
-/// Late-fusion method.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// Fusion method: how the heads' outputs become one probability per label. The first four need
+/// nothing but the manifest; the others need parameters fitted by `edgefuse fit`
+/// (`[fusion_fitted]`). `docs/FUSION.md` describes each.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum FusionMethod {
     /// Softmax of the weighted sum of the heads' logits.
@@ -222,6 +227,88 @@ pub enum FusionMethod {
     WeightedProbabilities,
     /// Element-wise maximum of the heads' probabilities, renormalised.
     Max,
+    /// Each head votes for its best label; ties are broken by the voters' summed confidence.
+    Voting,
+    /// Softmax of the heads' logits weighted by sigmoid(w_h), the w_h fitted.
+    LearnedWeights,
+    /// A multinomial logistic regression on the concatenated heads' logits (fitted).
+    Stacking,
+    /// A per-frame gate (softmax over heads of a linear function of each head's confidence,
+    /// entropy and margin, and of the image/query agreement) weighting the heads' logits (fitted).
+    Gated,
+    /// A multinomial logistic regression on the concatenated pooled image embedding and pooled
+    /// Q-Former queries (fitted).
+    Concat,
+}
+
+impl FusionMethod {
+    /// Every method, in the order reports list them.
+    pub const ALL: [FusionMethod; 8] = [
+        FusionMethod::WeightedLogits,
+        FusionMethod::WeightedProbabilities,
+        FusionMethod::Max,
+        FusionMethod::Voting,
+        FusionMethod::LearnedWeights,
+        FusionMethod::Stacking,
+        FusionMethod::Gated,
+        FusionMethod::Concat,
+    ];
+
+    /// Whether the method needs fitted parameters.
+    pub fn needs_fit(self) -> bool {
+        matches!(
+            self,
+            FusionMethod::LearnedWeights
+                | FusionMethod::Stacking
+                | FusionMethod::Gated
+                | FusionMethod::Concat
+        )
+    }
+
+    /// The name used in `bundle.toml` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FusionMethod::WeightedLogits => "weighted_logits",
+            FusionMethod::WeightedProbabilities => "weighted_probabilities",
+            FusionMethod::Max => "max",
+            FusionMethod::Voting => "voting",
+            FusionMethod::LearnedWeights => "learned_weights",
+            FusionMethod::Stacking => "stacking",
+            FusionMethod::Gated => "gated",
+            FusionMethod::Concat => "concat",
+        }
+    }
+
+    /// The method named `name` (see [`FusionMethod::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// The `[fusion_fitted]` section: where the fitted parameters are and what they were fitted on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FusionFitted {
+    /// The parameters: a JSON [`crate::fitted::FittedParams`] file and its checksum.
+    #[serde(flatten)]
+    pub params: FileRef,
+    /// The label names, in row order, the parameters were fitted for; must equal `labels`.
+    pub labels: Vec<String>,
+    /// The method `[fusion] method` was before the fit: restored when a label change drops the
+    /// fitted parameters.
+    pub zero_shot_method: FusionMethod,
+    /// Labelled frames fitted on.
+    pub frames: u64,
+    /// sha256 over the fitted frames' file names, labels and bytes.
+    pub frames_sha256: String,
+    /// Where the frames came from (the `--source` of `edgefuse fit`).
+    #[serde(default)]
+    pub source: String,
+    /// Folds of the cross-validation.
+    pub folds: u32,
+    /// Cross-validated top-1 accuracy of each method evaluated (name → fraction in 0..=1).
+    #[serde(default)]
+    pub cv_accuracy: std::collections::BTreeMap<String, f64>,
 }
 
 /// Parameters of one head.

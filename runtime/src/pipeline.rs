@@ -232,13 +232,7 @@ impl Pipeline {
         let engine = cpu.engine().models();
         let (embedding_dim, queries_len) = (engine.embedding_dim(), engine.queries_len());
         let has_qformer = engine.has_qformer();
-        let m = bundle.manifest();
-        let head = FusionHead::new(
-            bundle.label_embeddings(),
-            m.encoder.embedding_dim,
-            &m.fusion,
-            has_qformer,
-        );
+        let head = FusionHead::from_bundle(bundle, has_qformer);
         let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
         let decision = Decision::new(cfg.decision.clone(), labels.len());
         let (primary, fallback): (Box<dyn Backend>, Option<Box<dyn Backend>>) = match device {

@@ -3,10 +3,13 @@
 //! - `open`: reading `bundle.toml`, checking every file's sha256, reading the label embeddings
 //!   and the int8 calibration tables.
 //! - `validate`: the manifest's fields, and the label-embedding matrix against them.
-//! - `write`: rewriting the labels, crash-safe (one commit point: the manifest's rename).
+//! - `write`: rewriting the labels, crash-safe (one commit point: the manifest's rename); a
+//!   label change drops fitted fusion parameters (they would no longer match the rows).
+//! - `fit`: writing a copy with fitted fusion parameters (`edgefuse fit`).
 //! - `load`: parsing the ONNX graphs with tract, checking their inputs and outputs against the
 //!   manifest, and turning them into typed graphs ([`LoadedGraph`]) or plans ([`LoadedModel`]).
 
+mod fit;
 mod load;
 mod open;
 mod validate;
@@ -20,8 +23,10 @@ use tract_onnx::prelude::*;
 use crate::manifest::Manifest;
 use crate::quant::CalibrationTable;
 
+pub use fit::FitRecord;
 pub use open::sha256_hex;
 pub use validate::MAX_LABELS;
+pub use write::DroppedFit;
 
 /// Name of the manifest file inside a bundle folder.
 pub const MANIFEST_FILE: &str = "bundle.toml";
@@ -35,6 +40,8 @@ pub struct Bundle {
     label_embeddings: Vec<f32>,
     /// The int8 calibration tables of a quantized bundle (`None`: float, or float forced).
     quant: Option<QuantTables>,
+    /// The fitted fusion parameters `[fusion_fitted]` names, checked against the bundle.
+    fitted: Option<crate::fitted::FittedParams>,
     /// The tract runtime the image encoder and Q-Former are prepared for (`None`: tract's
     /// default CPU plan).
     runtime: Option<&'static dyn tract_onnx::tract_core::runtime::Runtime>,
@@ -126,5 +133,11 @@ impl Bundle {
     /// L2-normalised label embeddings, row-major `[labels, embedding_dim]`.
     pub fn label_embeddings(&self) -> &[f32] {
         &self.label_embeddings
+    }
+
+    /// The fitted fusion parameters, when the bundle has a `[fusion_fitted]` section (checked
+    /// against the labels, the embedding width and the Q-Former when the bundle opened).
+    pub fn fitted(&self) -> Option<&crate::fitted::FittedParams> {
+        self.fitted.as_ref()
     }
 }

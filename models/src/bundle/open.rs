@@ -11,6 +11,7 @@ use super::{Bundle, QuantTables, MANIFEST_FILE};
 use crate::files::{
     read_limited, read_text_limited, MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, MAX_TABLE_BYTES,
 };
+use crate::fitted::FittedParams;
 use crate::manifest::{FileRef, Manifest};
 use crate::BundleError;
 
@@ -110,14 +111,50 @@ impl Bundle {
             }
             None => None,
         };
+        let fitted = match &manifest.fusion_fitted {
+            Some(f) => Some(read_fitted(&dir, &manifest, f)?),
+            None => None,
+        };
         Ok(Self {
             dir,
             manifest,
             label_embeddings,
             quant,
+            fitted,
             runtime: None,
         })
     }
+}
+
+/// Read and check the fitted fusion parameters `[fusion_fitted]` names.
+fn read_fitted(
+    dir: &Path,
+    m: &Manifest,
+    f: &crate::manifest::FusionFitted,
+) -> Result<FittedParams, BundleError> {
+    let raw = verify_file(dir, &f.params, "fusion_fitted.file", MAX_TABLE_BYTES)?;
+    let path = dir.join(&f.params.file);
+    let bad = |message: String| BundleError::Field {
+        path: path.clone(),
+        field: "fusion_fitted.file".into(),
+        message,
+    };
+    let p: FittedParams = serde_json::from_slice(&raw).map_err(|e| {
+        bad(format!(
+            "not a fitted-parameters file ({e}); run `edgefuse fit` again"
+        ))
+    })?;
+    p.check(m.labels.len(), m.encoder.embedding_dim, m.qformer.is_some())
+        .map_err(|e| bad(format!("{e}; run `edgefuse fit` again")))?;
+    if !p.has(m.fusion.method) {
+        return Err(bad(format!(
+            "has no parameters for [fusion] method = \"{}\"; fit it with `edgefuse fit --method {}` or choose one of {:?}",
+            m.fusion.method.name(),
+            m.fusion.method.name(),
+            p.methods().iter().map(|m| m.name()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(p)
 }
 
 /// Read a bundle file (a regular file of at most `limit` bytes) and check its sha256; returns

@@ -78,6 +78,7 @@ pub(super) fn validate_fields(
         }
     }
     check_head(&m.fusion.clip, "fusion.clip", err)?;
+    check_fitted(m, err)?;
     match (&m.qformer, &m.fusion.qformer) {
         (Some(q), Some(h)) => {
             check_head(h, "fusion.qformer", err)?;
@@ -138,6 +139,9 @@ fn check_paths(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> Resul
     if let Some(q) = &m.quantization {
         files.push(("quantization.table.file", &q.table.file));
     }
+    if let Some(f) = &m.fusion_fitted {
+        files.push(("fusion_fitted.file", &f.params.file));
+    }
     for (field, file) in files {
         if !is_inside_bundle(file) {
             return Err(err(
@@ -156,6 +160,54 @@ pub(super) fn is_inside_bundle(file: &str) -> bool {
     p.components().any(|c| matches!(c, Component::Normal(_)))
         && p.components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// The `[fusion_fitted]` section against the manifest: a method that needs fitted parameters
+/// has them, and they were fitted for exactly these labels (a label change since the fit would
+/// mismatch rows silently).
+fn check_fitted(
+    m: &Manifest,
+    err: &dyn Fn(&str, String) -> BundleError,
+) -> Result<(), BundleError> {
+    let method = m.fusion.method;
+    let Some(f) = &m.fusion_fitted else {
+        if method.needs_fit() {
+            return Err(err(
+                "fusion.method",
+                format!(
+                    "`{}` needs parameters fitted on labelled frames and the bundle has no [fusion_fitted] section; \
+                     run `edgefuse fit --model DIR --source file://FOLDER --method {} --out NEW_DIR`, or choose weighted_logits, weighted_probabilities, max or voting",
+                    method.name(),
+                    method.name()
+                ),
+            ));
+        }
+        return Ok(());
+    };
+    if f.zero_shot_method.needs_fit() {
+        return Err(err(
+            "fusion_fitted.zero_shot_method",
+            format!("`{}` needs fitting; it must be one of weighted_logits, weighted_probabilities, max, voting", f.zero_shot_method.name()),
+        ));
+    }
+    let names: Vec<&str> = m.labels.iter().map(|l| l.name.as_str()).collect();
+    if f.labels
+        .iter()
+        .map(String::as_str)
+        .ne(names.iter().copied())
+    {
+        return Err(err(
+            "fusion_fitted.labels",
+            format!(
+                "the fusion parameters were fitted for the labels {:?} but the bundle now has {:?}; \
+                 fit again with `edgefuse fit`, or delete the [fusion_fitted] section and set [fusion] method = \"{}\"",
+                f.labels,
+                names,
+                f.zero_shot_method.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_head(

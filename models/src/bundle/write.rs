@@ -40,6 +40,23 @@ pub(crate) struct StagedLabels {
     created: bool,
     /// The embedding file the old manifest names.
     old_embeddings: String,
+    /// The fitted-parameters file the old manifest names, when this update drops it.
+    old_fitted: Option<String>,
+    /// What this update dropped of the fitted fusion.
+    dropped: Option<DroppedFit>,
+}
+
+/// Fitted fusion parameters a labels update dropped: they were fitted for the old label set
+/// (names or rows), and rows fitted for other labels must never be applied to these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DroppedFit {
+    /// `[fusion] method` before the update.
+    pub method: crate::manifest::FusionMethod,
+    /// `[fusion] method` after it: unchanged when it needed no fit, else the zero-shot method
+    /// the bundle had before it was fitted.
+    pub now: crate::manifest::FusionMethod,
+    /// Frames the dropped parameters were fitted on.
+    pub frames: u64,
 }
 
 fn werr(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -108,11 +125,20 @@ impl Bundle {
     /// `edgefuse labels add/remove`; unchanged rows can be taken from
     /// [`Bundle::label_embeddings`]. On an error the bundle on disk is in its old state, or (if
     /// only the clean-up after the commit failed) its new one.
-    pub fn write_labels(&mut self, labels: Vec<Label>, rows: &[f32]) -> Result<(), BundleError> {
+    ///
+    /// Fitted fusion parameters (`[fusion_fitted]`) are dropped when the names or rows change
+    /// (returned, for the caller to say so): a method that needed them falls back to the
+    /// zero-shot method the bundle had before the fit.
+    pub fn write_labels(
+        &mut self,
+        labels: Vec<Label>,
+        rows: &[f32],
+    ) -> Result<Option<DroppedFit>, BundleError> {
         let staged = self.stage_labels(labels, rows)?;
+        let dropped = staged.dropped.clone();
         let manifest = staged.commit()?;
         *self = Self::from_manifest(self.dir.clone(), manifest)?;
-        Ok(())
+        Ok(dropped)
     }
 
     /// Steps 1 and 2: write the new embedding file and the temporary manifest.
@@ -133,10 +159,31 @@ impl Bundle {
         let sha = sha256_hex(&bytes);
         let old = &self.manifest.text_embeddings.data;
         let mut manifest = self.manifest.clone();
+        let renamed = labels.len() != manifest.labels.len()
+            || labels
+                .iter()
+                .zip(&manifest.labels)
+                .any(|(a, b)| a.name != b.name);
         manifest.labels = labels;
         let created = !old.sha256.trim().eq_ignore_ascii_case(&sha);
         if created {
             manifest.text_embeddings.data.file = content_name(&old.file, &sha);
+        }
+        let mut old_fitted = None;
+        let mut dropped = None;
+        if created || renamed {
+            if let Some(f) = manifest.fusion_fitted.take() {
+                let method = manifest.fusion.method;
+                if method.needs_fit() {
+                    manifest.fusion.method = f.zero_shot_method;
+                }
+                dropped = Some(DroppedFit {
+                    method,
+                    now: manifest.fusion.method,
+                    frames: f.frames,
+                });
+                old_fitted = Some(f.params.file);
+            }
         }
         manifest.text_embeddings.data.sha256 = sha;
         // Refuse before writing anything: a bundle this would make must still open.
@@ -177,6 +224,8 @@ impl Bundle {
             embeddings,
             created,
             old_embeddings: old.file.clone(),
+            old_fitted,
+            dropped,
         })
     }
 }
@@ -210,6 +259,7 @@ impl StagedLabels {
     fn remove_old(&self) {
         let named = self.named_files();
         let mut stale = vec![self.old_embeddings.clone()];
+        stale.extend(self.old_fitted.clone());
         let rel_dir = Path::new(&self.embeddings)
             .parent()
             .map(Path::to_path_buf)
@@ -250,6 +300,7 @@ impl StagedLabels {
         v.extend(m.qformer.as_ref().map(|q| q.model.file.clone()));
         v.extend(m.text_encoder.as_ref().map(|t| t.model.file.clone()));
         v.extend(m.quantization.as_ref().map(|q| q.table.file.clone()));
+        v.extend(m.fusion_fitted.as_ref().map(|f| f.params.file.clone()));
         v
     }
 }
