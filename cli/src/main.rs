@@ -6,6 +6,7 @@
 mod bench;
 mod board;
 mod calibrate;
+mod events;
 mod info;
 mod kernels;
 mod labels;

@@ -124,6 +124,49 @@ pub struct RunOptions {
     #[serde(default, deserialize_with = "de_from_str")]
     pub cpu_engine: Option<EngineChoice>,
 
+    // --- Events out: MQTT, journal, webhook, snapshots (issue 15 part A; cli/src/events.rs) ---
+    /// Device id in event topics and payloads (one MQTT topic level) [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub device_id: Option<crate::events::DeviceId>,
+    /// Publish events to an MQTT broker (QoS 1, <prefix>/<device>/event; retained .../status):
+    /// mqtt://[user:password@]host[:port]/topic-prefix, mqtts:// for TLS.
+    #[arg(long, value_name = "URI")]
+    pub mqtt: Option<String>,
+    /// CA certificates (PEM) to trust for mqtts:// [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// Also publish frame results to <prefix>/<device>/results (QoS 0), at most N per second (1..=100).
+    #[arg(long, value_name = "N")]
+    pub mqtt_results: Option<Ranged<1, 100>>,
+    /// Store-and-forward journal folder: undelivered events survive broker outages and restarts [default: in memory].
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// Journal bound in MiB; when full the oldest undelivered events are dropped and counted (1..=65536) [default: 64].
+    #[arg(long, value_name = "MB")]
+    pub journal_max_mb: Option<Ranged<1, 65536>>,
+    /// POST events as JSON to this http:// or https:// URL (through the journal, retried).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Sign webhook requests with HMAC-SHA256 of the body under the secret in FILE (X-Edgefuse-Signature).
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Webhook request timeout in milliseconds (100..=600000) [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub webhook_timeout_ms: Option<Ranged<100, 600_000>>,
+    /// Write a JPEG of each frame that fires into DIR (the event carries its path).
+    #[arg(long, value_name = "DIR")]
+    pub snapshots: Option<PathBuf>,
+    /// Also write the N frames before the firing one (0..=8) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub snapshots_before: Option<Ranged<0, 8>>,
+    /// Most snapshot files kept, the oldest deleted first (1..=1000000) [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub snapshots_max_files: Option<Ranged<1, 1_000_000>>,
+    /// Most MiB of snapshot files kept, the oldest deleted first (1..=1000000) [default: 1024].
+    #[arg(long, value_name = "MB")]
+    pub snapshots_max_mb: Option<Ranged<1, 1_000_000>>,
+
     // --- Camera recovery (issue 15 part B) ---
     /// A camera that delivers no frame for this long is treated as failed and reopened (like an
     /// unplugged one): 200ms, 5s, … from 100ms to 3600s [default: 5s].
@@ -175,6 +218,20 @@ impl RunOptions {
             device: self.device.or(file.device),
             threads: self.threads.or(file.threads),
             cpu_engine: self.cpu_engine.or(file.cpu_engine),
+            // Events out (issue 15 part A).
+            device_id: self.device_id.or(file.device_id),
+            mqtt: self.mqtt.or(file.mqtt),
+            mqtt_ca: self.mqtt_ca.or(file.mqtt_ca),
+            mqtt_results: self.mqtt_results.or(file.mqtt_results),
+            journal: self.journal.or(file.journal),
+            journal_max_mb: self.journal_max_mb.or(file.journal_max_mb),
+            webhook: self.webhook.or(file.webhook),
+            webhook_secret_file: self.webhook_secret_file.or(file.webhook_secret_file),
+            webhook_timeout_ms: self.webhook_timeout_ms.or(file.webhook_timeout_ms),
+            snapshots: self.snapshots.or(file.snapshots),
+            snapshots_before: self.snapshots_before.or(file.snapshots_before),
+            snapshots_max_files: self.snapshots_max_files.or(file.snapshots_max_files),
+            snapshots_max_mb: self.snapshots_max_mb.or(file.snapshots_max_mb),
             stall_timeout: self.stall_timeout.or(file.stall_timeout),
             // Status page (issue 16).
             http: self.http.or(file.http),

@@ -108,6 +108,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Err(StdoutError(e).into());
     }
     print_summary(&summary, gpio.as_ref(), json)?;
+    crate::events::print_summaries(&sinks, json)?;
     result.with_context(|| format!("run on {uri} stopped"))?;
     sinks_result.context("a sink failed at the end of the run")
 }
@@ -211,6 +212,10 @@ impl<W: Write> RunSink for &mut Outputs<'_, W> {
 /// The sinks `run`'s options ask for, in the order frames reach them.
 fn sinks(o: &RunOptions, info: &RunInfo) -> Result<Sinks> {
     let mut sinks = Sinks::new();
+    // Events out: MQTT, webhook, snapshots, through the journal (issue 15 part A).
+    if let Some(events) = crate::events::event_sink(o, info)? {
+        sinks.push(Box::new(events));
+    }
     // The status page (issue 16).
     if let Some(http) = crate::status::sink(o, info)? {
         sinks.push(http);

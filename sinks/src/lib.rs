@@ -16,6 +16,15 @@ use edgefuse_runtime::pipeline::{FrameResult, RunSummary};
 
 pub mod http;
 
+// Events out (issue 15): the event type, the hand-off queue, the journal, the publishers.
+pub mod dispatch;
+pub mod event;
+pub mod journal;
+pub mod mqtt;
+pub mod queue;
+pub mod snapshot;
+pub mod webhook;
+
 /// What every sink knows of the run it serves, fixed for the run.
 #[derive(Debug, Clone, Default)]
 pub struct RunInfo {
@@ -89,6 +98,12 @@ pub trait Sink: Send {
         let _ = summary;
         Ok(())
     }
+
+    /// Lines for the run's summary (counters, drops), once `finish` has run; `None` when the
+    /// sink has nothing to report.
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Every sink of a run, fed in the order they were added.
@@ -128,6 +143,11 @@ impl Sinks {
     /// fan-out and is returned.
     pub fn source(&mut self, state: SourceState, reason: &str) -> Result<(), SinkError> {
         self.0.iter_mut().try_for_each(|s| s.source(state, reason))
+    }
+
+    /// Every sink's summary lines (see [`Sink::summary`]), in order.
+    pub fn summaries(&self) -> Vec<String> {
+        self.0.iter().filter_map(|s| s.summary()).collect()
     }
 
     /// Finish every sink, even after one failed; the first error is returned, the others are

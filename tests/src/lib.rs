@@ -2,6 +2,7 @@
 //! fixtures live, and ground-truth label files.
 
 pub mod fuzz;
+pub mod mosquitto;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,345 @@
+//! The event sink: the inference thread's side ([`EventSink`], a [`Sink`]) copies each frame
+//! that fired or released a label (and, rate-limited, plain results for `--mqtt-results`) into
+//! the bounded [`FactQueue`]; the dispatcher thread turns facts into [`Event`]s, takes their
+//! snapshots, appends them to the [`Journal`] (synced once per batch), and wakes the
+//! publishers (MQTT, webhook), which send from the journal.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use edgefuse_runtime::pipeline::{FrameResult, RunSummary};
+
+use crate::event::{EventContext, EventKind, Fact};
+use crate::journal::{Journal, JournalError, JournalStats};
+use crate::mqtt::{Mqtt, MqttConfig, MqttConfigError, MqttStats};
+use crate::queue::FactQueue;
+use crate::snapshot::{SnapshotCapture, SnapshotConfig, SnapshotError, SnapshotWriter};
+use crate::webhook::{Webhook, WebhookConfig, WebhookStats};
+use crate::{RunInfo, Sink, SinkError, SourceState};
+
+/// Facts the queue holds: at 30 frames/s with an event on every frame, two seconds of a
+/// stalled disk.
+pub const QUEUE_FACTS: usize = 64;
+
+/// How long `finish` waits for the broker / endpoint to acknowledge what is journaled.
+pub const DRAIN: Duration = Duration::from_secs(3);
+
+/// What the event sink is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct EventConfig {
+    /// The device id (topic level, event field).
+    pub device: String,
+    /// The journal's folder; `None` keeps it in memory.
+    pub journal: Option<PathBuf>,
+    /// The journal's bound in bytes.
+    pub journal_max_bytes: u64,
+    /// The broker, when events go to MQTT.
+    pub mqtt: Option<MqttConfig>,
+    /// Per-frame results to MQTT at most this often.
+    pub mqtt_results_every: Option<Duration>,
+    /// The webhook, when events go to HTTP.
+    pub webhook: Option<WebhookConfig>,
+    /// Snapshots of the frames that fire.
+    pub snapshots: Option<SnapshotConfig>,
+}
+
+/// The event sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EventSinkError {
+    /// The journal's folder cannot be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The broker settings cannot be used.
+    #[error(transparent)]
+    Mqtt(#[from] MqttConfigError),
+    /// The snapshot folder cannot be used.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A thread could not be started.
+    #[error("cannot start the event dispatcher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the dispatcher reports at the end.
+#[derive(Debug, Default)]
+struct Report {
+    events: u64,
+    journal: JournalStats,
+    left: u64,
+    mqtt: Option<MqttStats>,
+    webhook: Option<WebhookStats>,
+    snapshots: (u64, u64),
+}
+
+/// The sink (see the module docs).
+pub struct EventSink {
+    queue: Arc<FactQueue>,
+    uri: String,
+    results_every: Option<Duration>,
+    last_result: Option<Instant>,
+    capture: Option<SnapshotCapture>,
+    dispatcher: Option<JoinHandle<Report>>,
+    summary: Option<String>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+impl EventSink {
+    /// Open the journal (replaying what it holds), connect the publishers, start the
+    /// dispatcher.
+    pub fn start(cfg: EventConfig, info: &RunInfo) -> Result<Self, EventSinkError> {
+        let mut readers = Vec::new();
+        if cfg.mqtt.is_some() {
+            readers.push("mqtt");
+        }
+        if cfg.webhook.is_some() {
+            readers.push("webhook");
+        }
+        let journal = Journal::open(cfg.journal.as_deref(), cfg.journal_max_bytes, &readers)?;
+        if journal.pending() > 0 {
+            log::warn!(
+                "events: {} journaled events from an earlier run not yet delivered; sending them first",
+                journal.pending()
+            );
+        }
+        if cfg.journal.is_none() {
+            log::info!("events: no --journal folder: undelivered events survive a broker outage but not a restart");
+        }
+        let journal = Arc::new(Mutex::new(journal));
+        let mqtt = match cfg.mqtt.clone() {
+            Some(m) => Some(Mqtt::start(m, &cfg.device, journal.clone(), 0)?),
+            None => None,
+        };
+        let webhook = match cfg.webhook.clone() {
+            Some(w) => Some(Webhook::start(
+                w,
+                journal.clone(),
+                readers.iter().position(|r| *r == "webhook").unwrap_or(0),
+            )),
+            None => None,
+        };
+        let (capture, writer) = match &cfg.snapshots {
+            Some(s) => {
+                let (c, w) = crate::snapshot::open(s)?;
+                (Some(c), Some(w))
+            }
+            None => (None, None),
+        };
+        let queue = Arc::new(FactQueue::new(QUEUE_FACTS));
+        let ctx = EventContext {
+            labels: info.labels.clone(),
+            device: cfg.device.clone(),
+            model: info.model.clone(),
+            uri: info.source.clone(),
+        };
+        let q = queue.clone();
+        let dispatcher = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || dispatch(q, ctx, journal, mqtt, webhook, writer))
+            .map_err(EventSinkError::Thread)?;
+        Ok(EventSink {
+            queue,
+            uri: info.source.clone(),
+            results_every: if cfg.mqtt.is_some() {
+                cfg.mqtt_results_every
+            } else {
+                None
+            },
+            last_result: None,
+            capture,
+            dispatcher: Some(dispatcher),
+            summary: None,
+        })
+    }
+}
+
+impl Sink for EventSink {
+    fn name(&self) -> &'static str {
+        "events"
+    }
+
+    fn frame(&mut self, r: &FrameResult<'_>) -> Result<(), SinkError> {
+        let kind = Fact::kind_of(r);
+        let snapshot = match (&mut self.capture, kind) {
+            (Some(c), Some(EventKind::Fire)) => c.fire(r.frame),
+            (Some(c), _) => {
+                c.remember(r.frame);
+                false
+            }
+            _ => false,
+        };
+        if kind.is_some() {
+            let uri = &self.uri;
+            self.queue.push_with(|f| {
+                f.fill(r, uri);
+                f.snapshot = snapshot;
+            });
+        } else if let Some(every) = self.results_every {
+            let now = Instant::now();
+            if self
+                .last_result
+                .is_none_or(|t| now.duration_since(t) >= every)
+            {
+                self.last_result = Some(now);
+                let uri = &self.uri;
+                self.queue.push_with(|f| {
+                    f.fill(r, uri);
+                    f.snapshot = false;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn source(&mut self, state: SourceState, reason: &str) -> Result<(), SinkError> {
+        let kind = match state {
+            SourceState::Offline => EventKind::CameraOffline,
+            SourceState::Online => EventKind::CameraOnline,
+        };
+        self.queue.push_with(|f| {
+            f.camera(kind, reason);
+            f.snapshot = false;
+        });
+        Ok(())
+    }
+
+    fn finish(&mut self, _summary: &RunSummary) -> Result<(), SinkError> {
+        self.queue.close();
+        let Some(t) = self.dispatcher.take() else {
+            return Ok(());
+        };
+        let report = t.join().map_err(|_| SinkError::Failed {
+            sink: "events",
+            reason: "the event dispatcher thread panicked".into(),
+        })?;
+        let queue_dropped = self.queue.dropped();
+        let mut line = format!(
+            "  events: {} journaled, {} dropped (queue full), {} dropped (journal full), {} not written to disk, {} torn records cut, {} left undelivered",
+            report.events,
+            queue_dropped,
+            report.journal.dropped,
+            report.journal.not_written,
+            report.journal.torn,
+            report.left,
+        );
+        if let Some(m) = &report.mqtt {
+            let mut l = m.latency_ms.clone();
+            l.sort_by(f64::total_cmp);
+            let q = |p: f64| {
+                l.get(((l.len() as f64 - 1.0) * p).round() as usize)
+                    .map_or("n/a".to_string(), |v| format!("{v:.1} ms"))
+            };
+            line += &format!(
+                "\n  mqtt: {} acknowledged ({} resent), {} results, {} results skipped (offline), {} connections, decision→PUBACK p50 {} p99 {}",
+                m.acked,
+                m.resent,
+                m.results,
+                m.results_skipped,
+                m.connections,
+                q(0.5),
+                q(0.99)
+            );
+        }
+        if let Some(w) = &report.webhook {
+            line += &format!(
+                "\n  webhook: {} delivered, {} attempts failed",
+                w.delivered, w.failures
+            );
+        }
+        if self.capture.is_some() {
+            line += &format!(
+                "\n  snapshots: {} written, {} skipped (busy or capped)",
+                report.snapshots.0, report.snapshots.1
+            );
+        }
+        let lost = queue_dropped + report.journal.dropped;
+        if lost > 0 {
+            log::warn!("events: {lost} events were dropped (see the summary)");
+        }
+        self.summary = Some(line);
+        Ok(())
+    }
+
+    fn summary(&self) -> Option<String> {
+        self.summary.clone()
+    }
+}
+
+fn dispatch(
+    queue: Arc<FactQueue>,
+    ctx: EventContext,
+    journal: Arc<Mutex<Journal>>,
+    mqtt: Option<(Arc<Mqtt>, JoinHandle<()>)>,
+    webhook: Option<(Arc<Webhook>, JoinHandle<()>)>,
+    mut snapshots: Option<SnapshotWriter>,
+) -> Report {
+    let mut batch = Vec::with_capacity(QUEUE_FACTS);
+    let mut report = Report::default();
+    loop {
+        batch.clear();
+        let done = queue.pop_into(&mut batch, QUEUE_FACTS, Duration::from_millis(200));
+        let mut appended = false;
+        for f in &batch {
+            if f.kind.is_none() {
+                if let Some((m, _)) = &mqtt {
+                    let e = f.event(0, &ctx, None);
+                    m.result(serde_json::to_vec(&e).unwrap_or_default());
+                }
+                continue;
+            }
+            let id = journal.lock().unwrap_or_else(|p| p.into_inner()).next_id();
+            let snapshot = match (&mut snapshots, f.snapshot) {
+                (Some(s), true) => s.write(id, f.seq),
+                _ => None,
+            };
+            let e = f.event(id, &ctx, snapshot);
+            let payload = match serde_json::to_vec(&e) {
+                Ok(p) => p,
+                Err(err) => {
+                    log::error!("events: cannot encode event {id}: {err}");
+                    continue;
+                }
+            };
+            let got = journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(payload);
+            debug_assert_eq!(got, id);
+            if let Some((m, _)) = &mqtt {
+                m.decided(id, f.at);
+            }
+            report.events += 1;
+            appended = true;
+        }
+        if appended {
+            journal.lock().unwrap_or_else(|p| p.into_inner()).sync();
+            if let Some((m, _)) = &mqtt {
+                m.dropped
+                    .store(queue.dropped(), std::sync::atomic::Ordering::Relaxed);
+                m.pump();
+            }
+            if let Some((w, _)) = &webhook {
+                w.wake();
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    report.mqtt = mqtt.map(|(m, t)| m.finish(t, DRAIN));
+    report.webhook = webhook.map(|(w, t)| w.finish(t, DRAIN));
+    report.snapshots = snapshots.map_or((0, 0), |s| s.counts());
+    let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+    j.sync();
+    report.journal = j.stats();
+    report.left = j.pending() as u64;
+    report
+}
