@@ -82,6 +82,11 @@ impl App {
         self.info.labels.get(i as usize).map_or("?", String::as_str)
     }
 
+    /// Ask for pixels as `/snapshot.jpg` does (frames are then copied for the next 10 s).
+    pub fn shared_want_pixels(&self) {
+        self.shared.want_pixels();
+    }
+
     /// `/api/status` as JSON.
     pub fn status_json(&self) -> Value {
         let s: Status = self.shared.status().clone();
