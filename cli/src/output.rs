@@ -222,6 +222,13 @@ pub fn print_summary(
         s.source.skipped_broken,
         s.events
     );
+    if s.source.outages > 0 {
+        let _ = writeln!(
+            text,
+            "  source outages: {} (the source failed or stalled and was reopened each time)",
+            s.source.outages
+        );
+    }
     for (name, h) in STAGES.iter().zip(&s.stages) {
         let _ = writeln!(
             text,

@@ -18,6 +18,7 @@ mod crash;
 mod device;
 mod inputs;
 mod run;
+mod service;
 mod signals;
 mod stdout;
 
