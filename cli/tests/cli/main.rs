@@ -16,6 +16,7 @@ mod commands;
 mod config;
 mod crash;
 mod device;
+mod events;
 mod inputs;
 mod run;
 mod service;

@@ -10,9 +10,9 @@ use crate::*;
 
 /// edgefuse running in the background, its stdout lines arriving on a channel (until
 /// [`Spawned::stop_reading`]) and its stderr collected.
-struct Spawned {
+pub(crate) struct Spawned {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    pub(crate) lines: mpsc::Receiver<String>,
     stop_reading: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stdout: std::thread::JoinHandle<String>,
     stderr: std::thread::JoinHandle<String>,
@@ -20,7 +20,7 @@ struct Spawned {
 }
 
 impl Spawned {
-    fn new(args: &[&str]) -> Self {
+    pub(crate) fn new(args: &[&str]) -> Self {
         let mut child = edgefuse_command()
             .args(args)
             .env_remove("EDGEFUSE_MODEL")
@@ -89,7 +89,7 @@ impl Spawned {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -103,7 +103,7 @@ impl Spawned {
     }
 
     /// Wait up to `limit` for the exit; returns the exit code, the time it took, stdout, stderr.
-    fn exit_within(mut self, limit: Duration) -> (Option<i32>, Duration, String, String) {
+    pub(crate) fn exit_within(mut self, limit: Duration) -> (Option<i32>, Duration, String, String) {
         let t = Instant::now();
         while self.running() {
             if t.elapsed() > limit {
