@@ -118,14 +118,11 @@ impl EventSink {
             Some(m) => Some(Mqtt::start(m, &cfg.device, journal.clone(), 0)?),
             None => None,
         };
-        let webhook = match cfg.webhook.clone() {
-            Some(w) => Some(Webhook::start(
-                w,
-                journal.clone(),
-                readers.iter().position(|r| *r == "webhook").unwrap_or(0),
-            )),
-            None => None,
-        };
+        let webhook_reader = readers.iter().position(|r| *r == "webhook").unwrap_or(0);
+        let webhook = cfg
+            .webhook
+            .clone()
+            .map(|w| Webhook::start(w, journal.clone(), webhook_reader));
         let (capture, writer) = match &cfg.snapshots {
             Some(s) => {
                 let (c, w) = crate::snapshot::open(s)?;
