@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// CPU engine (as `run --cpu-engine`): plan, tract or auto [default: auto].
     #[arg(long, value_name = "ENGINE")]
     cpu_engine: Option<EngineChoice>,
+    /// Also draw the measured frames as an SVG chart: each stage's latency distribution and
+    /// the timeline over the run.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// Median and 99th percentile of one stage, milliseconds.
@@ -126,7 +130,24 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         max_frames: Some(a.frames),
         warmup: a.warmup,
     };
-    let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, stop, |_| Ok(()));
+    // Per-frame stage times for --plot, in storage sized before the run (no allocation per
+    // frame); warm-up frames come first and are left out of the chart.
+    let keep = if a.plot.is_some() {
+        (a.frames + a.warmup) as usize
+    } else {
+        0
+    };
+    let mut times: Vec<[f32; 7]> = Vec::with_capacity(keep);
+    let (s, result) = pipeline.run(source.as_mut(), &mut trigger, limits, stop, |r| {
+        if times.len() < keep {
+            let mut row = [0f32; 7];
+            for (d, t) in row.iter_mut().zip(r.times.0) {
+                *d = (t.as_secs_f64() * 1000.0) as f32;
+            }
+            times.push(row);
+        }
+        Ok(())
+    });
     result.with_context(|| format!("bench on {uri} stopped"))?;
     if s.frames == 0 {
         return Err(anyhow!(
@@ -156,6 +177,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         },
         peak_rss_mb: peak_rss_mb(),
     };
+    if let Some(path) = &a.plot {
+        let measured = &times[times.len().saturating_sub(s.frames as usize)..];
+        let title = format!(
+            "edgefuse bench: {} frames, {}, {} ({:.1} fps)",
+            measured.len(),
+            report.device,
+            report.source,
+            report.fps
+        );
+        let svg = crate::plot::bench_svg(&title, &STAGES, measured)?;
+        std::fs::write(path, svg)
+            .with_context(|| format!("--plot {}: cannot write the chart", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     let mut out = Out::lock();
     writeln!(out, "{}", serde_json::to_string(&report)?)?;
     Ok(out.finish()?)

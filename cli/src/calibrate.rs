@@ -95,16 +95,22 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let started = std::time::Instant::now();
     let total = a.frames;
-    let c = cal::collect(&bundle, source.as_mut(), &a.method, a.frames, |n| {
-        if tty {
-            eprint!("\rcalibrating: {n}/{total} frames");
-        } else if n % 50 == 0 {
-            eprintln!("calibrating: {n}/{total} frames");
-        }
-    })
+    // A progress bar on a terminal; plain lines every 50 frames otherwise (logs, CI).
+    let bar = tty.then(|| crate::progress::bar(total, "calibrating"));
+    let c = cal::collect(
+        &bundle,
+        source.as_mut(),
+        &a.method,
+        a.frames,
+        |n| match &bar {
+            Some(b) => b.set_position(n),
+            None if n % 50 == 0 => eprintln!("calibrating: {n}/{total} frames"),
+            None => {}
+        },
+    )
     .map_err(usage)?;
-    if tty {
-        eprintln!();
+    if let Some(b) = bar {
+        b.finish();
     }
     c.check_skip(&a.skip).map_err(usage)?;
     eprintln!(
@@ -135,6 +141,19 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let mut report = serde_json::to_string(&f)?;
     report.push('\n');
     staged.add_file("fidelity.json", &report)?;
+    let layers: Vec<(&str, &str, f64)> = f
+        .layers
+        .iter()
+        .map(|l| (l.model, l.layer.as_str(), l.activation_rel_error))
+        .collect();
+    let chart = crate::plot::quantization_svg(
+        &format!(
+            "int8 quantization error per layer ({} calibration frames, {})",
+            f.calibration_frames, f.method
+        ),
+        &layers,
+    )?;
+    staged.add_file("fidelity.svg", &chart)?;
     let out = cleanup.commit(|| staged.commit())?;
     report_calibration(&out, &f, &eval_uri).with_context(|| {
         format!(
@@ -180,7 +199,7 @@ fn report_calibration(
     }
     writeln!(
         out,
-        "wrote calibration.json, calibration.cache (TensorRT), fidelity.json"
+        "wrote calibration.json, calibration.cache (TensorRT), fidelity.json, fidelity.svg (the per-layer chart)"
     )?;
     out.finish()
 }

@@ -13,6 +13,8 @@ mod labels;
 mod options;
 mod output;
 mod paths;
+mod plot;
+mod progress;
 mod reload;
 mod run;
 mod sd_notify;
