@@ -6,7 +6,9 @@
 mod bench;
 mod board;
 mod calibrate;
+mod eval;
 mod events;
+mod fit;
 mod info;
 mod kernels;
 mod labels;
@@ -87,6 +89,10 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Compile the CUDA kernels with NVRTC (no GPU needed) and optionally write their PTX.
     Kernels(kernels::KernelsArgs),
+    /// Fit the few-shot adapter and the fusion methods on labelled frames; writes a new bundle.
+    Fit(fit::FitArgs),
+    /// Top-1 accuracy and cost per frame of every head and fusion method on labelled frames.
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -119,6 +125,8 @@ fn try_main() -> i32 {
         Command::Board(a) => board::board(a),
         Command::Calibrate(a) => calibrate::calibrate(a),
         Command::Kernels(a) => kernels::kernels(a),
+        Command::Fit(a) => fit::fit(a),
+        Command::Eval(a) => eval::eval(a),
     };
     match result {
         Ok(()) => 0,

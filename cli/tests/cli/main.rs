@@ -17,6 +17,7 @@ mod config;
 mod crash;
 mod device;
 mod events;
+mod fusion;
 mod http;
 mod inputs;
 mod run;
