@@ -217,6 +217,99 @@ mod tests {
         }
     }
 
+    /// Every key of the event options reads the same through the config file and the command
+    /// line, and the command line wins.
+    #[test]
+    fn event_keys_share_the_command_lines_grammar() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            o: RunOptions,
+        }
+        let path = std::path::Path::new("/etc/edgefuse/edgefuse.toml");
+        let file = RunOptions::parse(
+            r#"
+device_id = "porch"
+mqtt = "mqtt://user:pa%40ss@broker.lan:1884/home/edgefuse"
+mqtt_results = 2
+journal = "/var/lib/edgefuse/journal"
+journal_max_mb = 16
+webhook = "https://hooks.example/edgefuse"
+webhook_secret_file = "/etc/edgefuse/webhook.secret"
+webhook_timeout_ms = 2500
+snapshots = "/var/lib/edgefuse/snapshots"
+snapshots_before = 2
+snapshots_max_files = 500
+snapshots_max_mb = 256
+"#,
+            path,
+        )
+        .unwrap();
+        let cli = Cmd::try_parse_from([
+            "run",
+            "--device-id",
+            "porch",
+            "--mqtt",
+            "mqtt://user:pa%40ss@broker.lan:1884/home/edgefuse",
+            "--mqtt-results",
+            "2",
+            "--journal",
+            "/var/lib/edgefuse/journal",
+            "--journal-max-mb",
+            "16",
+            "--webhook",
+            "https://hooks.example/edgefuse",
+            "--webhook-secret-file",
+            "/etc/edgefuse/webhook.secret",
+            "--webhook-timeout-ms",
+            "2500",
+            "--snapshots",
+            "/var/lib/edgefuse/snapshots",
+            "--snapshots-before",
+            "2",
+            "--snapshots-max-files",
+            "500",
+            "--snapshots-max-mb",
+            "256",
+        ])
+        .unwrap()
+        .o;
+        assert_eq!(format!("{file:?}"), format!("{cli:?}"));
+        let m = MqttConfig::parse(file.mqtt.as_deref().unwrap(), None).unwrap();
+        assert_eq!(
+            (m.host.as_str(), m.port, m.prefix.as_str()),
+            ("broker.lan", 1884, "home/edgefuse")
+        );
+        assert_eq!(m.credentials, Some(("user".into(), "pa@ss".into())));
+        // The same bad values are refused through both doors.
+        for (key, flag, bad, want) in [
+            ("device_id", "--device-id", "\"a/b\"", "MQTT topic"),
+            (
+                "snapshots_before",
+                "--snapshots-before",
+                "9",
+                "allowed 0..=8",
+            ),
+            ("mqtt_results", "--mqtt-results", "0", "allowed 1..=100"),
+        ] {
+            let fe = RunOptions::parse(&format!("{key} = {bad}\n"), path)
+                .unwrap_err()
+                .to_string();
+            let ce = Cmd::try_parse_from(["run", flag, bad.trim_matches('"')])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(fe.contains(want) && ce.contains(want), "{fe}\n{ce}");
+        }
+        let o = Cmd::try_parse_from(["run", "--device-id", "cli"])
+            .unwrap()
+            .o
+            .over(file);
+        assert_eq!(o.device_id, Some(DeviceId("cli".into())));
+        assert_eq!(o.journal_max_mb.map(|m| m.0), Some(16));
+    }
+
     #[test]
     fn device_ids_are_checked_through_both_doors() {
         assert!("cam-1".parse::<DeviceId>().is_ok());

@@ -322,6 +322,7 @@ fn dispatch(
                 m.dropped
                     .store(queue.dropped(), std::sync::atomic::Ordering::Relaxed);
                 m.pump();
+                m.refresh_status();
             }
             if let Some((w, _)) = &webhook {
                 w.wake();

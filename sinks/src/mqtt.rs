@@ -254,6 +254,8 @@ struct State {
     /// Ids sent by a previous connection (a second send is a resend).
     sent_before: u64,
     outage_logged: bool,
+    /// The loss counters the last status message reported.
+    reported: [u64; 3],
     stats: MqttStats,
     /// When each event of this run was decided, for the latency figures.
     decided: HashMap<u64, Instant>,
@@ -313,6 +315,7 @@ impl Mqtt {
                 sent_upto: sent,
                 sent_before: 0,
                 outage_logged: false,
+                reported: [0; 3],
                 stats: MqttStats::default(),
                 decided: HashMap::new(),
             }),
@@ -344,7 +347,7 @@ impl Mqtt {
         o.set_request_channel_capacity(WINDOW * 4);
         o.set_last_will(LastWill::new(
             &self.topic_status,
-            format!("{{\"state\":\"offline\",\"device\":{:?}}}", self.device),
+            serde_json::json!({"state": "offline", "device": self.device}).to_string(),
             QoS::AtLeastOnce,
             true,
         ));
@@ -378,6 +381,8 @@ impl Mqtt {
             return;
         };
         let j = lock(&self.journal);
+        // A full journal may have dropped records past what was handed out.
+        s.sent_upto = s.sent_upto.max(j.acked(self.reader));
         let in_flight = (s.sent_upto - j.acked(self.reader)) as usize;
         let room = WINDOW.saturating_sub(in_flight);
         for r in j.after(s.sent_upto).take(room) {
@@ -416,21 +421,37 @@ impl Mqtt {
         }
     }
 
-    fn status_payload(&self, state: &str) -> String {
+    /// The status message and the loss counters it reports.
+    fn status_payload(&self, state: &str) -> (String, [u64; 3]) {
         let j = lock(&self.journal);
         let js = j.stats();
-        format!(
-            "{{\"state\":{state:?},\"device\":{:?},\"events_dropped\":{},\"journal_dropped\":{},\"journal_not_written\":{},\"pending\":{}}}",
-            self.device,
+        let losses = [
             self.dropped.load(Ordering::Relaxed),
             js.dropped,
             js.not_written,
-            (j.next_id() - 1).saturating_sub(j.acked(self.reader)),
-        )
+        ];
+        let v = serde_json::json!({
+            "state": state,
+            "device": self.device,
+            "events_dropped": losses[0],
+            "journal_dropped": losses[1],
+            "journal_not_written": losses[2],
+            "pending": (j.next_id() - 1).saturating_sub(j.acked(self.reader)),
+        });
+        (v.to_string(), losses)
+    }
+
+    /// Publish the `online` status again when a loss counter changed since the last one.
+    pub fn refresh_status(&self) {
+        let mut s = lock(&self.state);
+        if s.connected && self.status_payload("online").1 != s.reported {
+            self.publish_status(&mut s, "online");
+        }
     }
 
     fn publish_status(&self, s: &mut State, state: &str) {
-        let payload = self.status_payload(state);
+        let (payload, losses) = self.status_payload(state);
+        s.reported = losses;
         if let Some(c) = &s.client {
             if c.try_publish(&self.topic_status, QoS::AtLeastOnce, true, payload)
                 .is_ok()
@@ -482,6 +503,10 @@ impl Mqtt {
                     s.acked.insert(id);
                     let mut j = lock(&self.journal);
                     let mut cursor = j.acked(self.reader);
+                    // Ids at or below the cursor (skipped by a full journal) are done.
+                    while s.acked.first().is_some_and(|&a| a <= cursor) {
+                        s.acked.pop_first();
+                    }
                     while s.acked.first() == Some(&(cursor + 1)) {
                         s.acked.pop_first();
                         cursor += 1;

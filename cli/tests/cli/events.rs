@@ -227,3 +227,31 @@ fn a_broker_down_at_start_is_said_once_and_the_run_journals() {
         r.context()
     );
 }
+
+#[test]
+fn a_killed_run_is_reported_offline_by_its_last_will() {
+    native_only!("MQTT last will end to end");
+    let Some(broker) = Broker::start("last_will") else {
+        return;
+    };
+    let sub = Subscriber::new(&broker, "w/+/status");
+    let run = Spawned::new(&[
+        "run",
+        "--source",
+        &mnist_paced(20),
+        "--json",
+        "--mqtt",
+        &broker.uri("w"),
+        "--device-id",
+        "w1",
+    ]);
+    let online = sub.wait_for(Duration::from_secs(30), |m| !m.is_empty());
+    let first: serde_json::Value = serde_json::from_slice(&online[0].payload).unwrap();
+    assert_eq!(first["state"], "online", "{first}");
+    run.signal("KILL");
+    let _ = run.exit_within(Duration::from_secs(10));
+    let msgs = sub.wait_for(Duration::from_secs(10), |m| m.len() >= 2);
+    let last: serde_json::Value = serde_json::from_slice(&msgs.last().unwrap().payload).unwrap();
+    assert_eq!(last["state"], "offline", "the broker published the will");
+    assert_eq!(last["device"], "w1");
+}

@@ -103,7 +103,10 @@ impl Spawned {
     }
 
     /// Wait up to `limit` for the exit; returns the exit code, the time it took, stdout, stderr.
-    pub(crate) fn exit_within(mut self, limit: Duration) -> (Option<i32>, Duration, String, String) {
+    pub(crate) fn exit_within(
+        mut self,
+        limit: Duration,
+    ) -> (Option<i32>, Duration, String, String) {
         let t = Instant::now();
         while self.running() {
             if t.elapsed() > limit {
