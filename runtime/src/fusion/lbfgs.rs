@@ -23,7 +23,7 @@ pub fn minimize(
     let mut y_hist: Vec<Vec<f64>> = Vec::with_capacity(MEMORY);
     let mut rho: Vec<f64> = Vec::with_capacity(MEMORY);
     let mut d = vec![0.0; n];
-    let mut alpha = vec![0.0; MEMORY];
+    let mut alpha = [0.0; MEMORY];
     let mut x_new = vec![0.0; n];
     let mut g_new = vec![0.0; n];
     for it in 0..iters {
