@@ -173,22 +173,23 @@ impl Sink for EventSink {
             }
             _ => false,
         };
+        let uri = &self.uri;
         if kind.is_some() {
-            let uri = &self.uri;
             self.queue.push_with(|f| {
                 f.fill(r, uri);
                 f.snapshot = snapshot;
             });
-        } else if let Some(every) = self.results_every {
+        }
+        if let Some(every) = self.results_every {
             let now = Instant::now();
             if self
                 .last_result
                 .is_none_or(|t| now.duration_since(t) >= every)
             {
                 self.last_result = Some(now);
-                let uri = &self.uri;
                 self.queue.push_with(|f| {
                     f.fill(r, uri);
+                    f.kind = None;
                     f.snapshot = false;
                 });
             }
