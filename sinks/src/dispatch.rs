@@ -295,7 +295,7 @@ fn dispatch(
             }
             let id = journal.lock().unwrap_or_else(|p| p.into_inner()).next_id();
             let snapshot = match (&mut snapshots, f.snapshot) {
-                (Some(s), true) => s.write(id, f.seq),
+                (Some(s), true) => s.write(id, f.seq, f.unix_ms),
                 _ => None,
             };
             let e = f.event(id, &ctx, snapshot);

@@ -224,10 +224,12 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
 }
 
 impl SnapshotWriter {
-    /// Write the queued job of frame `seq` for event `id`: `event-<id>.jpg` and, before it,
-    /// `event-<id>-before-<k>.jpg` (k = 1 is the frame just before). Returns the firing frame's
+    /// Write the queued job of frame `seq` for event `id` decided at `unix_ms`:
+    /// `event-<unix ms>-<id>.jpg` and, before it, `event-<unix ms>-<id>-before-<k>.jpg` (k = 1
+    /// is the frame just before; the time keeps names unique and in order across runs whose
+    /// ids restart, as they do without a journal folder). Returns the firing frame's
     /// path, `None` when there was no job (the fire was skipped) or writing failed (logged).
-    pub fn write(&mut self, id: u64, seq: u64) -> Option<String> {
+    pub fn write(&mut self, id: u64, seq: u64, unix_ms: u64) -> Option<String> {
         // Jobs of facts the queue had to drop are older than this one: recycle them.
         let job = loop {
             let mut pool = lock(&self.pool);
@@ -241,9 +243,9 @@ impl SnapshotWriter {
         for (k, frame) in job.frames[..job.used].iter().enumerate() {
             let back = job.used - 1 - k;
             let name = if back == 0 {
-                format!("event-{id:010}.jpg")
+                format!("event-{unix_ms:013}-{id}.jpg")
             } else {
-                format!("event-{id:010}-before-{back}.jpg")
+                format!("event-{unix_ms:013}-{id}-before-{back}.jpg")
             };
             match self.encode_and_write(frame, &name) {
                 Ok(p) => {
@@ -323,8 +325,13 @@ mod tests {
             c.remember(&frame(i as u64 * 10, fmt, 100));
             c.remember(&frame(i as u64 * 10 + 1, fmt, 150));
             assert!(c.fire(&frame(i as u64 * 10 + 2, fmt, 200)));
-            let p = w.write(i as u64 + 1, i as u64 * 10 + 2).expect("written");
-            assert!(p.ends_with(&format!("event-{:010}.jpg", i + 1)), "{p}");
+            let p = w
+                .write(i as u64 + 1, i as u64 * 10 + 2, 7)
+                .expect("written");
+            assert!(
+                p.ends_with(&format!("event-0000000000007-{}.jpg", i + 1)),
+                "{p}"
+            );
             for name in [
                 p.clone(),
                 p.replace(".jpg", "-before-1.jpg"),
@@ -366,12 +373,13 @@ mod tests {
             assert_eq!(c.fire(&frame(i, PixelFormat::Grey, 9)), i < JOBS as u64);
         }
         for id in 1..=JOBS as u64 {
-            assert!(w.write(id, id - 1).is_some());
+            assert!(w.write(id, id - 1, 1000 + id).is_some());
         }
-        assert!(w.write(99, 99).is_none(), "no job left");
+        assert!(w.write(99, 99, 2000).is_none(), "no job left");
         let n = fs::read_dir(d.path()).unwrap().count();
         assert_eq!(n, 3);
-        assert!(!d.path().join("event-0000000001.jpg").exists());
+        assert!(!d.path().join("event-0000000001001-1.jpg").exists());
+        assert!(d.path().join("event-0000000001004-4.jpg").exists());
         assert_eq!(w.counts(), (JOBS as u64, 1));
     }
 
