@@ -7,7 +7,8 @@
 //! fire the ring's buffers are swapped (not copied) into a free job, the firing frame copied
 //! after them. Once the buffers have grown to the frame size (the first frames: warm-up), this
 //! allocates nothing. A fire while every job is busy is counted and gets no snapshot. The
-//! dispatcher thread ([`SnapshotWriter`]) converts to RGB, encodes and writes.
+//! dispatcher thread ([`SnapshotWriter`]) converts to RGB (the status page's conversion), encodes
+//! and writes.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
@@ -15,7 +16,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use edgefuse_runtime::frame::{Frame, PixelFormat};
+use edgefuse_runtime::frame::Frame;
 
 /// Jobs (fires waiting for the encoder) the pool holds.
 const JOBS: usize = 4;
@@ -162,50 +163,6 @@ impl SnapshotCapture {
     }
 }
 
-/// Convert any frame to packed RGB (BT.601 limited range for YUV), into `out`.
-fn to_rgb(f: &Frame, out: &mut Vec<u8>) {
-    let (w, h) = (f.width as usize, f.height as usize);
-    out.clear();
-    out.resize(w * h * 3, 0);
-    let yuv = |y: u8, u: u8, v: u8| {
-        let c = (y as f32 - 16.0) * 1.164;
-        let (d, e) = (u as f32 - 128.0, v as f32 - 128.0);
-        [
-            (c + 1.596 * e).clamp(0.0, 255.0) as u8,
-            (c - 0.392 * d - 0.813 * e).clamp(0.0, 255.0) as u8,
-            (c + 2.017 * d).clamp(0.0, 255.0) as u8,
-        ]
-    };
-    let d = &f.data;
-    for y in 0..h {
-        for x in 0..w {
-            let px = match f.format {
-                PixelFormat::Rgb => [
-                    d[(y * w + x) * 3],
-                    d[(y * w + x) * 3 + 1],
-                    d[(y * w + x) * 3 + 2],
-                ],
-                PixelFormat::Bgr => [
-                    d[(y * w + x) * 3 + 2],
-                    d[(y * w + x) * 3 + 1],
-                    d[(y * w + x) * 3],
-                ],
-                PixelFormat::Grey => [d[y * w + x]; 3],
-                PixelFormat::Yuyv => {
-                    let base = (y * w + (x & !1)) * 2;
-                    let luma = d[base + if x & 1 == 0 { 0 } else { 2 }];
-                    yuv(luma, d[base + 1], d[base + 3])
-                }
-                PixelFormat::Nv12 => {
-                    let uv = w * h + (y / 2) * w + (x & !1);
-                    yuv(d[y * w + x], d[uv], d[uv + 1])
-                }
-            };
-            out[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&px);
-        }
-    }
-}
-
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
@@ -267,7 +224,15 @@ impl SnapshotWriter {
     }
 
     fn encode_and_write(&mut self, frame: &Frame, name: &str) -> io::Result<PathBuf> {
-        to_rgb(frame, &mut self.rgb);
+        // The status page's conversion (BT.601 limited range for the YUV formats).
+        crate::http::snapshot::to_rgb(
+            &frame.data,
+            frame.width,
+            frame.height,
+            frame.format,
+            &mut self.rgb,
+        )
+        .ok_or_else(|| io::Error::other("the frame is shorter than its format needs"))?;
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, self.cfg.quality)
             .encode(
@@ -301,6 +266,7 @@ impl SnapshotWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgefuse_runtime::frame::PixelFormat;
 
     fn frame(seq: u64, format: PixelFormat, shade: u8) -> Frame {
         let mut f = Frame::with_capacity(0);
