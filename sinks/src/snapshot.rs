@@ -5,8 +5,8 @@
 //! The inference thread's side ([`SnapshotCapture`]) copies frames into buffers it took from a
 //! pool when the run started: each frame into a ring of the last N (only when N > 0), and on a
 //! fire the ring's buffers are swapped (not copied) into a free job, the firing frame copied
-//! after them. Once the buffers have grown to the frame size (the first frames: warm-up), this
-//! allocates nothing. A fire while every job is busy is counted and gets no snapshot. The
+//! after them. Every buffer is grown to the frame size on the first frame (warm-up); after
+//! that this allocates nothing (unless the frames grow). A fire while every job is busy is counted and gets no snapshot. The
 //! dispatcher thread ([`SnapshotWriter`]) converts to RGB (the status page's conversion), encodes
 //! and writes.
 
@@ -64,6 +64,9 @@ fn lock(m: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 
 /// The inference thread's side.
 pub struct SnapshotCapture {
+    /// Bytes every buffer has room for (grown on the first frame, and again only if the
+    /// frames grow).
+    reserved: usize,
     history: Vec<Frame>,
     next: usize,
     filled: usize,
@@ -113,6 +116,7 @@ pub fn open(cfg: &SnapshotConfig) -> Result<(SnapshotCapture, SnapshotWriter), S
     }));
     Ok((
         SnapshotCapture {
+            reserved: 0,
             history: (0..cfg.before).map(|_| Frame::with_capacity(0)).collect(),
             next: 0,
             filled: 0,
@@ -129,8 +133,24 @@ pub fn open(cfg: &SnapshotConfig) -> Result<(SnapshotCapture, SnapshotWriter), S
 }
 
 impl SnapshotCapture {
+    /// Give every buffer (the ring's and the idle jobs') room for `frame`: allocates on the
+    /// first frame (warm-up), afterwards only if the frames grow.
+    fn reserve(&mut self, frame: &Frame) {
+        let need = frame.data.len();
+        if need <= self.reserved {
+            return;
+        }
+        let grow = |f: &mut Frame| f.data.reserve(need.saturating_sub(f.data.len()));
+        self.history.iter_mut().for_each(grow);
+        for job in &mut lock(&self.pool).spare {
+            job.frames.iter_mut().for_each(grow);
+        }
+        self.reserved = need;
+    }
+
     /// Keep a copy of a frame that did not fire, for the frames-before of the next fire.
     pub fn remember(&mut self, frame: &Frame) {
+        self.reserve(frame);
         if self.history.is_empty() {
             return;
         }
@@ -142,6 +162,7 @@ impl SnapshotCapture {
     /// The frame fired: queue it (and the remembered frames before it) for the writer.
     /// `false` when every job is busy (counted).
     pub fn fire(&mut self, frame: &Frame) -> bool {
+        self.reserve(frame);
         let mut pool = lock(&self.pool);
         let Some(mut job) = pool.spare.pop() else {
             pool.skipped += 1;

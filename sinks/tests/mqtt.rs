@@ -1,7 +1,7 @@
 //! The event sink against a real broker (Debian's mosquitto on a free loopback port, see
 //! `edgefuse_tests::mosquitto`): payloads arrive; a broker stopped for a while and restarted
 //! loses nothing and keeps the order; a sink started with the broker down journals and a later
-//! start replays; `frame` allocates nothing after warm-up. Delivery is at least once with a
+//! start replays; `frame` (with snapshots) allocates nothing after warm-up. Delivery is at least once with a
 //! stable id: the tests dedupe by id and check that every id arrives, in increasing order of
 //! first arrival. Budget: about 15 s natively; under qemu (`EDGEFUSE_TEST_EMULATED`) shorter.
 
@@ -288,24 +288,37 @@ fn a_start_with_the_broker_down_journals_and_the_next_start_replays() {
 fn frame_allocates_nothing_after_warm_up() {
     // No broker needed: the hand-off is what runs on the inference thread.
     let port = edgefuse_tests::mosquitto::free_port();
+    let snaps = tempfile::tempdir().unwrap();
     let cfg = EventConfig {
         mqtt_results_every: Some(Duration::ZERO),
+        snapshots: Some(edgefuse_sinks::snapshot::SnapshotConfig {
+            dir: snaps.path().to_path_buf(),
+            before: 2,
+            max_files: 10,
+            max_bytes: 1 << 20,
+            quality: 80,
+        }),
         ..config(&format!("mqtt://127.0.0.1:{port}/a"), None)
     };
     let mut sink = EventSink::start(cfg, &info()).unwrap();
     let mut f = Feeder::new();
+    // Warm-up: the first frame sizes the snapshot buffers.
     f.feed(&mut sink, 0);
     let before = counts_all()[Scope::Pipeline as usize];
     {
         let _g = scope(Scope::Pipeline);
-        let t = Instant::now();
+        let mut spent = Duration::ZERO;
         for seq in 1..200 {
+            let t = Instant::now();
             f.feed(&mut sink, seq);
+            spent += t.elapsed();
+            // Paced like a camera, so the dispatcher keeps up and snapshots are taken.
+            std::thread::sleep(Duration::from_millis(2));
         }
         // A figure for the record (this build's optimisation level), not an assertion.
         eprintln!(
-            "Sink::frame with an event and a result: {:.1} us per frame",
-            t.elapsed().as_secs_f64() * 1e6 / 199.0
+            "Sink::frame with an event, a result and a snapshot copy: {:.1} us per frame",
+            spent.as_secs_f64() * 1e6 / 199.0
         );
         sink.source(SourceState::Offline, "test").unwrap();
     }
@@ -315,5 +328,13 @@ fn frame_allocates_nothing_after_warm_up() {
         0,
         "allocations in Sink::frame on the inference thread"
     );
-    finish(sink);
+    let summary = finish(sink);
+    let written: u64 = summary
+        .split("snapshots: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    // Warm-up fired once: more than that many were taken while allocations were counted.
+    assert!(written > 5, "the counted frames took snapshots\n{summary}");
 }
