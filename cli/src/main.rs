@@ -12,6 +12,7 @@ mod fit;
 mod info;
 mod kernels;
 mod labels;
+mod models;
 mod options;
 mod output;
 mod paths;
@@ -85,6 +86,8 @@ enum Command {
     Labels(labels::LabelsArgs),
     /// Jetson 40-pin header maps and board detection.
     Board(board::BoardArgs),
+    /// Install, list, activate and roll back model bundles (atomic switch, validated first).
+    Models(models::ModelsArgs),
     /// Calibrate activation ranges on frames and write an int8 bundle.
     Calibrate(calibrate::CalibrateArgs),
     /// Compile the CUDA kernels with NVRTC (no GPU needed) and optionally write their PTX.
@@ -123,6 +126,7 @@ fn try_main() -> i32 {
         Command::Info(a) => info::info(a),
         Command::Labels(a) => labels::labels(a),
         Command::Board(a) => board::board(a),
+        Command::Models(a) => models::models(a),
         Command::Calibrate(a) => calibrate::calibrate(a),
         Command::Kernels(a) => kernels::kernels(a),
         Command::Fit(a) => fit::fit(a),

@@ -38,13 +38,26 @@ fn find_data(rel: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// The bundle folder: `model`, else `$EDGEFUSE_MODEL`, else the bundled default.
+/// The models folder of `edgefuse models`: `$EDGEFUSE_MODELS_DIR`, else the package's
+/// `/var/lib/edgefuse/models` (the services' state directory).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("EDGEFUSE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/edgefuse/models"))
+}
+
+/// The bundle folder: `model`, else `$EDGEFUSE_MODEL`, else the active model of the models
+/// folder ([`models_dir`]; resolved, so a switch while it loads cannot mix two versions), else
+/// the bundled default.
 pub fn model_dir(model: Option<&Path>) -> Result<PathBuf> {
     if let Some(m) = model {
         return Ok(m.to_path_buf());
     }
     if let Some(m) = std::env::var_os("EDGEFUSE_MODEL") {
         return Ok(PathBuf::from(m));
+    }
+    if let Some(active) = edgefuse_models::store::Store::new(models_dir()).active_dir() {
+        return Ok(active);
     }
     find_data("default").ok_or_else(|| {
         UsageError(

@@ -20,6 +20,7 @@ mod events;
 mod fusion;
 mod http;
 mod inputs;
+mod models;
 mod run;
 mod service;
 mod signals;

@@ -3,17 +3,19 @@
 //!
 //! ```text
 //! <models>/versions/<name>/   one folder per installed bundle, never changed once installed
-//! <models>/active           → versions/<name>   the bundle `edgefuse run` uses by default
-//! <models>/previous         → versions/<name>   the one `rollback` returns to
+//! <models>/active           → state/active      the bundle `edgefuse run` uses by default
+//! <models>/previous         → state/previous    the one `rollback` returns to
+//! <models>/state            → states/<n>        switched by one rename
+//! <models>/states/<n>/active, previous → ../../versions/<name>
 //! <models>/.staging-<pid>/   an install in progress (removed by the next install if killed)
 //! ```
 //!
 //! An install unpacks into the staging folder, validates the bundle completely (signature when a
 //! key is given, manifest and checksums through [`Bundle::open`], then the caller's test
 //! inference), renames it into `versions/`, and only then switches `active`. The switch writes a
-//! new symbolic link beside the old one and renames it over it: `rename(2)` replaces the link in
-//! one step, so `active` always names a complete, validated bundle, whatever moment the process
-//! is killed at. Every write goes through [`crate::files::crash_point`] for the
+//! new state folder with both links, then a new `state` link beside the old one, and renames it
+//! over it: `rename(2)` replaces the link in one step, so `active` and `previous` always name
+//! complete, validated bundles and change together, whatever moment the process is killed at. Every write goes through [`crate::files::crash_point`] for the
 //! kill-at-each-write tests.
 
 mod sign;
@@ -21,6 +23,8 @@ mod unpack;
 
 use std::path::{Path, PathBuf};
 
+/// An ed25519 public key that bundles must be signed with ([`read_public_key`]).
+pub use ed25519_dalek::VerifyingKey as PublicKey;
 pub use sign::{
     keypair_hex, read_public_key, read_secret_key, sign_bundle, verify_bundle, SIGNATURE_FILE,
 };
@@ -36,6 +40,10 @@ pub const PREVIOUS: &str = "previous";
 /// The folder holding the installed versions.
 pub const VERSIONS: &str = "versions";
 const STAGING_PREFIX: &str = ".staging-";
+/// The link to the current state folder (which holds the `active` and `previous` links).
+const STATE: &str = "state";
+/// The folder of state folders.
+const STATES: &str = "states";
 
 /// Everything that can go wrong in the store; each names the path or model and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +129,7 @@ pub enum StoreError {
         message: String,
     },
     /// A version of that name is installed already.
-    #[error("a model named `{name}` is installed already; pass --name to install this one under another name")]
+    #[error("a model named `{name}` is installed already; pass --name to install this one under another name (if an install of it was interrupted, `edgefuse models activate {name}` makes it active)")]
     Exists {
         /// The name.
         name: String,
@@ -244,7 +252,7 @@ impl Store {
 
     /// The name `link` (`active` or `previous`) points at.
     fn link_name(&self, link: &str) -> Option<String> {
-        let target = std::fs::read_link(self.dir.join(link)).ok()?;
+        let target = std::fs::read_link(self.dir.join(STATE).join(link)).ok()?;
         let name = target.file_name()?.to_str()?.to_string();
         self.dir.join(VERSIONS).join(&name).is_dir().then_some(name)
     }
@@ -324,6 +332,19 @@ impl Store {
             } else if name.ends_with(".new") || name.starts_with(".probe-") {
                 files::crash_point("remove", &p);
                 std::fs::remove_file(&p).map_err(|err| io_err(&p, "remove", err))?;
+            }
+        }
+        // State folders other than the current one (a switch killed before its rename, or
+        // replaced by a later switch).
+        let current = self.state_number().map(|n| n.to_string());
+        let states = self.dir.join(STATES);
+        if let Ok(rd) = std::fs::read_dir(&states) {
+            for e in rd.flatten() {
+                if Some(e.file_name().to_string_lossy().as_ref()) != current.as_deref() {
+                    let p = e.path();
+                    files::crash_point("remove", &p);
+                    std::fs::remove_dir_all(&p).map_err(|err| io_err(&p, "remove", err))?;
+                }
             }
         }
         Ok(())
@@ -413,6 +434,11 @@ impl Store {
         sync_tree(&root)?;
         files::rename(&root, &dest).map_err(|e| io_err(&dest, "rename", e))?;
         files::sync_dir(&versions).map_err(|e| io_err(&versions, "sync", e))?;
+        if root != staging {
+            // The archive's top folder moved out; the staging folder is empty now.
+            files::crash_point("remove", staging);
+            std::fs::remove_dir(staging).map_err(|e| io_err(staging, "remove", e))?;
+        }
         let replaced = self.active();
         self.switch(&name)?;
         Ok(InstallReport {
@@ -474,28 +500,65 @@ impl Store {
         Ok((previous, summary))
     }
 
-    /// Point `active` at `name`, and `previous` at what `active` named. `previous` is written
-    /// first: a kill between the two leaves `active` as it was.
+    /// Make `name` active and what was active `previous`, in one atomic step: both links live in
+    /// a new folder `states/<n>/`, and renaming a new `state` link over the old one switches them
+    /// together (`active` and `previous` themselves are fixed links into `state/`).
     fn switch(&self, name: &str) -> Result<(), StoreError> {
         let current = self.active();
         if current.as_deref() == Some(name) {
             return Ok(());
         }
-        if let Some(c) = current {
-            self.set_link(PREVIOUS, &c)?;
+        let states = self.dir.join(STATES);
+        if !states.is_dir() {
+            files::crash_point("create", &states);
+            std::fs::create_dir(&states).map_err(|e| io_err(&states, "create", e))?;
         }
-        self.set_link(ACTIVE, name)?;
+        let next = (self.state_number().unwrap_or(0) + 1).to_string();
+        let staged = states.join(format!(".new-{}", std::process::id()));
+        files::crash_point("create", &staged);
+        std::fs::create_dir(&staged).map_err(|e| io_err(&staged, "create", e))?;
+        let link = |link: &str, to: &str| -> Result<(), StoreError> {
+            let p = staged.join(link);
+            files::crash_point("create", &p);
+            let target = Path::new("../..").join(VERSIONS).join(to);
+            std::os::unix::fs::symlink(target, &p).map_err(|e| io_err(&p, "create", e))
+        };
+        link(ACTIVE, name)?;
+        if let Some(c) = &current {
+            link(PREVIOUS, c)?;
+        }
+        files::sync_dir(&staged).map_err(|e| io_err(&staged, "sync", e))?;
+        let done = states.join(&next);
+        files::rename(&staged, &done).map_err(|e| io_err(&done, "rename", e))?;
+        files::sync_dir(&states).map_err(|e| io_err(&states, "sync", e))?;
+        self.set_link(STATE, &Path::new(STATES).join(&next))?;
+        // The fixed links, made once (dangling until the first state exists).
+        for l in [ACTIVE, PREVIOUS] {
+            let want = Path::new(STATE).join(l);
+            if std::fs::read_link(self.dir.join(l)).ok().as_deref() != Some(want.as_path()) {
+                self.set_link(l, &want)?;
+            }
+        }
         log::info!("{}: active model is now {name}", self.dir.display());
         Ok(())
     }
 
-    /// Replace the link `link` by one to `versions/<name>`, atomically.
-    fn set_link(&self, link: &str, name: &str) -> Result<(), StoreError> {
+    /// The number of the state folder `state` names.
+    fn state_number(&self) -> Option<u64> {
+        std::fs::read_link(self.dir.join(STATE))
+            .ok()?
+            .file_name()?
+            .to_str()?
+            .parse()
+            .ok()
+    }
+
+    /// Replace the link `link` by one to `target`, atomically (a new link renamed over it).
+    fn set_link(&self, link: &str, target: &Path) -> Result<(), StoreError> {
         let tmp = self.dir.join(format!(".{link}.new"));
         let _ = std::fs::remove_file(&tmp);
-        let target = Path::new(VERSIONS).join(name);
         files::crash_point("create", &tmp);
-        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| io_err(&tmp, "create", e))?;
+        std::os::unix::fs::symlink(target, &tmp).map_err(|e| io_err(&tmp, "create", e))?;
         let path = self.dir.join(link);
         files::rename(&tmp, &path).map_err(|e| io_err(&path, "rename", e))?;
         files::sync_dir(&self.dir).map_err(|e| io_err(&self.dir, "sync", e))

@@ -61,7 +61,7 @@ fn install_activate_rollback_switch_the_active_link() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["active", "previous", "versions"]);
+    assert_eq!(names, ["active", "previous", "state", "states", "versions"]);
 }
 
 #[test]
@@ -103,8 +103,8 @@ fn a_failing_test_inference_or_checksum_leaves_the_active_model() {
     assert_eq!(store.list().unwrap().len(), 1);
     assert_eq!(
         std::fs::read_dir(store.dir()).unwrap().count(),
-        2,
-        "only active and versions"
+        5,
+        "no staging left"
     );
 }
 
