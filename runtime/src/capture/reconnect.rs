@@ -365,6 +365,111 @@ mod tests {
         assert_eq!(b.delay(u32::MAX), ms(5000), "no overflow");
     }
 
+    /// A source that delivers `frames` frames of `bytes` bytes, then fails.
+    struct Scripted {
+        frames: u32,
+        bytes: usize,
+    }
+
+    impl FrameSource for Scripted {
+        fn uri(&self) -> &str {
+            "test://"
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn max_frame_bytes(&self) -> usize {
+            self.bytes
+        }
+        fn next_frame(&mut self, frame: &mut Frame) -> Result<bool, CaptureError> {
+            if self.frames == 0 {
+                return Err(CaptureError::Device {
+                    device: "test".into(),
+                    message: "gone (ENODEV)".into(),
+                });
+            }
+            self.frames -= 1;
+            frame.seq = 999;
+            Ok(true)
+        }
+    }
+
+    /// Opens: the first works, then `plan` says for each later attempt whether it works and
+    /// with how large frames.
+    fn opener(plan: Vec<Option<usize>>) -> Opener {
+        let mut plan = plan.into_iter();
+        let mut first = true;
+        Box::new(move |_: &Interrupt| {
+            let bytes = if std::mem::take(&mut first) {
+                Some(100)
+            } else {
+                plan.next().unwrap_or(None)
+            };
+            match bytes {
+                Some(bytes) => Ok(Box::new(Scripted { frames: 2, bytes }) as Box<dyn FrameSource>),
+                None => Err(CaptureError::Device {
+                    device: "test".into(),
+                    message: "not there".into(),
+                }),
+            }
+        })
+    }
+
+    #[test]
+    fn offline_then_online_with_frame_numbers_going_on() {
+        let fast = Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+        };
+        let mut r = Reconnecting::open(
+            "test://",
+            Duration::from_secs(1),
+            fast,
+            opener(vec![None, None, Some(100), Some(80), Some(200)]),
+        )
+        .unwrap();
+        let feed = r.health().unwrap();
+        let mut f = Frame::with_capacity(100);
+        let mut seqs = Vec::new();
+        let mut states = Vec::new();
+        for _ in 0..6 {
+            assert!(r.next_frame(&mut f).unwrap());
+            seqs.push(f.seq);
+            states.extend(std::iter::from_fn(|| feed.take()).map(|c| c.state));
+        }
+        assert_eq!(seqs, [0, 1, 2, 3, 4, 5]);
+        use Health::*;
+        assert_eq!(states, [Offline, Online, Offline, Online]);
+        assert_eq!(r.stats().outages, 2);
+        // A source that comes back with larger frames than the ring holds ends the run.
+        let e = r.next_frame(&mut f).unwrap_err().to_string();
+        assert!(e.contains("larger frames (200 bytes)"), "{e}");
+    }
+
+    #[test]
+    fn stopping_cuts_the_backoff_short() {
+        let slow = Backoff {
+            first: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        };
+        let mut r = Reconnecting::open("test://", Duration::from_secs(1), slow, opener(vec![None]))
+            .unwrap();
+        let stop = r.interrupt().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stop.fire();
+        });
+        let mut f = Frame::with_capacity(100);
+        let started = Instant::now();
+        let mut n = 0;
+        while r.next_frame(&mut f).unwrap() {
+            n += 1;
+        }
+        assert_eq!(n, 2);
+        assert!(started.elapsed() < Duration::from_secs(60));
+        t.join().unwrap();
+    }
+
     #[test]
     fn the_feed_keeps_order_and_counts_what_it_drops() {
         let f = HealthFeed::default();
