@@ -1,8 +1,10 @@
 //! Zero heap allocations per frame in the whole process after warm-up: capture (also a camera
 //! inside the recovery wrapper, while online), ring, trigger,
 //! preprocessing, the models (the CPU plan and its worker threads), fusion, decision and event
-//! emission, for synthetic and file sources, on the default bundle and an int8 bundle calibrated
-//! here (and on the bundle `EDGEFUSE_ALLOC_BUNDLE` names, e.g. a ViT-B/32 export). tract, the
+//! emission, for synthetic and file sources, on the default bundle, an int8 bundle calibrated
+//! here and a bundle with fitted fusion (the adapter head and `gated`; every method's combination
+//! is also measured directly), and on the bundle `EDGEFUSE_ALLOC_BUNDLE` names (e.g. a ViT-B/32
+//! export). tract, the
 //! fallback engine, allocates per frame: it is measured once to show the counter sees the
 //! engine's allocations, so the zeros are meaningful.
 //!
@@ -119,6 +121,76 @@ fn int8_bundle(float: &Bundle, dir: &std::path::Path) -> Bundle {
     Bundle::open(dir).expect("int8 bundle")
 }
 
+/// The default bundle with fitted fusion parameters for every method (values made up: the
+/// shapes are what allocation depends on), the adapter head, running `gated`.
+fn fitted_bundle(float: &Bundle, dir: &std::path::Path) -> Bundle {
+    use edgefuse_models::fitted::{gate_features, Adapter, FittedParams, Head, Linear};
+    let m = float.manifest();
+    let (n, d) = (m.labels.len(), m.encoder.embedding_dim);
+    let lin = |rows: usize, cols: usize| Linear {
+        rows,
+        cols,
+        weights: (0..rows * cols).map(|i| (i as f32 * 0.37).sin()).collect(),
+        bias: vec![0.0; rows],
+        l2: 0.0,
+    };
+    let params = FittedParams {
+        heads: vec![Head::Clip, Head::Qformer, Head::Adapter],
+        adapter: Some(Adapter {
+            linear: lin(n, d),
+            weight: 1.0,
+        }),
+        learned_weights: Some(vec![0.0, 0.5, 1.0]),
+        stacking: Some(lin(n, 3 * n)),
+        gated: Some(lin(3, gate_features(3, true))),
+        concat: Some(lin(n, 2 * d)),
+    };
+    let record = edgefuse_models::bundle::FitRecord {
+        method: edgefuse_models::manifest::FusionMethod::Gated,
+        frames: 0,
+        frames_sha256: String::new(),
+        source: String::new(),
+        folds: 2,
+        cv_accuracy: Default::default(),
+    };
+    std::fs::create_dir_all(dir).expect("fitted dir");
+    float
+        .write_fitted(dir, &params, &record)
+        .expect("fitted bundle");
+    Bundle::open(dir).expect("fitted bundle opens")
+}
+
+/// Every fusion method's per-frame work (the heads, then each method's combination) on the
+/// fitted bundle's head allocates nothing after the first frame.
+fn no_allocation_in_any_fusion_method(fitted: &Bundle) {
+    use edgefuse_runtime::fusion::FusionHead;
+    let mut head = FusionHead::from_bundle(fitted, true);
+    let methods = head.methods();
+    assert_eq!(methods.len(), 8, "{methods:?}");
+    let d = fitted.manifest().encoder.embedding_dim;
+    let q = fitted
+        .manifest()
+        .qformer
+        .as_ref()
+        .expect("q-former")
+        .queries;
+    let emb: Vec<f32> = (0..d).map(|i| (i as f32).cos()).collect();
+    let queries: Vec<f32> = (0..q * d).map(|i| (i as f32 * 0.1).sin()).collect();
+    let mut top = edgefuse_runtime::fusion::TopK::new();
+    head.run(&emb, Some(&queries), 3, &mut top);
+    let before = edgefuse_runtime::alloc::counts_all();
+    for _ in 0..50 {
+        head.heads_only(&emb, Some(&queries));
+        for m in &methods {
+            assert!(head.combine(*m));
+        }
+        head.run(&emb, Some(&queries), 3, &mut top);
+    }
+    let after = edgefuse_runtime::alloc::counts_all();
+    println!("fusion methods {methods:?}: 50 frames, allocations {before:?} -> {after:?}");
+    assert_eq!(before, after, "a fusion method allocated per frame");
+}
+
 fn main() {
     no_allocation_per_frame_in_the_whole_process();
     println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
@@ -128,6 +200,8 @@ fn no_allocation_per_frame_in_the_whole_process() {
     let bundle = Bundle::open(default_bundle()).expect("bundle");
     let tmp = tempfile::tempdir().expect("tempdir");
     let int8 = int8_bundle(&bundle, &tmp.path().join("int8"));
+    let fitted = fitted_bundle(&bundle, &tmp.path().join("fitted"));
+    no_allocation_in_any_fusion_method(&fitted);
     let (frames, warmup) = frame_counts();
     let n = frames + warmup;
     let ((w1, h1), (w2, h2)) = if emulated() {
@@ -160,6 +234,8 @@ fn no_allocation_per_frame_in_the_whole_process() {
             },
         ),
         ("int8", &int8, mnist.clone(), TriggerSpec::Continuous),
+        // Fitted fusion: the adapter head and the gated method.
+        ("fitted", &fitted, mnist.clone(), TriggerSpec::Continuous),
         // A camera inside the recovery wrapper (a simulated one that would fail only after the
         // run): while it is online, reopening costs nothing per frame.
         (
