@@ -534,6 +534,28 @@ status_led = "pin:12"
         let fe = parse("board = \"pi\"\n").unwrap_err().to_string();
         let ce = cli(&["--board", "pi"]).err().unwrap().to_string();
         assert!(fe.contains("unknown board `pi`") && ce.contains("unknown board `pi`"));
+        // The stall timeout: one duration grammar and range through both doors.
+        assert_eq!(
+            parse("stall_timeout = \"2s\"\n").unwrap().stall_timeout,
+            cli(&["--stall-timeout", "2000ms"]).unwrap().stall_timeout
+        );
+        let fe = parse("stall_timeout = \"5ms\"\n").unwrap_err().to_string();
+        let ce = cli(&["--stall-timeout", "5ms"]).err().unwrap().to_string();
+        assert!(
+            fe.contains("from 100ms to 3600s") && ce.contains("from 100ms to 3600s"),
+            "{fe}\n{ce}"
+        );
+        assert_eq!(
+            cli(&["--stall-timeout", "1s"])
+                .unwrap()
+                .open_options()
+                .stall_timeout,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            RunOptions::default().open_options(),
+            edgefuse_runtime::capture::OpenOptions::default()
+        );
         // --json alone means true; --json=false overrides a file's json = true.
         assert_eq!(cli(&["--json"]).unwrap().json, Some(true));
         let over = cli(&["--json=false"])
@@ -670,6 +692,7 @@ status_led = "pin:12"
             b"[label_thresholds]\n",
             b"[on]\n",
             b"status_led = \"pin:",
+            b"stall_timeout = \"",
         ];
         let r = edgefuse_tests::fuzz::run("config", dict, 1 << 16, target);
         assert!(r.crashes.is_empty(), "{:?}", r.crashes);
