@@ -23,6 +23,9 @@ use crate::{RunInfo, Sink, SinkError, SourceState};
 /// stalled disk.
 pub const QUEUE_FACTS: usize = 64;
 
+/// Largest event payload (the journal's record limit and the MQTT packet limit are above it).
+pub const MAX_EVENT_BYTES: usize = 512 << 10;
+
 /// How long `finish` waits for the broker / endpoint to acknowledge what is journaled.
 pub const DRAIN: Duration = Duration::from_secs(3);
 
@@ -66,6 +69,7 @@ pub enum EventSinkError {
 #[derive(Debug, Default)]
 struct Report {
     events: u64,
+    unencodable: u64,
     journal: JournalStats,
     left: u64,
     mqtt: Option<MqttStats>,
@@ -228,6 +232,9 @@ impl Sink for EventSink {
             report.journal.torn,
             report.left,
         );
+        if report.unencodable > 0 {
+            line += &format!(", {} dropped (too large to send)", report.unencodable);
+        }
         if let Some(m) = &report.mqtt {
             let mut l = m.latency_ms.clone();
             l.sort_by(f64::total_cmp);
@@ -258,7 +265,7 @@ impl Sink for EventSink {
                 report.snapshots.0, report.snapshots.1
             );
         }
-        let lost = queue_dropped + report.journal.dropped;
+        let lost = queue_dropped + report.journal.dropped + report.unencodable;
         if lost > 0 {
             log::warn!("events: {lost} events were dropped (see the summary)");
         }
@@ -300,9 +307,20 @@ fn dispatch(
             };
             let e = f.event(id, &ctx, snapshot);
             let payload = match serde_json::to_vec(&e) {
-                Ok(p) => p,
+                Ok(p) if p.len() <= MAX_EVENT_BYTES => p,
+                Ok(p) => {
+                    // Only absurd label names get here; the journal and the broker refuse it.
+                    log::error!(
+                        "events: event of frame {} is {} bytes, more than {MAX_EVENT_BYTES}: dropped (counted)",
+                        f.seq,
+                        p.len()
+                    );
+                    report.unencodable += 1;
+                    continue;
+                }
                 Err(err) => {
-                    log::error!("events: cannot encode event {id}: {err}");
+                    log::error!("events: cannot encode the event of frame {}: {err}", f.seq);
+                    report.unencodable += 1;
                     continue;
                 }
             };

@@ -344,6 +344,9 @@ impl Mqtt {
         o.set_keep_alive(Duration::from_secs(10));
         o.set_clean_session(true);
         o.set_inflight(WINDOW as u16 * 2);
+        // rumqttc's default outgoing limit (10 KiB) is below a long event (a 4 KiB path, 16
+        // long labels); a refused publish would fail the connection on every replay.
+        o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_request_channel_capacity(WINDOW * 4);
         o.set_last_will(LastWill::new(
             &self.topic_status,
@@ -364,7 +367,11 @@ impl Mqtt {
 
     /// Remember when event `id` was decided (for the latency figures).
     pub fn decided(&self, id: u64, at: Instant) {
-        lock(&self.state).decided.insert(id, at);
+        let mut s = lock(&self.state);
+        // Bounded through a long outage: the latency figures then cover the first ones.
+        if s.decided.len() < 1 << 16 {
+            s.decided.insert(id, at);
+        }
     }
 
     /// Hand the client every journaled event it has not been handed, up to the window.

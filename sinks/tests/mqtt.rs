@@ -141,13 +141,23 @@ fn events_arrive_with_their_payload_and_the_retained_status() {
         mqtt_results_every: Some(Duration::ZERO),
         ..config(&broker.uri("home/edge"), None)
     };
-    let mut sink = EventSink::start(cfg, &info()).unwrap();
+    // Long labels and a long source path: events past rumqttc's default 10 KiB packet limit.
+    let info = RunInfo {
+        labels: (0..10)
+            .map(|i| format!("{i}-{}", "long label ".repeat(150)))
+            .collect(),
+        ..info()
+    };
+    let label = |i: u64| info.labels[(i % 10) as usize].clone();
+    let mut sink = EventSink::start(cfg, &info).unwrap();
     // Results are not journaled: those of frames before the connection are skipped (counted).
     sub.wait_for(Duration::from_secs(5), |m| {
         m.iter().any(|m| m.topic.ends_with("/status"))
     });
     let n = 20;
     let mut f = Feeder::new();
+    let long = format!("/data/{}.png", "long-name-".repeat(400));
+    f.frame.set_source(&long);
     for seq in 0..n {
         f.feed(&mut sink, seq);
         std::thread::sleep(Duration::from_millis(5));
@@ -169,11 +179,12 @@ fn events_arrive_with_their_payload_and_the_retained_status() {
         assert_eq!(e.id, i as u64 + 1);
         assert_eq!(e.device, "dev1");
         assert_eq!(e.model, "test-model 1.0");
+        assert_eq!(e.source, long);
         let fr = e.frame.as_ref().expect("frame fields");
         assert_eq!(fr.frame, i as u64);
-        assert_eq!(fr.event.as_ref().unwrap().label, (i % 10).to_string());
-        assert_eq!(fr.released, [((i + 9) % 10).to_string()]);
-        assert_eq!(fr.top[0].0, (i % 10).to_string());
+        assert_eq!(fr.event.as_ref().unwrap().label, label(i as u64));
+        assert_eq!(fr.released, [label(i as u64 + 9)]);
+        assert_eq!(fr.top[0].0, label(i as u64));
     }
     // Every frame's result too (QoS 0, not journaled: id 0, kind `result`).
     let results: Vec<Event> = msgs

@@ -148,6 +148,7 @@ impl Subscriber {
         );
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut conn) = Client::new(o, 64);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
