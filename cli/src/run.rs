@@ -201,9 +201,16 @@ impl<W: Write> RunSink for &mut Outputs<'_, W> {
             .map_err(std::io::Error::other)
     }
 
-    fn tick(&mut self) -> Option<DecisionSettings> {
+    fn tick(&mut self, handled: u64) -> Option<DecisionSettings> {
         if let Some(n) = self.notifier.as_mut() {
             n.watchdog();
+            // Ready also when the trigger passes over every frame so far (a GPIO trigger whose
+            // button nobody pressed yet): the models are loaded and the camera streams; systemd
+            // must not wait for the first classification (TimeoutStartSec would kill a healthy
+            // service).
+            if handled > 0 && !n.is_ready() {
+                n.ready(&format!("watching {} (no frame triggered yet)", self.uri));
+            }
         }
         self.mailbox.as_ref().and_then(|m| m.take())
     }

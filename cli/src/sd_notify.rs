@@ -1,7 +1,8 @@
 //! systemd's notify protocol (`Type=notify`, `WatchdogSec=`), without a crate: datagrams of
 //! `KEY=value` lines to the socket in `$NOTIFY_SOCKET` (a path, or `@name` in the abstract
-//! namespace). `READY=1` once the first frame is classified, `WATCHDOG=1` from the inference
-//! loop every half `$WATCHDOG_USEC`, `STATUS=…` lines for `systemctl status`, `STOPPING=1`.
+//! namespace). `READY=1` once the first frame is classified (or passed over by the trigger: a
+//! GPIO trigger not pressed yet is a healthy start), `WATCHDOG=1` from the inference loop every
+//! half `$WATCHDOG_USEC`, `STATUS=…` lines for `systemctl status`, `STOPPING=1`.
 //!
 //! Outside systemd (no `$NOTIFY_SOCKET`) every call does nothing. A ping sends preformatted
 //! bytes on a socket connected once: nothing is allocated per frame.

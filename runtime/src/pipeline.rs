@@ -79,9 +79,13 @@ pub trait RunSink {
     }
 
     /// Called before every frame and at least every [`STOP_POLL`] while no frame comes (a
-    /// source offline or slow): periodic work such as a watchdog ping. New decision settings
-    /// returned here apply from the next frame on. Must not allocate when it returns `None`.
-    fn tick(&mut self) -> Option<DecisionSettings> {
+    /// source offline or slow): periodic work such as a watchdog ping. `handled` counts the
+    /// frames the run has finished with so far: classified, passed over by the trigger, or
+    /// broken (so a caller can tell the pipeline is up even when the trigger selects nothing).
+    /// New decision settings returned here apply from the next frame on. Must not allocate when
+    /// it returns `None`.
+    fn tick(&mut self, handled: u64) -> Option<DecisionSettings> {
+        let _ = handled;
         None
     }
 }
@@ -385,6 +389,7 @@ impl Pipeline {
         &mut self,
         sink: &mut S,
         health: Option<&HealthFeed>,
+        handled: u64,
     ) -> Result<(), PipelineError> {
         if let Some(h) = health {
             while let Some(c) = h.take() {
@@ -392,7 +397,7 @@ impl Pipeline {
                     .map_err(|e| PipelineError::Sink(e.to_string()))?;
             }
         }
-        if let Some(settings) = sink.tick() {
+        if let Some(settings) = sink.tick(handled) {
             self.set_decision(settings);
         }
         Ok(())
@@ -476,12 +481,14 @@ impl Pipeline {
                     let frame = match ring.wait_next(stop, STOP_POLL) {
                         Next::Frame(f) => f,
                         Next::Idle => {
-                            self.between_frames(&mut sink, health.as_ref())?;
+                            let handled = seen + summary.not_triggered + summary.broken;
+                            self.between_frames(&mut sink, health.as_ref(), handled)?;
                             continue;
                         }
                         Next::Done => break,
                     };
-                    self.between_frames(&mut sink, health.as_ref())?;
+                    let handled = seen + summary.not_triggered + summary.broken;
+                    self.between_frames(&mut sink, health.as_ref(), handled)?;
                     if !trigger.accept(&frame) {
                         summary.not_triggered += 1;
                         continue;
