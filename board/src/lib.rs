@@ -14,6 +14,7 @@
 use embedded_hal::digital::{InputPin, OutputPin};
 
 pub mod jetson;
+pub mod jetson_numbering;
 pub mod jetson_pins;
 #[cfg(feature = "linux")]
 pub mod linux;

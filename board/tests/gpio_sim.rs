@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use edgefuse_board::linux::{find_chip, EdgeWatcher, GpioError, LineOutput};
+use edgefuse_board::jetson::Board;
+use edgefuse_board::jetson_numbering::Numbering;
+use edgefuse_board::linux::{
+    check_line_name, chips, find_chip, numbering_of, EdgeWatcher, GpioError, LineOutput,
+};
 use edgefuse_board::Edge;
 use embedded_hal::digital::OutputPin;
 
@@ -22,7 +26,12 @@ struct SimChip {
 
 impl SimChip {
     fn create(label: &str, lines: u32) -> Result<Self, String> {
-        let dir = Path::new(CONFIGFS).join(format!("edgefuse-test-{}", std::process::id()));
+        Self::create_named(label, lines, &[])
+    }
+
+    /// A chip with `names` given to some of its lines (`(offset, name)`).
+    fn create_named(label: &str, lines: u32, names: &[(u32, &str)]) -> Result<Self, String> {
+        let dir = Path::new(CONFIGFS).join(format!("edgefuse-test-{}-{label}", std::process::id()));
         let w = |p: PathBuf, v: &str| {
             std::fs::write(&p, v).map_err(|e| format!("{}: {e}", p.display()))
         };
@@ -35,6 +44,11 @@ impl SimChip {
         std::fs::create_dir(dir.join("bank0")).map_err(|e| e.to_string())?;
         w(dir.join("bank0/num_lines"), &lines.to_string())?;
         w(dir.join("bank0/label"), label)?;
+        for (line, name) in names {
+            let l = dir.join(format!("bank0/line{line}"));
+            std::fs::create_dir(&l).map_err(|e| format!("{}: {e}", l.display()))?;
+            w(l.join("name"), name)?;
+        }
         w(dir.join("live"), "1")?;
         let dev = std::fs::read_to_string(dir.join("dev_name")).map_err(|e| e.to_string())?;
         let name =
@@ -60,6 +74,11 @@ impl SimChip {
 impl Drop for SimChip {
     fn drop(&mut self) {
         let _ = std::fs::write(self.dir.join("live"), "0");
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("bank0")) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
         let _ = std::fs::remove_dir(self.dir.join("bank0"));
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -123,5 +142,46 @@ fn outputs_edges_and_busy_lines_on_gpio_sim() {
     println!(
         "gpio-sim: output levels, busy detection and edge events verified on {}",
         path.display()
+    );
+}
+
+/// Simulated Tegra194 main chips of both sizes: 224 lines picks the L4T r32 numbering, 169 the
+/// current one; on the 169-line chip the line named `PQ.06` passes the pad check for AGX Xavier
+/// pin 7 (line 106) and a line named otherwise is refused.
+#[test]
+fn numbering_and_line_names_on_simulated_tegra194_chips() {
+    if !Path::new(CONFIGFS).is_dir() {
+        println!(
+            "SKIP gpio-sim numbering test: {CONFIGFS} does not exist (needs configfs mounted and `modprobe gpio-sim`, as root); \
+             the same selection is tested on fixture chip lists in the crate's unit tests"
+        );
+        return;
+    }
+    let board = Board::AgxXavier;
+    for (lines, want) in [(224, Numbering::L4tR32), (169, Numbering::Current)] {
+        let sim = match SimChip::create_named(
+            "tegra194-gpio",
+            lines,
+            &[(106, "PQ.06"), (105, "PQ.05")],
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("SKIP gpio-sim numbering test: cannot create a simulated chip ({e}); run as root");
+                return;
+            }
+        };
+        assert_eq!(
+            numbering_of(board, &chips()).unwrap(),
+            want,
+            "{lines} lines"
+        );
+        let path = find_chip("tegra194-gpio").unwrap();
+        check_line_name(&path, 106, "PQ.06").unwrap();
+        let e = check_line_name(&path, 105, "PQ.06").unwrap_err();
+        assert!(matches!(e, GpioError::WrongLine { .. }), "{e}");
+        drop(sim);
+    }
+    println!(
+        "gpio-sim: 224-line chip -> r32 numbering, 169-line chip -> current; line names checked"
     );
 }

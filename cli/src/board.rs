@@ -7,8 +7,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use edgefuse_board::jetson::Board;
+use edgefuse_board::jetson_numbering::Numbering;
 use edgefuse_board::jetson_pins::Direction;
-use edgefuse_board::linux::{non_gpio_pins, read_board};
+use edgefuse_board::linux::{chips, non_gpio_pins, numbering_of, read_board};
 
 use crate::options::BoardName;
 use crate::output::Out;
@@ -27,9 +28,13 @@ enum BoardAction {
         /// nano, xavier-nx, agx-xavier, orin-nano, orin-nx or agx-orin [default: detected].
         #[arg(long, value_name = "NAME")]
         board: Option<BoardName>,
-        /// A JSON array of {pin, chip, line, soc_name, pwm, direction} objects.
+        /// A JSON array of {pin, chip, line, soc_name, pwm, direction, numbering} objects.
         #[arg(long)]
         json: bool,
+        /// Line numbering: r35 (JetPack 5+) or r32 (JetPack 4.6; differs on Xavier)
+        /// [default: read from this machine's GPIO chips, else r35].
+        #[arg(long, value_name = "r32|r35")]
+        numbering: Option<String>,
     },
     /// Print the board this machine is, from the device tree.
     Detect,
@@ -44,8 +49,35 @@ struct PinRow<'a> {
     soc_name: &'a str,
     pwm: bool,
     direction: &'static str,
+    numbering: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pinmux: Option<&'a str>,
+}
+
+/// The numbering `board pins` shows: `--numbering`, else this machine's (Tegra194 boards), else
+/// the current one; with a note on where it came from.
+fn numbering_for(b: Board, asked: Option<&str>) -> Result<(Numbering, String)> {
+    match asked {
+        Some("r32") => return Ok((Numbering::L4tR32, "as asked".into())),
+        Some("r35") => return Ok((Numbering::Current, "as asked".into())),
+        Some(other) => {
+            return Err(UsageError(format!(
+                "--numbering {other:?}: use r32 (JetPack 4.6) or r35 (JetPack 5+)"
+            ))
+            .into())
+        }
+        None => {}
+    }
+    if !b.is_tegra194() {
+        return Ok((Numbering::Current, "the only one for this board".into()));
+    }
+    Ok(match numbering_of(b, &chips()) {
+        Ok(n) => (n, "read from this machine's GPIO chips".into()),
+        Err(e) => (
+            Numbering::Current,
+            format!("not read from this machine ({e}); --numbering r32 shows JetPack 4.6's"),
+        ),
+    })
 }
 
 fn direction(d: Direction) -> &'static str {
@@ -67,13 +99,21 @@ pub fn board(a: BoardArgs) -> Result<()> {
         BoardAction::Detect => {
             let (b, model) = detect(root)?;
             writeln!(out, "{}\t{}\t{model}", b.name(), b.title())?;
+            let (n, how) = numbering_for(b, None)?;
+            writeln!(out, "lines\t{}\t{how}", n.describe())?;
             Ok(out.finish()?)
         }
-        BoardAction::Pins { board, json } => {
+        BoardAction::Pins {
+            board,
+            json,
+            numbering,
+        } => {
             let b = match board {
                 Some(n) => n.0,
                 None => detect(root)?.0,
             };
+            let (n, how) = numbering_for(b, numbering.as_deref())?;
+            let table = b.pins_for(n).map_err(|e| UsageError(e.to_string()))?;
             // Pinmux state is only readable by root with debugfs; report it when it is.
             let muxed = non_gpio_pins(root, b);
             let mux_of = |pin: u8| -> Option<&str> {
@@ -82,8 +122,7 @@ pub fn board(a: BoardArgs) -> Result<()> {
                     .and_then(|m| m.iter().find(|(p, _)| *p == pin).map(|(_, f)| f.as_str()))
             };
             if json {
-                let rows: Vec<PinRow<'_>> = b
-                    .pins()
+                let rows: Vec<PinRow<'_>> = table
                     .iter()
                     .map(|p| PinRow {
                         pin: p.board,
@@ -92,6 +131,7 @@ pub fn board(a: BoardArgs) -> Result<()> {
                         soc_name: p.soc_name,
                         pwm: p.pwm,
                         direction: direction(p.direction),
+                        numbering: n.name(),
                         pinmux: mux_of(p.board),
                     })
                     .collect();
@@ -100,16 +140,17 @@ pub fn board(a: BoardArgs) -> Result<()> {
             }
             writeln!(
                 out,
-                "{} ({}), 40-pin header, BOARD numbering",
+                "{} ({}), 40-pin header, BOARD numbering; lines: {} ({how})",
                 b.title(),
-                b.name()
+                b.name(),
+                n.describe()
             )?;
             writeln!(
                 out,
                 "{:>4}  {:<18} {:>5}  {:<10} {:<4} direction",
                 "pin", "chip", "line", "soc", "pwm"
             )?;
-            for p in b.pins() {
+            for p in table {
                 let note = match mux_of(p.board) {
                     Some(f) => format!("  pinmux: {f} (not GPIO; set the pinmux with jetson-io)"),
                     None => String::new(),

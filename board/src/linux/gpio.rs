@@ -43,6 +43,18 @@ pub enum GpioError {
         /// Who holds it, as the kernel reports.
         consumer: String,
     },
+    /// The line is not the pad the header table names (the table does not fit this kernel).
+    #[error("{path} line {line} is named `{found}` by the kernel, not `{expected}`: the pin table does not fit this kernel's numbering; address the pin as line:CHIP:OFFSET and report the board and L4T release")]
+    WrongLine {
+        /// The chip device.
+        path: PathBuf,
+        /// The line offset.
+        line: u32,
+        /// The pad the table names.
+        expected: String,
+        /// The kernel's name of the line.
+        found: String,
+    },
     /// Any other failure of the character device.
     #[error("{path} line {line}: {message}")]
     Device {
@@ -63,6 +75,10 @@ pub fn find_chip(chip: &str) -> Result<PathBuf, GpioError> {
     }
     if chip.starts_with("gpiochip") && chip[8..].bytes().all(|b| b.is_ascii_digit()) {
         return Ok(Path::new("/dev").join(chip));
+    }
+    // A Tegra194 controller on a kernel that labels it otherwise (L4T r32): by its device.
+    if let Some(c) = super::numbering::chip_by_role(&super::numbering::chips(), chip) {
+        return Ok(c.path.clone());
     }
     let paths = gpiocdev::chip::chips().unwrap_or_default();
     let mut found = Vec::new();

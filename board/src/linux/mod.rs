@@ -15,10 +15,12 @@
 pub mod detect;
 pub mod gpio;
 pub mod health;
+pub mod numbering;
 
 pub use detect::{non_gpio_pins, read_board, supported, BoardError};
 pub use gpio::{find_chip, EdgeWatcher, GpioError, LineError, LineInput, LineOutput};
 pub use health::{Health, Zone};
+pub use numbering::{check_line_name, chips, numbering_of, ChipSeen, NumberingDetectError};
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -295,3 +295,55 @@ fn board_pins_prints_the_header_map() {
         .code(2)
         .stderr_has(&["unknown board `pi4`", "orin-nano"]);
 }
+
+#[test]
+fn board_pins_shows_either_xavier_numbering() {
+    let line7 = |numbering: &str| {
+        let r = Run::new(&[
+            "board",
+            "pins",
+            "--board",
+            "agx-xavier",
+            "--json",
+            "--numbering",
+            numbering,
+        ]);
+        r.code(0);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(r.stdout().trim()).unwrap();
+        let p = rows.iter().find(|p| p["pin"] == 7).unwrap().clone();
+        assert_eq!(p["numbering"], numbering, "{}", r.context());
+        p["line"].as_u64().unwrap()
+    };
+    // NVIDIA's Jetson.GPIO data: pin 7 (PQ.06) is line 134 on L4T r32, 106 on r35+.
+    assert_eq!((line7("r32"), line7("r35")), (134, 106));
+    let r = Run::new(&[
+        "board",
+        "pins",
+        "--board",
+        "agx-xavier",
+        "--numbering",
+        "r32",
+    ]);
+    r.code(0);
+    assert!(r.stdout().contains("L4T r32 numbering"), "{}", r.context());
+    Run::new(&[
+        "board",
+        "pins",
+        "--board",
+        "xavier-nx",
+        "--numbering",
+        "r32",
+    ])
+    .code(2)
+    .stderr_has(&["Xavier NX", "line:CHIP:OFFSET"]);
+    Run::new(&[
+        "board",
+        "pins",
+        "--board",
+        "agx-xavier",
+        "--numbering",
+        "r36",
+    ])
+    .code(2)
+    .stderr_has(&["--numbering \"r36\"", "r32", "r35"]);
+}

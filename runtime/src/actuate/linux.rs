@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use edgefuse_board::jetson::Board;
 use edgefuse_board::linux::{
-    find_chip, read_board, BoardError, EdgeWatcher, GpioError, LineInput, LineOutput,
+    check_line_name, chips, find_chip, numbering_of, read_board, BoardError, EdgeWatcher,
+    GpioError, LineInput, LineOutput, NumberingDetectError,
 };
 
 use super::io::{DriveError, EdgeClock, Io};
@@ -37,6 +38,9 @@ pub enum HardwareError {
         /// The character device's error (in the message: printed once).
         error: GpioError,
     },
+    /// The kernel's GPIO line numbering could not be told (Tegra194 boards).
+    #[error(transparent)]
+    Numbering(NumberingDetectError),
     /// An output could not be driven to its initial (inactive) level.
     #[error(transparent)]
     Drive(#[from] DriveError),
@@ -92,7 +96,16 @@ impl Hardware {
             }
             None => None,
         };
-        let w = wiring.resolve(board, labels)?;
+        // Tegra194 line offsets depend on the kernel (L4T r32: 224-line main chip; r35+: 169).
+        let numbering = match board {
+            Some(b) if b.is_tegra194() && wiring.needs_board() => {
+                let n = numbering_of(b, &chips()).map_err(HardwareError::Numbering)?;
+                log::info!("GPIO lines: {}", n.describe());
+                n
+            }
+            _ => Default::default(),
+        };
+        let w = wiring.resolve_numbered(board, numbering, labels)?;
         let line_err = |action, p: &ResolvedPin| {
             let pin = p.name.clone();
             move |error| HardwareError::Line { action, pin, error }
@@ -107,6 +120,9 @@ impl Hardware {
             .chain(w.status_led.iter().map(|(p, _)| p));
         for p in pins {
             let path = find_chip(&p.chip).map_err(line_err("use", p))?;
+            if let Some(pad) = p.pad {
+                check_line_name(&path, p.line, pad).map_err(line_err("use", p))?;
+            }
             LineInput::request(&path, p.line, "edgefuse-check").map_err(line_err("use", p))?;
             paths.insert((p.chip.clone(), p.line), path);
         }

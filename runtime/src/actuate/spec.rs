@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use edgefuse_board::jetson::Board;
+use edgefuse_board::jetson_numbering::Numbering;
 use edgefuse_board::jetson_pins::Direction;
 use edgefuse_board::{ActuatorMode, Edge};
 
@@ -296,6 +297,9 @@ pub struct ResolvedPin {
     pub line: u32,
     /// E.g. `pin 11 (tegra234-gpio line 112)`.
     pub name: String,
+    /// The SoC pad a header pin is (e.g. `PQ.06`), checked against the line's name where the
+    /// kernel exposes names; `None` for raw lines.
+    pub pad: Option<&'static str>,
 }
 
 /// Everything `run` wires to GPIO.
@@ -334,15 +338,27 @@ impl Wiring {
             || self.status_led.as_ref().is_some_and(|l| header(&l.pin))
     }
 
-    /// Check everything and resolve pins; nothing is requested from the kernel here.
+    /// Check everything and resolve pins; nothing is requested from the kernel here. Header
+    /// pins use the current (L4T r35+) line numbering; see [`Wiring::resolve_numbered`].
     pub fn resolve(
         &self,
         board: Option<Board>,
         labels: &[String],
     ) -> Result<ResolvedWiring, WiringError> {
+        self.resolve_numbered(board, Numbering::Current, labels)
+    }
+
+    /// [`Wiring::resolve`] with header pins in `numbering` (the kernel's, for Tegra194 boards:
+    /// see [`edgefuse_board::jetson_numbering`]).
+    pub fn resolve_numbered(
+        &self,
+        board: Option<Board>,
+        numbering: Numbering,
+        labels: &[String],
+    ) -> Result<ResolvedWiring, WiringError> {
         let mut used: Vec<(ResolvedPin, String)> = Vec::new();
         let mut resolve = |p: &PinRef, role: String, output: bool| {
-            let r = resolve_pin(p, &role, board, output)?;
+            let r = resolve_pin(p, &role, board, numbering, output)?;
             if let Some((_, other)) = used
                 .iter()
                 .find(|(u, _)| u.chip == r.chip && u.line == r.line)
@@ -391,6 +407,7 @@ fn resolve_pin(
     p: &PinRef,
     role: &str,
     board: Option<Board>,
+    numbering: Numbering,
     output: bool,
 ) -> Result<ResolvedPin, WiringError> {
     match p {
@@ -400,10 +417,22 @@ fn resolve_pin(
                 pin: p.to_string(),
                 boards: Board::ALL.map(Board::name).join(", "),
             })?;
-            let hp = b.pin(*n).map_err(|e| WiringError::Pin {
+            let table = b.pins_for(numbering).map_err(|e| WiringError::Pin {
                 role: role.to_string(),
                 message: e.to_string(),
             })?;
+            let hp = match table.iter().find(|hp| hp.board == *n) {
+                Some(hp) => hp,
+                None => {
+                    return Err(WiringError::Pin {
+                        role: role.to_string(),
+                        message: b.pin(*n).err().map_or_else(
+                            || format!("pin {n} is not a GPIO on {}", b.title()),
+                            |e| e.to_string(),
+                        ),
+                    })
+                }
+            };
             let wrong = match (hp.direction, output) {
                 (Direction::InputOnly, true) => Some(("input-only", "output")),
                 (Direction::OutputOnly, false) => Some(("output-only", "input")),
@@ -421,13 +450,24 @@ fn resolve_pin(
             Ok(ResolvedPin {
                 chip: hp.chip.to_string(),
                 line: hp.line,
-                name: format!("pin {n} ({} line {})", hp.chip, hp.line),
+                name: if numbering == Numbering::Current {
+                    format!("pin {n} ({} line {})", hp.chip, hp.line)
+                } else {
+                    format!(
+                        "pin {n} ({} line {}, {})",
+                        hp.chip,
+                        hp.line,
+                        numbering.name()
+                    )
+                },
+                pad: Some(hp.soc_name),
             })
         }
         PinRef::Line { chip, line } => Ok(ResolvedPin {
             chip: chip.clone(),
             line: *line,
             name: format!("line {chip}:{line}"),
+            pad: None,
         }),
     }
 }
@@ -505,6 +545,30 @@ mod tests {
 
     fn labels() -> Vec<String> {
         (0..10).map(|i| i.to_string()).collect()
+    }
+
+    #[test]
+    fn header_pins_follow_the_kernel_numbering() {
+        let w = Wiring {
+            trigger: Some("pin=7".parse().unwrap()),
+            actuators: vec![ActuatorSpec::parse("3", "pin:16").unwrap()],
+            status_led: None,
+        };
+        let b = Some(Board::AgxXavier);
+        let now = w.resolve(b, &labels()).unwrap();
+        let old = w.resolve_numbered(b, Numbering::L4tR32, &labels()).unwrap();
+        let (t_now, t_old) = (now.trigger.unwrap().0, old.trigger.unwrap().0);
+        assert_eq!((t_now.line, t_old.line), (106, 134));
+        assert_eq!(t_old.pad, Some("PQ.06"));
+        assert!(t_old.name.contains("r32"), "{}", t_old.name);
+        // The always-on chip keeps its offsets.
+        assert_eq!(old.actuators[0].1.line, 8);
+        // No verified r32 data for the Xavier NX: refused, with the way out.
+        let e = w
+            .resolve_numbered(Some(Board::XavierNx), Numbering::L4tR32, &labels())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line:CHIP:OFFSET"), "{e}");
     }
 
     #[test]
