@@ -266,7 +266,16 @@ impl Server {
                         if accept_stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        let Ok(s) = conn else { continue };
+                        let s = match conn {
+                            Ok(s) => s,
+                            Err(e) => {
+                                // Out of descriptors (EMFILE) and the like: back off instead of
+                                // spinning; the connection waits in the kernel's backlog.
+                                log::warn!("http: accept failed: {e}");
+                                std::thread::sleep(Duration::from_millis(50));
+                                continue;
+                            }
+                        };
                         let _ = s.set_write_timeout(Some(limits.timeout));
                         match tx.try_send(s) {
                             Ok(()) => {}
