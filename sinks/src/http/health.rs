@@ -165,7 +165,7 @@ mod tests {
         let long = "é".repeat(REASON_CAPACITY);
         let cap = h.reason.capacity();
         h.source(true, &long);
-        assert!(h.reason.len() <= REASON_CAPACITY && h.reason.len() % 2 == 0);
+        assert!(h.reason.len() <= REASON_CAPACITY && h.reason.len().is_multiple_of(2));
         assert_eq!(h.reason.capacity(), cap, "no reallocation");
     }
 }
