@@ -354,3 +354,40 @@ fn frame_allocates_nothing_after_warm_up() {
     // Warm-up fired once: more than that many were taken while allocations were counted.
     assert!(written > 5, "the counted frames took snapshots\n{summary}");
 }
+
+#[test]
+fn events_go_over_tls_only_to_a_broker_the_given_ca_vouches_for() {
+    let Some(tls) = Broker::start_tls("tls") else {
+        return;
+    };
+    let sub = Subscriber::new(&tls.broker, "s/#");
+    let uri = format!("mqtts://127.0.0.1:{}/s", tls.tls_port);
+    let cfg = |ca: &std::path::Path| EventConfig {
+        mqtt: Some(MqttConfig::parse(&uri, Some(ca)).unwrap()),
+        ..config(&uri.replace("mqtts", "mqtt"), None)
+    };
+    let mut f = Feeder::new();
+    // A CA that did not sign the broker's certificate: no connection, nothing sent.
+    let mut sink = EventSink::start(cfg(&tls.other_ca), &info()).unwrap();
+    for seq in 0..3 {
+        f.feed(&mut sink, seq);
+    }
+    let summary = finish(sink);
+    assert!(
+        summary.contains("3 left undelivered") && summary.contains("0 connections"),
+        "{summary}"
+    );
+    // The CA that did: every event arrives.
+    let mut sink = EventSink::start(cfg(&tls.ca), &info()).unwrap();
+    for seq in 10..15 {
+        f.feed(&mut sink, seq);
+    }
+    let summary = finish(sink);
+    assert!(summary.contains("0 left undelivered"), "{summary}");
+    let msgs = sub.wait_for(Duration::from_secs(5), |m| events(m).len() >= 5);
+    let frames: Vec<u64> = events(&msgs)
+        .iter()
+        .map(|e| e.frame.as_ref().unwrap().frame)
+        .collect();
+    assert_eq!(frames, (10..15).collect::<Vec<_>>());
+}

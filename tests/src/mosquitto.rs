@@ -39,9 +39,138 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `openssl`, for test certificates: fails under CI when missing, else `None` after saying why.
+fn find_openssl(test: &str) -> Option<()> {
+    if Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some(());
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: openssl is not installed; `scripts/setup --test` installs it");
+    }
+    eprintln!("{test}: SKIPPED: openssl is not installed (scripts/setup --test installs it)");
+    None
+}
+
+/// A broker with a TLS listener too.
+pub struct TlsBroker {
+    /// The broker (its plain listener is `broker.port`).
+    pub broker: Broker,
+    /// The TLS listener's port.
+    pub tls_port: u16,
+    /// The CA that signed the broker's certificate (PEM).
+    pub ca: PathBuf,
+    /// Another CA, which did not.
+    pub other_ca: PathBuf,
+}
+
 impl Broker {
     /// Start a broker, or (mosquitto not installed, outside CI) print why and return `None`.
     pub fn start(test: &str) -> Option<Broker> {
+        Self::start_with(test, |_| String::new())
+    }
+
+    /// A broker with a plain listener and a TLS listener on 127.0.0.1 whose certificate
+    /// (`IP:127.0.0.1`, `DNS:localhost`) is signed by a CA made here with `openssl`.
+    pub fn start_tls(test: &str) -> Option<TlsBroker> {
+        find_openssl(test)?;
+        let tls_port = free_port();
+        let mut paths = None;
+        let broker = Self::start_with(test, |dir| {
+            let run = |args: &[&str]| {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(dir)
+                    .output()
+                    .expect("run openssl");
+                assert!(
+                    out.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ];
+            for name in ["ca", "other-ca"] {
+                let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+                let subj = format!("/CN=edgefuse test {name}");
+                let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+                a.extend([subj.as_str(), "-keyout", &key, "-out", &pem]);
+                a.extend(ec);
+                a.extend([
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign",
+                ]);
+                run(&a);
+            }
+            let mut a = vec![
+                "req",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ];
+            a.extend(ec);
+            run(&a);
+            std::fs::write(
+                dir.join("ext.cnf"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                "server.pem",
+                "-extfile",
+                "ext.cnf",
+            ]);
+            paths = Some((dir.join("ca.pem"), dir.join("other-ca.pem")));
+            format!(
+                "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+                d = dir.display()
+            )
+        })?;
+        let (ca, other_ca) = paths.expect("certificates made");
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "mosquitto did not listen on {tls_port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(TlsBroker {
+            broker,
+            tls_port,
+            ca,
+            other_ca,
+        })
+    }
+
+    /// Start a broker whose configuration ends with `extra(dir)` (more listeners).
+    fn start_with(test: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Option<Broker> {
         let Some(exe) = find_mosquitto() else {
             if std::env::var_os("CI").is_some() {
                 panic!("{test}: mosquitto is not installed; `scripts/setup --test` installs it");
@@ -54,12 +183,21 @@ impl Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
+        // Started by root, mosquitto drops to the `mosquitto` user, who cannot read this
+        // test's private temporary folder (persistence, TLS key): stay the test's user.
+        // SAFETY: geteuid(2) has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &conf,
-            format!(
+            user.to_string()
+                + &format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_dest none\n",
                 dir.path().display()
-            ),
+            ) + &extra(dir.path()),
         )
         .expect("write mosquitto.conf");
         let mut b = Broker {
