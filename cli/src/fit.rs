@@ -293,6 +293,11 @@ pub fn fit(a: FitArgs) -> Result<()> {
         label_embeddings: bundle.label_embeddings().to_vec(),
         clip_scale: m.fusion.clip.logit_scale,
         weights,
+        zero_shot: match &m.fusion_fitted {
+            Some(f) => f.zero_shot_method,
+            None if m.fusion.method.needs_fit() => FusionMethod::WeightedLogits,
+            None => m.fusion.method,
+        },
     };
     let fit_started = Instant::now();
     let r = fitting::fit(&data, &opts).map_err(|e| match e {
@@ -360,7 +365,14 @@ pub fn fit(a: FitArgs) -> Result<()> {
         fit_time.as_secs_f64()
     )?;
     writeln!(o, "cross-validated top-1 accuracy:")?;
-    let heads = ["clip", "qformer", "adapter"];
+    if r.params.adapter.as_ref().is_some_and(|a| a.weight == 0.0) {
+        writeln!(
+            o,
+            "kept the zero-shot rule {}: no fitted method beat the zero-shot heads by more than one standard error (the adapter is kept with weight 0; eval shows what the others would do)",
+            r.method.name()
+        )?;
+    }
+    let heads = ["zero_shot", "clip", "qformer", "adapter"];
     for h in heads {
         if let Some(acc) = r.cv_accuracy.get(h) {
             writeln!(o, "  head   {h:<24} {:>7.2} %", 100.0 * acc)?;

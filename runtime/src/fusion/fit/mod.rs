@@ -5,8 +5,8 @@
 //!
 //! 1. checks every label has frames (a method that cannot be fitted is refused, naming the
 //!    labels and their counts);
-//! 2. splits the frames into `k` stratified folds (each label's frames dealt round-robin, in
-//!    order: no randomness);
+//! 2. splits the frames into `k` stratified folds (each label's frames cut into `k` consecutive
+//!    runs, in order: no randomness, and near-identical neighbouring frames stay together);
 //! 3. fits the **adapter** (a multinomial logistic regression on the normalised image
 //!    embedding, initialised at and regularised toward the CLIP head, `W0 = scale * label
 //!    embeddings`), choosing its L2 strength by k-fold cross-validation; its out-of-fold logits
@@ -14,8 +14,10 @@
 //!    adapter that has seen the frame;
 //! 4. for each candidate method, chooses its L2 strength by k-fold cross-validation (accuracy,
 //!    then log-loss), records the cross-validated accuracy and refits on every frame;
-//! 5. keeps the best method by cross-validated accuracy (the earliest of equal ones: the fixed
-//!    rules first).
+//! 5. keeps the simplest method within one standard error of the best cross-validated accuracy
+//!    (fixed rules first); with several candidates, when the bundle's zero-shot rule on the
+//!    zero-shot heads is itself within that error, keeps it (the adapter weighted 0): a fit
+//!    that does not clearly help is not taken.
 
 mod train;
 
@@ -30,7 +32,7 @@ use train::{Model, Table};
 /// The adapter's weight in the fixed rules of a fitted bundle.
 pub const ADAPTER_WEIGHT: f32 = 1.0;
 /// The adapter's L2 strengths (toward the CLIP head) that cross-validation chooses from.
-const ADAPTER_L2: [f64; 6] = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003];
+const ADAPTER_L2: [f64; 9] = [1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4];
 
 /// Why a fit cannot be done.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,8 @@ pub struct FitOptions {
     pub clip_scale: f32,
     /// The zero-shot heads' weights in the fixed rules (`[fusion.clip]`, `[fusion.qformer]`).
     pub weights: Vec<f32>,
+    /// The bundle's zero-shot method (kept by `auto` when fitting does not clearly help).
+    pub zero_shot: FusionMethod,
 }
 
 /// What [`fit`] found.
@@ -243,7 +247,7 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
         gated: None,
         concat: None,
     };
-    let mut best: Option<(FusionMethod, f64)> = None;
+    let mut scores: Vec<(FusionMethod, f64)> = Vec::new();
     for m in methods {
         let (acc, model) = if m.needs_fit() {
             let (l2, acc) = choose_l2(m, &table, &folds, k);
@@ -262,11 +266,9 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
             (FusionMethod::Concat, Model::Linear(l)) => params.concat = Some(l),
             _ => {}
         }
-        if best.is_none_or(|(_, b)| acc > b) {
-            best = Some((m, acc));
-        }
+        scores.push((m, acc));
     }
-    let method = best.map_or(FusionMethod::WeightedLogits, |b| b.0);
+    let method = choose(&scores, frames, opts, &table, &mut params, &mut cv);
     Ok(FitResult {
         params,
         method,
@@ -276,22 +278,66 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
     })
 }
 
-/// Fold of each frame: each label's frames dealt round-robin over the folds, continuing where
-/// the previous label stopped (so folds stay balanced when labels have few frames).
+/// Fold of each frame: each label's frames, in order, cut into `k` consecutive runs. Frames next
+/// to each other (a camera seeing the same object a few times) stay in one fold, so the
+/// cross-validation never scores a frame against its near-twin.
 fn assign_folds(truth: &[u16], labels: usize, k: usize) -> Vec<usize> {
     let mut folds = vec![0; truth.len()];
-    let mut next = 0;
     for l in 0..labels {
-        for (i, _) in truth
-            .iter()
-            .enumerate()
-            .filter(|(_, y)| usize::from(**y) == l)
-        {
-            folds[i] = next % k;
-            next += 1;
+        let idx: Vec<usize> = (0..truth.len())
+            .filter(|&i| usize::from(truth[i]) == l)
+            .collect();
+        let c = idx.len();
+        for (j, &i) in idx.iter().enumerate() {
+            folds[i] = j * k / c.max(1);
         }
     }
     folds
+}
+
+/// The method to keep among the evaluated `scores` (in [`FusionMethod::ALL`] order, simplest
+/// first): the first within one standard error of the best cross-validated accuracy. Then, with
+/// `--method auto` and an adapter, when the bundle's zero-shot rule on the zero-shot heads alone
+/// is also within that error, the fit is not worth its risk: that rule is kept and the adapter
+/// gets weight 0 in it (`zero_shot` in the record).
+fn choose(
+    scores: &[(FusionMethod, f64)],
+    frames: usize,
+    opts: &FitOptions,
+    table: &Table,
+    params: &mut FittedParams,
+    cv: &mut BTreeMap<String, f64>,
+) -> FusionMethod {
+    let Some(best) = scores.iter().map(|s| s.1).reduce(f64::max) else {
+        return opts.zero_shot;
+    };
+    let se = (best * (1.0 - best) / frames.max(1) as f64).sqrt();
+    let pick = scores
+        .iter()
+        .find(|s| s.1 >= best - se - 1e-12)
+        .map_or(opts.zero_shot, |s| s.0);
+    let weighted = matches!(
+        opts.zero_shot,
+        FusionMethod::WeightedLogits | FusionMethod::WeightedProbabilities
+    );
+    if scores.len() > 1 && weighted {
+        if let Some(a) = params.adapter.as_mut() {
+            let mut t = table.clone();
+            *t.weights.last_mut().expect("the adapter's weight") = 0.0;
+            let all: Vec<usize> = (0..frames).collect();
+            let zs = score(opts.zero_shot, &Model::Fixed, &t, &all).0;
+            cv.insert("zero_shot".into(), zs);
+            if zs >= best - se - 1e-12 {
+                log::info!(
+                    "fit: the zero-shot heads ({zs:.4}) are within one standard error ({se:.4}) of the best ({best:.4}); keeping {}",
+                    opts.zero_shot.name()
+                );
+                a.weight = 0.0;
+                return opts.zero_shot;
+            }
+        }
+    }
+    pick
 }
 
 fn split(folds: &[usize], f: usize) -> (Vec<usize>, Vec<usize>) {

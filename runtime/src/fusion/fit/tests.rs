@@ -73,6 +73,7 @@ fn opts(methods: Vec<FusionMethod>) -> FitOptions {
         label_embeddings: label_rows(),
         clip_scale: 10.0,
         weights: vec![0.5, 0.5],
+        zero_shot: FusionMethod::WeightedLogits,
     }
 }
 
@@ -168,4 +169,31 @@ fn non_finite_outputs_are_refused() {
     let e = d.push(&h, 0, "bad.png").unwrap_err();
     assert!(e.to_string().starts_with("frame bad.png: "), "{e}");
     assert_eq!(d.frames(), 0);
+}
+
+/// When the zero-shot heads are already right, `auto` keeps the zero-shot rule and gives the
+/// adapter weight 0: a fit that cannot clearly help is not taken.
+#[test]
+fn auto_keeps_the_zero_shot_rule_when_fitting_does_not_help() {
+    let mut h = head();
+    let mut d = FitData::new(&h);
+    let mut noise = Noise(7);
+    for c in 0..N {
+        for j in 0..6 {
+            let mut e = [0.1f32; DIM];
+            e[c] = 1.0;
+            e.iter_mut().for_each(|v| *v += 0.05 * noise.next());
+            let q: Vec<f32> = e.iter().chain(e.iter()).copied().collect();
+            h.heads_only(&e, Some(&q));
+            d.push(&h, c as u16, &format!("{c}_{j}")).unwrap();
+        }
+    }
+    let r = fit(&d, &opts(FusionMethod::ALL.to_vec())).unwrap();
+    assert_eq!(r.cv_accuracy["zero_shot"], 1.0);
+    assert_eq!(r.method, FusionMethod::WeightedLogits);
+    assert_eq!(r.params.adapter.as_ref().unwrap().weight, 0.0);
+    // Asked for one method, it is fitted and kept.
+    let r = fit(&d, &opts(vec![FusionMethod::Stacking])).unwrap();
+    assert_eq!(r.method, FusionMethod::Stacking);
+    assert_eq!(r.params.adapter.as_ref().unwrap().weight, ADAPTER_WEIGHT);
 }

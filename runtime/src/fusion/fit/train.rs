@@ -9,7 +9,7 @@ use crate::fusion::combine;
 use crate::fusion::lbfgs::minimize;
 
 /// Iterations of a multinomial logistic regression fit.
-const LOGREG_ITERS: usize = 150;
+const LOGREG_ITERS: usize = 300;
 /// Iterations of the learned-weights and gate fits.
 const SMALL_ITERS: usize = 100;
 
