@@ -265,6 +265,7 @@ fn no_allocation_per_frame_in_the_whole_process() {
             "{name} bundle, {uri}: allocations in {frames} frames (pipeline, engine, other threads)"
         );
     }
+    no_allocation_with_the_status_server(&bundle);
     let [frames, ours, engine, _] = measure(
         &bundle,
         &mnist,
@@ -279,5 +280,63 @@ fn no_allocation_per_frame_in_the_whole_process() {
     assert!(
         engine > 0,
         "the counter sees tract's allocations, so the zeros above are meaningful"
+    );
+}
+
+/// The status server (`run --http`) beside the pipeline with no request in flight: its threads
+/// wait in accept and recv, and the inference thread's publishing (status, metrics, and the
+/// pixel copies a client asked for just before the run) allocates nothing, whole process.
+fn no_allocation_with_the_status_server(bundle: &Bundle) {
+    use edgefuse_sinks::http::{HttpConfig, HttpSink};
+    use edgefuse_sinks::{RunInfo, Sink};
+    let (frames, warmup) = frame_counts();
+    let (w, h) = if emulated() { (160, 120) } else { (640, 480) };
+    let uri = format!(
+        "synthetic://?width={w}&height={h}&format=yuyv&frames={}",
+        frames + warmup
+    );
+    let cfg = PipelineConfig {
+        cpu: CpuConfig {
+            engine: EngineChoice::Plan,
+            threads: 3,
+        },
+        ..Default::default()
+    };
+    let mut pipeline = Pipeline::new(bundle, cfg).expect("pipeline");
+    let mut source = capture::open(&uri).expect("source");
+    let info = RunInfo {
+        labels: pipeline.labels().to_vec(),
+        source: uri.clone(),
+        max_frame_bytes: source.max_frame_bytes(),
+        ..Default::default()
+    };
+    let addr = "127.0.0.1:0".parse().expect("loopback");
+    let mut http =
+        HttpSink::start(HttpConfig::new(addr, info.max_frame_bytes), &info).expect("status server");
+    http.app().shared_want_pixels();
+    let stop = AtomicBool::new(false);
+    let limits = RunLimits {
+        max_frames: Some(frames),
+        warmup,
+    };
+    let (s, result) = pipeline.run(
+        source.as_mut(),
+        &mut Trigger::Continuous,
+        limits,
+        &stop,
+        |r| http.frame(r).map_err(std::io::Error::other),
+    );
+    result.expect("run");
+    http.finish(&s).expect("stop the status server");
+    let got = (s.allocations.0, s.allocations.1, s.other_allocations);
+    println!(
+        "status server, {uri}: {} frames, allocations: pipeline {}, engine {}, other threads {}",
+        s.frames, got.0, got.1, got.2
+    );
+    assert_eq!(s.frames, frames);
+    assert_eq!(
+        got,
+        (0, 0, 0),
+        "with the status server: allocations in {frames} frames (pipeline, engine, other threads)"
     );
 }
