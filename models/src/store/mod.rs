@@ -513,7 +513,8 @@ impl Store {
             files::crash_point("create", &states);
             std::fs::create_dir(&states).map_err(|e| io_err(&states, "create", e))?;
         }
-        let next = (self.state_number().unwrap_or(0) + 1).to_string();
+        let old = self.state_number();
+        let next = (old.unwrap_or(0) + 1).to_string();
         let staged = states.join(format!(".new-{}", std::process::id()));
         files::crash_point("create", &staged);
         std::fs::create_dir(&staged).map_err(|e| io_err(&staged, "create", e))?;
@@ -537,6 +538,14 @@ impl Store {
             let want = Path::new(STATE).join(l);
             if std::fs::read_link(self.dir.join(l)).ok().as_deref() != Some(want.as_path()) {
                 self.set_link(l, &want)?;
+            }
+        }
+        // The replaced state folder is no longer named by anything.
+        if let Some(o) = old {
+            let p = states.join(o.to_string());
+            if p.is_dir() {
+                files::crash_point("remove", &p);
+                std::fs::remove_dir_all(&p).map_err(|e| io_err(&p, "remove", e))?;
             }
         }
         log::info!("{}: active model is now {name}", self.dir.display());
