@@ -148,3 +148,16 @@ fn a_models_folder_that_is_a_file_is_not_writable() {
         .unwrap_err();
     assert!(matches!(e, StoreError::NotWritable { .. }), "{e}");
 }
+
+#[test]
+fn a_full_disk_is_named_as_such() {
+    let e = io_err(
+        Path::new("/m/versions/x"),
+        "write",
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    );
+    assert!(matches!(e, StoreError::NoSpace { .. }), "{e}");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    let e = io_err(Path::new("/m"), "write", std::io::Error::other("x"));
+    assert!(matches!(e, StoreError::Io { .. }), "{e}");
+}
