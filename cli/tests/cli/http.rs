@@ -115,6 +115,10 @@ fn run_http_serves_every_endpoint_on_the_bundled_samples() {
     assert_eq!(s["health"]["ok"], true, "{s}");
     assert!(s["model"].as_str().unwrap().contains("1.0.0"), "{s}");
     assert_eq!(s["precision"], "float");
+    assert!(
+        s["board"]["zones"].is_array() && s["board"]["throttling"].is_array(),
+        "{s}"
+    );
     let (code, _, body) = served.get("/healthz");
     assert_eq!(
         (code, String::from_utf8_lossy(&body).trim()),

@@ -38,6 +38,8 @@ pub struct Metrics {
     uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
     http_rejected: Counter,
     snapshot_oversized: Gauge,
+    temperature: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    throttling: Gauge,
 }
 
 impl Metrics {
@@ -134,8 +136,23 @@ impl Metrics {
             "Frames larger than the snapshot buffer (not shown on the page)",
             snapshot_oversized.clone(),
         );
+        let temperature = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "temperature",
+            "Thermal zones of the board (read at scrape time)",
+            Unit::Celsius,
+            temperature.clone(),
+        );
+        let throttling = Gauge::default();
+        registry.register(
+            "throttling",
+            "Thermal zones at or above their throttling trip point (the SoC slows down)",
+            throttling.clone(),
+        );
         Self {
             registry,
+            temperature,
+            throttling,
             frames,
             skipped,
             fires,
@@ -181,7 +198,19 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn encode(&self, uptime_s: f64, rss_bytes: Option<u64>, oversized: u64) -> String {
+    pub fn encode(
+        &self,
+        uptime_s: f64,
+        rss_bytes: Option<u64>,
+        oversized: u64,
+        board: &edgefuse_board::linux::Health,
+    ) -> String {
+        for z in &board.zones {
+            self.temperature
+                .get_or_create(&vec![("zone".to_string(), z.name.clone())])
+                .set(z.celsius as f64);
+        }
+        self.throttling.set(board.throttling().count() as i64);
         self.uptime.set(uptime_s);
         if let Some(b) = rss_bytes {
             self.rss.set(b as i64);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use edgefuse_board::linux::Health;
 use edgefuse_runtime::pipeline::STAGES;
 
 use super::metrics::{rss_bytes, Metrics};
@@ -134,7 +135,7 @@ impl App {
                 "recent_encoder_ms": history.iter().map(|(_, r)| r[2]).collect::<Vec<_>>(),
             },
             "recent_events": s.event_history().map(|(_, e)| self.event_json(e)).collect::<Vec<_>>(),
-            "temperatures_c": temperatures(),
+            "board": board_health(),
         })
     }
 
@@ -274,26 +275,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Thermal zones (`/sys/class/thermal`, a Jetson's CPU/GPU/SoC sensors): name → °C.
-fn temperatures() -> Value {
-    let mut out = serde_json::Map::new();
-    let Ok(dir) = std::fs::read_dir("/sys/class/thermal") else {
-        return Value::Object(out);
-    };
-    for e in dir.flatten() {
-        let p = e.path();
-        if !e.file_name().to_string_lossy().starts_with("thermal_zone") {
-            continue;
-        }
-        let name = std::fs::read_to_string(p.join("type")).unwrap_or_default();
-        let milli = std::fs::read_to_string(p.join("temp"))
-            .ok()
-            .and_then(|t| t.trim().parse::<f64>().ok());
-        if let Some(m) = milli {
-            out.insert(name.trim().to_string(), json!(m / 1000.0));
-        }
-    }
-    Value::Object(out)
+/// The SoC's thermal zones (a Jetson's CPU/GPU/SoC sensors), which of them throttle, and the
+/// nvpmodel power mode, read now.
+fn board_health() -> Value {
+    let h = Health::read(std::path::Path::new("/"));
+    json!({
+        "zones": h.zones.iter().map(|z| json!({
+            "name": z.name,
+            "celsius": z.celsius,
+            "throttle_at_celsius": z.throttle_at,
+        })).collect::<Vec<_>>(),
+        "throttling": h.throttling().map(|z| z.name.as_str()).collect::<Vec<_>>(),
+        "power_mode": h.power_mode,
+    })
 }
 
 impl Handler for App {
@@ -326,6 +320,7 @@ impl Handler for App {
                         self.shared.started.elapsed().as_secs_f64(),
                         rss_bytes(),
                         self.shared.oversized.load(Ordering::Relaxed),
+                        &Health::read(std::path::Path::new("/")),
                     )
                     .into_bytes(),
                 extra: "",

@@ -80,7 +80,9 @@
       ["fps", s.fps.toFixed(1)], ["frames", s.frames], ["not classified", s.skipped],
       ["events", s.events], ["uptime", Math.round(s.uptime_s) + " s"], ["edgefuse", s.version],
     ];
-    for (const [k, v] of Object.entries(s.temperatures_c)) run.push([k, v.toFixed(1) + " °C"]);
+    if (s.board.power_mode) run.push(["power mode", s.board.power_mode]);
+    for (const z of s.board.zones) run.push([z.name, z.celsius.toFixed(1) + " °C"]);
+    if (s.board.throttling.length) run.push(["THROTTLING", s.board.throttling.join(", ") + " at the trip point: inference slows down"]);
     $("run").replaceChildren(...run.flatMap(([k, v]) => [el("dt", k), el("dd", String(v))]));
     $("events").replaceChildren(...s.recent_events.slice().reverse().map((e) =>
       el("li", new Date(e.time_unix_ms).toLocaleTimeString() + " " + e.kind + " " + e.label +
