@@ -26,6 +26,9 @@ pub const QUEUE_FACTS: usize = 64;
 /// Largest event payload (the journal's record limit and the MQTT packet limit are above it).
 pub const MAX_EVENT_BYTES: usize = 512 << 10;
 
+/// When no event comes, acknowledged cursors are saved this often (each batch saves them too).
+const CURSOR_SAVE_EVERY: Duration = Duration::from_secs(1);
+
 /// How long `finish` waits for the broker / endpoint to acknowledge what is journaled.
 pub const DRAIN: Duration = Duration::from_secs(3);
 
@@ -288,6 +291,7 @@ fn dispatch(
 ) -> Report {
     let mut batch = Vec::with_capacity(QUEUE_FACTS);
     let mut report = Report::default();
+    let mut last_cursor_save = Instant::now();
     loop {
         batch.clear();
         let done = queue.pop_into(&mut batch, QUEUE_FACTS, Duration::from_millis(200));
@@ -346,6 +350,15 @@ fn dispatch(
             if let Some((w, _)) = &webhook {
                 w.wake();
             }
+            last_cursor_save = Instant::now();
+        } else if last_cursor_save.elapsed() >= CURSOR_SAVE_EVERY {
+            // Quiet moments: persist what was acknowledged since, so that a kill now replays
+            // (sends twice) as little as possible.
+            journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .save_cursors_if_changed();
+            last_cursor_save = Instant::now();
         }
         if done {
             break;

@@ -442,6 +442,13 @@ impl Journal {
         }
     }
 
+    /// Persist the readers' cursors if an acknowledgement moved one since the last save.
+    pub fn save_cursors_if_changed(&mut self) {
+        if self.cursor_dirty {
+            self.save_cursors();
+        }
+    }
+
     /// Persist the readers' cursors (also done by [`Journal::sync`]).
     pub fn save_cursors(&mut self) {
         let Some(dir) = self.dir.clone() else {
