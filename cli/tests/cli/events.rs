@@ -1,8 +1,10 @@
 //! Events out of the `edgefuse` binary against a real broker (Debian's mosquitto on a free
 //! loopback port): a run SIGKILLed mid-stream, with the broker down, loses no journaled event
 //! and the next start replays them, with snapshots; bad settings (broker URI, CA file, folders)
-//! are clear errors; a broker that is down at start is said once and the run goes on.
-//! Budget: about 15 s natively; skipped under emulation (each start loads the model under
+//! are clear errors; a broker that is down at start is said once and the run goes on; a camera
+//! that fails and comes back is published as camera_offline / camera_online; a killed run is
+//! reported offline by its last will.
+//! Budget: about 20 s natively; skipped under emulation (each start loads the model under
 //! qemu; the sinks crate's broker tests run there).
 
 use std::collections::BTreeSet;
@@ -254,4 +256,54 @@ fn a_killed_run_is_reported_offline_by_its_last_will() {
     let last: serde_json::Value = serde_json::from_slice(&msgs.last().unwrap().payload).unwrap();
     assert_eq!(last["state"], "offline", "the broker published the will");
     assert_eq!(last["device"], "w1");
+}
+
+#[test]
+fn a_camera_that_fails_and_comes_back_is_published_as_offline_then_online() {
+    native_only!("camera events end to end");
+    let Some(broker) = Broker::start("camera_events") else {
+        return;
+    };
+    let sub = Subscriber::new(&broker, "c/+/event");
+    let r = Run::within(
+        120,
+        &[
+            "run",
+            "--source",
+            "synthetic://?width=64&height=48&fps=25&fail_every=10&fail_for=2",
+            "--frames",
+            "25",
+            "--mqtt",
+            &broker.uri("c"),
+            "--device-id",
+            "cam",
+        ],
+    );
+    r.code(0);
+    let msgs = sub.wait_for(Duration::from_secs(5), |m| m.len() >= 4);
+    let camera: Vec<(String, Option<String>)> = msgs
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap())
+        .filter(|v| v["kind"].as_str().unwrap().starts_with("camera_"))
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap().to_string(),
+                v["reason"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    assert!(camera.len() >= 4, "{camera:?}\n{}", r.context());
+    for (i, (kind, reason)) in camera.iter().enumerate() {
+        assert_eq!(
+            kind,
+            ["camera_offline", "camera_online"][i % 2],
+            "{camera:?}"
+        );
+        if i % 2 == 0 {
+            assert!(
+                reason.as_deref().is_some_and(|r| r.contains("simulated")),
+                "{camera:?}"
+            );
+        }
+    }
 }
