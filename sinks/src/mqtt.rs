@@ -166,7 +166,9 @@ impl MqttConfig {
             prefix: prefix.to_string(),
             ca: ca.map(Path::to_path_buf),
         };
-        if tls {
+        if cfg.ca.is_some() {
+            // The CA file is checked now (a missing file is a usage error at start); the
+            // system's roots are loaded when connecting.
             cfg.tls_config()?;
         }
         Ok(cfg)

@@ -1,8 +1,8 @@
 //! Fuzzing every parser of user input on the stable toolchain (see `edgefuse_tests::fuzz`):
 //! the bundle manifest (parse + validation), source URIs (parsing and option checks, no device
 //! opened), trigger / pin / actuator / status-LED specs and durations, the int8 calibration
-//! table, label prompts (`labels add`'s text path: validation and tokenizer), and image
-//! decoding into a frame. (The config file is fuzzed in the cli crate, where `RunOptions`
+//! table, label prompts (`labels add`'s text path: validation and tokenizer), image decoding
+//! into a frame, and the event outputs' broker URIs, webhook URLs and device ids. (The config file is fuzzed in the cli crate, where `RunOptions`
 //! lives.) Any panic, hang or allocation above [`CAP`] fails the test.
 //!
 //! `EDGEFUSE_FUZZ_SECS` sets the seconds per target (default 20; 3 under emulation); arguments
@@ -94,6 +94,16 @@ fn specs(data: &[u8]) {
     let _ = edgefuse_runtime::duration::parse_duration(t);
 }
 
+/// The event outputs' settings: broker URIs, webhook URLs, device ids.
+fn sinks(data: &[u8]) {
+    let Some(t) = text(data) else { return };
+    if let Ok(c) = edgefuse_sinks::mqtt::MqttConfig::parse(t, None) {
+        let _ = c.describe();
+    }
+    let _ = edgefuse_sinks::webhook::WebhookConfig::new(t, None, std::time::Duration::ZERO);
+    let _ = edgefuse_sinks::event::valid_device_id(t);
+}
+
 fn table(data: &[u8]) {
     let _ = serde_json::from_slice::<QuantTables>(data);
 }
@@ -173,6 +183,23 @@ const TARGETS: &[Target] = &[
         ],
         4096,
         specs,
+    ),
+    (
+        "sinks",
+        &[
+            b"mqtt://",
+            b"mqtts://",
+            b"user:pa%40ss@",
+            b"[::1]",
+            b":1883",
+            b"/prefix/",
+            b"+",
+            b"#",
+            b"http://",
+            b"https://",
+        ],
+        4096,
+        sinks,
     ),
     (
         "table",
