@@ -193,8 +193,10 @@ pub fn fit(data: &FitData, opts: &FitOptions) -> Result<FitResult, FitError> {
             methods.push(m);
         }
     }
+    // At least two frames of each label in each fold where there are enough: neighbouring frames
+    // (often the same object) then tend to share a fold instead of validating each other.
     let k = if min >= 2 {
-        opts.folds.min(min)
+        opts.folds.min(min / 2)
     } else {
         opts.folds.min(frames)
     }
