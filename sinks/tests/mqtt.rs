@@ -391,3 +391,24 @@ fn events_go_over_tls_only_to_a_broker_the_given_ca_vouches_for() {
         .collect();
     assert_eq!(frames, (10..15).collect::<Vec<_>>());
 }
+
+#[test]
+fn results_are_rate_limited() {
+    // No broker: every result that reaches the publisher is counted as skipped (offline), so
+    // the count is the number the rate let through.
+    let port = edgefuse_tests::mosquitto::free_port();
+    let cfg = EventConfig {
+        mqtt_results_every: Some(Duration::from_secs(3600)),
+        ..config(&format!("mqtt://127.0.0.1:{port}/r"), None)
+    };
+    let mut sink = EventSink::start(cfg, &info()).unwrap();
+    let mut f = Feeder::new();
+    for seq in 0..30 {
+        f.feed(&mut sink, seq);
+    }
+    let summary = finish(sink);
+    assert!(
+        summary.contains("30 journaled") && summary.contains("0 results, 1 results skipped"),
+        "one result in the hour, every event: {summary}"
+    );
+}
