@@ -57,9 +57,12 @@ impl Bundle {
             let entry = entry.map_err(|e| werr(self.dir(), e))?;
             let name = entry.file_name();
             let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            let text = name.to_string_lossy();
+            // Not the old manifest or parameters, nor what interrupted updates left behind.
             if !is_file
                 || name == MANIFEST_FILE
-                || Some(name.to_string_lossy().as_ref()) == old_params
+                || Some(text.as_ref()) == old_params
+                || text.ends_with("tmp-edgefuse")
             {
                 continue;
             }
@@ -151,6 +154,43 @@ mod tests {
         let f = b.manifest().fusion_fitted.as_ref().unwrap();
         assert_eq!(f.zero_shot_method, FusionMethod::WeightedLogits);
         assert!(b.fitted().unwrap().stacking.is_some());
+    }
+
+    /// Fitting a fitted bundle again replaces its parameters (the old file is not carried over)
+    /// and keeps the zero-shot method it had before the first fit.
+    #[test]
+    fn a_refit_replaces_the_parameters() {
+        let (tmp, dir) = fitted_default();
+        let b = Bundle::open(&dir).unwrap();
+        let old = b
+            .manifest()
+            .fusion_fitted
+            .as_ref()
+            .unwrap()
+            .params
+            .file
+            .clone();
+        std::fs::write(dir.join(".bundle.toml.1.tmp-edgefuse"), "junk").unwrap();
+        let mut params = b.fitted().unwrap().clone();
+        params.stacking.as_mut().unwrap().bias[0] = 1.0;
+        let record = FitRecord {
+            method: FusionMethod::Voting,
+            frames: 5,
+            frames_sha256: "11".repeat(32),
+            source: "file://y".into(),
+            folds: 2,
+            cv_accuracy: Default::default(),
+        };
+        let again = tmp.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        b.write_fitted(&again, &params, &record).unwrap();
+        let b2 = Bundle::open(&again).unwrap();
+        let f = b2.manifest().fusion_fitted.as_ref().unwrap();
+        assert_ne!(f.params.file, old);
+        assert!(!again.join(&old).exists() && !again.join(".bundle.toml.1.tmp-edgefuse").exists());
+        assert_eq!(f.zero_shot_method, FusionMethod::WeightedLogits);
+        assert_eq!(b2.manifest().fusion.method, FusionMethod::Voting);
+        assert_eq!(b2.fitted().unwrap().stacking.as_ref().unwrap().bias[0], 1.0);
     }
 
     /// `labels remove` drops the fitted parameters (they have rows for the old labels), says so,
