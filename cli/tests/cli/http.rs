@@ -262,3 +262,32 @@ fn the_page_in_headless_chromium_shows_the_label_being_classified() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     println!("screenshot: {}", shot.display());
 }
+
+#[test]
+fn the_config_file_key_http_starts_the_server_and_a_bad_address_is_a_usage_error() {
+    native_only!("config file keys");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "http = \"127.0.0.1:0\"\nframes = 2\n").unwrap();
+    let r = crate::Run::within(60, &["run", "--config", good.to_str().unwrap()]);
+    r.code(0)
+        .stderr_has(&["edgefuse: status page at http://127.0.0.1:"]);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "frames = 2\nhttp = \"localhost-8080\"\n").unwrap();
+    let r = crate::Run::within(60, &["run", "--config", bad.to_str().unwrap()]);
+    r.code(2).stderr_has(&[":2:", "key `http`"]);
+    let r = crate::Run::within(
+        60,
+        &[
+            "run",
+            "--http",
+            "127.0.0.1:0",
+            "--http-token-file",
+            "/nonexistent/token",
+            "--frames",
+            "1",
+        ],
+    );
+    r.code(1)
+        .stderr_has(&["--http-token-file /nonexistent/token"]);
+}
