@@ -204,6 +204,20 @@ fn healthz_follows_frames_the_camera_and_a_stall() {
         .contains("edgefuse_source_online 0"));
     sink.source(SourceState::Online, "").unwrap();
     assert_eq!(get(addr, "/healthz", None).0, 200);
+    // The camera's changes are events too, as the event sinks publish them.
+    let (_, _, body) = get(addr, "/api/status", None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let kinds: Vec<&str> = v["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["camera_offline", "camera_online"]);
+    assert_eq!(
+        v["recent_events"][0]["reason"],
+        "/dev/video0: No such device"
+    );
     std::thread::sleep(Duration::from_millis(400));
     let (status, _, body) = get(addr, "/healthz", None);
     assert_eq!(status, 503);
@@ -334,7 +348,13 @@ fn every_endpoint_answers_and_bad_requests_are_refused() {
     let (_, _, status_json) = get(addr, "/api/status", None);
     let v: serde_json::Value = serde_json::from_slice(&status_json).unwrap();
     assert_eq!(v["top"][0]["label"], "dog");
-    assert_eq!(v["recent_events"][0]["label"], "dog");
+    let e = &v["recent_events"][0];
+    assert_eq!(
+        (&e["kind"], &e["event"]["label"], &e["frame"]),
+        (&"fire".into(), &"dog".into(), &0.into()),
+        "{e}"
+    );
+    assert_eq!(e["model"], "test-bundle 1.0");
     assert_eq!(v["model"], "test-bundle 1.0");
     assert_eq!(get(addr, "/nope", None).0, 404);
     // Not GET: 405; a head over the limit: 431; garbage: 400.

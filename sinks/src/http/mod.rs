@@ -15,7 +15,7 @@
 //! | `/metrics` | Prometheus / OpenMetrics text |
 //! | `/healthz` | 200 while frames flow, 503 and the reason otherwise |
 //! | `/snapshot.jpg` | the latest frame |
-//! | `/events` | Server-Sent Events, one JSON object per fired or released label |
+//! | `/events` | Server-Sent Events: the event sinks' JSON ([`crate::event::Event`]) of each frame that fired or released labels, and of the camera going offline and back |
 
 pub mod health;
 pub mod metrics;
@@ -192,10 +192,7 @@ impl Sink for HttpSink {
 
     fn frame(&mut self, r: &FrameResult<'_>) -> Result<(), SinkError> {
         let before = self.shared.status().skipped;
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.shared.publish(r, unix_ms);
+        self.shared.publish(r, &self.app.info.source);
         let skipped = self.shared.status().skipped - before;
         self.metrics.frame(r, skipped);
         Ok(())
@@ -203,7 +200,7 @@ impl Sink for HttpSink {
 
     fn source(&mut self, state: SourceState, reason: &str) -> Result<(), SinkError> {
         let offline = state == SourceState::Offline;
-        self.shared.status().health.source(offline, reason);
+        self.shared.camera(offline, reason);
         self.metrics.source_online(!offline);
         Ok(())
     }

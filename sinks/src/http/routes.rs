@@ -16,7 +16,8 @@ use edgefuse_runtime::pipeline::STAGES;
 use super::metrics::{rss_bytes, Metrics};
 use super::server::{write_head, Handler, Request, Response};
 use super::snapshot;
-use super::state::{EventRecord, Shared, Status};
+use super::state::{Shared, Status};
+use crate::event::{default_device_id, EventContext, Fact};
 use crate::RunInfo;
 
 /// Concurrent `/events` streams (each holds a worker); more get 503.
@@ -37,6 +38,7 @@ pub struct App {
     pub(crate) info: RunInfo,
     pub(crate) token: Option<String>,
     pub(crate) stop: Arc<AtomicBool>,
+    ctx: EventContext,
     page: String,
     streams: AtomicUsize,
     /// The last JPEG and the frame it shows.
@@ -54,9 +56,16 @@ impl App {
         let page = PAGE_HTML
             .replace("/*CSS*/", PAGE_CSS)
             .replace("/*JS*/", PAGE_JS);
+        let ctx = EventContext {
+            labels: info.labels.clone(),
+            device: default_device_id(),
+            model: info.model.clone(),
+            uri: info.source.clone(),
+        };
         Self {
             shared,
             metrics,
+            ctx,
             info,
             token,
             stop,
@@ -134,21 +143,15 @@ impl App {
                 "recent_end_to_end_ms": history.iter().map(|(_, r)| r[e2e]).collect::<Vec<_>>(),
                 "recent_encoder_ms": history.iter().map(|(_, r)| r[2]).collect::<Vec<_>>(),
             },
-            "recent_events": s.event_history().map(|(_, e)| self.event_json(e)).collect::<Vec<_>>(),
+            "recent_events": s.event_history().map(|(i, e)| self.event_json(i, e)).collect::<Vec<_>>(),
             "board": board_health(),
         })
     }
 
-    /// One event as JSON: the line `/events` streams. (The shared event type of the event
-    /// sinks replaces this when it lands.)
-    pub fn event_json(&self, e: &EventRecord) -> Value {
-        json!({
-            "frame": e.seq,
-            "kind": if e.fire { "fire" } else { "release" },
-            "label": self.label(e.label),
-            "score": e.score,
-            "time_unix_ms": e.unix_ms,
-        })
+    /// One event as JSON: the line `/events` streams, the event sinks' [`crate::event::Event`]
+    /// (as published over MQTT, without a snapshot path; `id` counts this run's events).
+    pub fn event_json(&self, id: u64, fact: &Fact) -> Value {
+        serde_json::to_value(fact.event(id, &self.ctx, None)).unwrap_or(Value::Null)
     }
 
     fn snapshot(&self) -> Response {
@@ -222,7 +225,7 @@ impl App {
             for (i, e) in s.event_history() {
                 if i >= next {
                     line.extend_from_slice(b"data: ");
-                    serde_json::to_writer(&mut line, &self.event_json(e))?;
+                    serde_json::to_writer(&mut line, &self.event_json(i, e))?;
                     line.extend_from_slice(b"\n\n");
                 }
             }

@@ -5,11 +5,11 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgefuse_runtime::decision::EventKind;
 use edgefuse_runtime::frame::PixelFormat;
 use edgefuse_runtime::pipeline::{FrameResult, STAGES};
 
 use super::health::Health;
+use crate::event::{EventKind, Fact};
 
 /// Frames whose stage latencies the page plots (the most recent ones).
 pub const HISTORY: usize = 240;
@@ -20,21 +20,6 @@ pub const MAX_TOP: usize = 16;
 /// Longest frame source name kept (a file name); longer ones are cut.
 pub const SOURCE_CAPACITY: usize = 256;
 
-/// One fired or released label.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct EventRecord {
-    /// Frame sequence number.
-    pub seq: u64,
-    /// Label index.
-    pub label: u16,
-    /// Score (0 for a release).
-    pub score: f32,
-    /// Wall-clock time, milliseconds since the Unix epoch.
-    pub unix_ms: u64,
-    /// A firing (else a release).
-    pub fire: bool,
-}
-
 /// The run as the page and the metrics see it; copied out whole by the server.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -43,7 +28,8 @@ pub struct Status {
     /// Frames the source numbered but the run did not classify (dropped behind inference,
     /// not triggered, broken), from gaps in the sequence numbers.
     pub skipped: u64,
-    /// Events (firings and releases) so far; the index of the next one.
+    /// Events so far (frames that fired or released labels, the camera going offline and
+    /// back); the index of the next one.
     pub events: u64,
     /// Last frame's sequence number.
     pub seq: u64,
@@ -59,8 +45,8 @@ pub struct Status {
     pub latency_ms: [[f32; STAGES.len()]; HISTORY],
     /// When each of those frames was classified, ms since the sink started.
     pub at_ms: [u64; HISTORY],
-    /// Last events (ring, `events % EVENT_HISTORY` is the next slot).
-    pub recent_events: [EventRecord; EVENT_HISTORY],
+    /// Last events as the event sinks' facts (ring, `events % EVENT_HISTORY` is the next slot).
+    pub recent_events: [Fact; EVENT_HISTORY],
     /// The health state machine.
     pub health: Health,
 }
@@ -78,7 +64,7 @@ impl Status {
             heads: (0, None),
             latency_ms: [[0.0; STAGES.len()]; HISTORY],
             at_ms: [0; HISTORY],
-            recent_events: [EventRecord::default(); EVENT_HISTORY],
+            recent_events: [Fact::empty(); EVENT_HISTORY],
             health: Health::new(stall_after),
         }
     }
@@ -92,7 +78,7 @@ impl Status {
     }
 
     /// The kept events, oldest first.
-    pub fn event_history(&self) -> impl Iterator<Item = (u64, &EventRecord)> {
+    pub fn event_history(&self) -> impl Iterator<Item = (u64, &Fact)> {
         let n = (self.events as usize).min(EVENT_HISTORY);
         let first = self.events - n as u64;
         (first..self.events).map(|i| (i, &self.recent_events[i as usize % EVENT_HISTORY]))
@@ -181,8 +167,23 @@ impl Shared {
             .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Publish one classified frame (inference thread; no allocation).
-    pub fn publish(&self, r: &FrameResult<'_>, unix_ms: u64) {
+    /// Record that the source went offline (with `reason`) or came back, as an event.
+    pub fn camera(&self, offline: bool, reason: &str) {
+        let mut s = self.status();
+        s.health.source(offline, reason);
+        let slot = s.events as usize % EVENT_HISTORY;
+        let kind = if offline {
+            EventKind::CameraOffline
+        } else {
+            EventKind::CameraOnline
+        };
+        s.recent_events[slot].camera(kind, reason);
+        s.events += 1;
+    }
+
+    /// Publish one classified frame (inference thread; no allocation). `uri` names the source
+    /// of a frame without a name of its own.
+    pub fn publish(&self, r: &FrameResult<'_>, uri: &str) {
         let now = Instant::now();
         let now_ms = self.ms_since_start(now);
         {
@@ -210,19 +211,9 @@ impl Shared {
             }
             s.at_ms[slot] = now_ms;
             s.frames += 1;
-            for e in r.events.iter() {
+            if Fact::kind_of(r).is_some() {
                 let slot = s.events as usize % EVENT_HISTORY;
-                s.recent_events[slot] = EventRecord {
-                    seq: r.frame.seq,
-                    label: e.label,
-                    score: if e.kind == EventKind::Fire {
-                        e.score
-                    } else {
-                        0.0
-                    },
-                    unix_ms,
-                    fire: e.kind == EventKind::Fire,
-                };
+                s.recent_events[slot].fill(r, uri);
                 s.events += 1;
             }
             s.health.frame(now);

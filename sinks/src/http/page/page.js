@@ -84,9 +84,16 @@
     for (const z of s.board.zones) run.push([z.name, z.celsius.toFixed(1) + " °C"]);
     if (s.board.throttling.length) run.push(["THROTTLING", s.board.throttling.join(", ") + " at the trip point: inference slows down"]);
     $("run").replaceChildren(...run.flatMap(([k, v]) => [el("dt", k), el("dd", String(v))]));
-    $("events").replaceChildren(...s.recent_events.slice().reverse().map((e) =>
-      el("li", new Date(e.time_unix_ms).toLocaleTimeString() + " " + e.kind + " " + e.label +
-        (e.kind === "fire" ? " (" + e.score.toFixed(3) + ")" : "") + " · frame " + e.frame)));
+    $("events").replaceChildren(...s.recent_events.slice().reverse().map((e) => {
+      let what = e.kind;
+      if (e.kind === "fire" && e.event) what = "fire " + e.event.label + " (" + e.event.score.toFixed(3) + ")";
+      if (e.kind === "fire" && e.released.length) what += ", release " + e.released.join(", ");
+      if (e.kind === "release") what = "release " + e.released.join(", ");
+      if (e.kind === "camera_offline") what = "camera offline: " + e.reason;
+      if (e.kind === "camera_online") what = "camera back online";
+      return el("li", new Date(e.time_unix_ms).toLocaleTimeString() + " " + what +
+        (e.frame !== undefined ? " · frame " + e.frame : ""));
+    }));
     if (s.frames > 0 && s.frame.seq !== lastSeq) {
       lastSeq = s.frame.seq;
       $("snapshot").src = "snapshot.jpg?seq=" + s.frame.seq + (q ? "&" + q : "");
