@@ -170,6 +170,7 @@ mod tests {
                 clip: 1,
                 qformer: Some(2),
             },
+            fallbacks: 0,
         };
         let mut line = Vec::new();
         crate::output::write_json(&mut line, &r, &labels, "file:///data", None).unwrap();

@@ -220,11 +220,14 @@ impl<W: Write> RunSink for &mut Outputs<'_, W> {
 fn sinks(o: &RunOptions, info: &RunInfo) -> Result<Sinks> {
     let mut sinks = Sinks::new();
     // Events out: MQTT, webhook, snapshots, through the journal (issue 15 part A).
-    if let Some(events) = crate::events::event_sink(o, info)? {
+    let events = crate::events::event_sink(o, info)?;
+    // Its live figures (journal depth, broker state) for the status server's /metrics.
+    let stats = events.as_ref().map(|e| e.stats());
+    if let Some(events) = events {
         sinks.push(Box::new(events));
     }
     // The status page (issue 16).
-    if let Some(http) = crate::status::sink(o, info)? {
+    if let Some(http) = crate::status::sink(o, info, stats)? {
         sinks.push(http);
     }
     Ok(sinks)

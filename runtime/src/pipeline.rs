@@ -63,6 +63,9 @@ pub struct FrameResult<'a> {
     pub times: StageTimes,
     /// Top-1 label of each head before fusion.
     pub heads: HeadTop1,
+    /// Times the run so far switched to the fallback backend after the primary failed (0 or
+    /// 1: the CPU has no fallback).
+    pub fallbacks: u32,
 }
 
 /// What [`Pipeline::run_with`] hands its results to, on the inference thread
@@ -376,6 +379,7 @@ impl Pipeline {
             events: &self.events,
             times,
             heads,
+            fallbacks: self.fallbacks,
         }))
     }
 

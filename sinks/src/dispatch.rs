@@ -16,6 +16,7 @@ use crate::journal::{Journal, JournalError, JournalStats};
 use crate::mqtt::{Mqtt, MqttConfig, MqttConfigError, MqttStats};
 use crate::queue::FactQueue;
 use crate::snapshot::{SnapshotCapture, SnapshotConfig, SnapshotError, SnapshotWriter};
+use crate::stats::EventStats;
 use crate::webhook::{Webhook, WebhookConfig, WebhookStats};
 use crate::{RunInfo, Sink, SinkError, SourceState};
 
@@ -89,6 +90,7 @@ pub struct EventSink {
     capture: Option<SnapshotCapture>,
     dispatcher: Option<JoinHandle<Report>>,
     summary: Option<String>,
+    live: Arc<EventStats>,
 }
 
 impl std::fmt::Debug for EventSink {
@@ -110,7 +112,9 @@ impl EventSink {
         if cfg.webhook.is_some() {
             readers.push("webhook");
         }
-        let journal = Journal::open(cfg.journal.as_deref(), cfg.journal_max_bytes, &readers)?;
+        let live = Arc::new(EventStats::new(cfg.mqtt.is_some(), cfg.webhook.is_some()));
+        let mut journal = Journal::open(cfg.journal.as_deref(), cfg.journal_max_bytes, &readers)?;
+        journal.set_live(live.clone());
         if journal.pending() > 0 {
             log::warn!(
                 "events: {} journaled events from an earlier run not yet delivered; sending them first",
@@ -122,14 +126,20 @@ impl EventSink {
         }
         let journal = Arc::new(Mutex::new(journal));
         let mqtt = match cfg.mqtt.clone() {
-            Some(m) => Some(Mqtt::start(m, &cfg.device, journal.clone(), 0)?),
+            Some(m) => Some(Mqtt::start(
+                m,
+                &cfg.device,
+                journal.clone(),
+                0,
+                live.clone(),
+            )?),
             None => None,
         };
         let webhook_reader = readers.iter().position(|r| *r == "webhook").unwrap_or(0);
         let webhook = cfg
             .webhook
             .clone()
-            .map(|w| Webhook::start(w, journal.clone(), webhook_reader));
+            .map(|w| Webhook::start(w, journal.clone(), webhook_reader, live.clone()));
         let (capture, writer) = match &cfg.snapshots {
             Some(s) => {
                 let (c, w) = crate::snapshot::open(s)?;
@@ -145,9 +155,10 @@ impl EventSink {
             uri: info.source.clone(),
         };
         let q = queue.clone();
+        let l = live.clone();
         let dispatcher = std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || dispatch(q, ctx, journal, mqtt, webhook, writer))
+            .spawn(move || dispatch(q, ctx, journal, mqtt, webhook, writer, l))
             .map_err(EventSinkError::Thread)?;
         Ok(EventSink {
             queue,
@@ -161,7 +172,14 @@ impl EventSink {
             capture,
             dispatcher: Some(dispatcher),
             summary: None,
+            live,
         })
+    }
+
+    /// The sink's live figures (journal depth, drops, broker and webhook state), for the
+    /// status server's `/metrics`.
+    pub fn stats(&self) -> Arc<EventStats> {
+        self.live.clone()
     }
 }
 
@@ -288,6 +306,7 @@ fn dispatch(
     mqtt: Option<(Arc<Mqtt>, JoinHandle<()>)>,
     webhook: Option<(Arc<Webhook>, JoinHandle<()>)>,
     mut snapshots: Option<SnapshotWriter>,
+    live: Arc<EventStats>,
 ) -> Report {
     let mut batch = Vec::with_capacity(QUEUE_FACTS);
     let mut report = Report::default();
@@ -295,6 +314,7 @@ fn dispatch(
     loop {
         batch.clear();
         let done = queue.pop_into(&mut batch, QUEUE_FACTS, Duration::from_millis(200));
+        EventStats::set(&live.queue_dropped, queue.dropped());
         let mut appended = false;
         for f in &batch {
             if f.kind.is_none() {
@@ -320,11 +340,13 @@ fn dispatch(
                         p.len()
                     );
                     report.unencodable += 1;
+                    EventStats::add(&live.unencodable, 1);
                     continue;
                 }
                 Err(err) => {
                     log::error!("events: cannot encode the event of frame {}: {err}", f.seq);
                     report.unencodable += 1;
+                    EventStats::add(&live.unencodable, 1);
                     continue;
                 }
             };
@@ -337,6 +359,7 @@ fn dispatch(
                 m.decided(id, f.at);
             }
             report.events += 1;
+            EventStats::add(&live.journaled, 1);
             appended = true;
         }
         if appended {

@@ -22,6 +22,9 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::stats::EventStats;
 
 /// Largest record payload accepted (an event is a few hundred bytes; a longer length field is
 /// corruption).
@@ -95,6 +98,8 @@ pub struct Journal {
     stats: JournalStats,
     /// The last write error, logged once until a write succeeds again.
     failing: bool,
+    /// Live figures for the status server, when one reads them.
+    live: Option<Arc<EventStats>>,
 }
 
 fn encode(id: u64, payload: &[u8], out: &mut Vec<u8>) {
@@ -171,6 +176,7 @@ impl Journal {
             cursor_dirty: false,
             stats: JournalStats::default(),
             failing: false,
+            live: None,
         };
         if let Some(dir) = dir {
             j.load(dir)?;
@@ -258,6 +264,30 @@ impl Journal {
         Ok(())
     }
 
+    /// Keep `live` up to date from now on (pending records, size, losses): stored on every
+    /// append, acknowledgement and write.
+    pub fn set_live(&mut self, live: Arc<EventStats>) {
+        EventStats::set(&live.journal_limit_bytes, self.max_bytes);
+        self.live = Some(live);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let Some(l) = &self.live else {
+            return;
+        };
+        EventStats::set(&l.journal_pending, self.records.len() as u64);
+        EventStats::set(&l.journal_bytes, self.bytes());
+        EventStats::set(&l.journal_dropped, self.stats.dropped);
+        EventStats::set(&l.journal_not_written, self.stats.not_written);
+    }
+
+    /// Bytes of the segments (records not yet trimmed, headers included): what counts against
+    /// the bound.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
     /// The id the next record gets.
     pub fn next_id(&self) -> u64 {
         self.next_id
@@ -314,6 +344,7 @@ impl Journal {
         }
         self.records.push_back(Record { id, payload });
         self.enforce_limit();
+        self.publish();
         id
     }
 
@@ -363,6 +394,7 @@ impl Journal {
         if self.cursor_dirty {
             self.save_cursors();
         }
+        self.publish();
     }
 
     fn flush(&mut self) {
@@ -424,6 +456,7 @@ impl Journal {
             self.readers[r].1 = id;
             self.cursor_dirty = true;
             self.trim();
+            self.publish();
         }
     }
 

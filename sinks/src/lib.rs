@@ -23,6 +23,7 @@ pub mod journal;
 pub mod mqtt;
 pub mod queue;
 pub mod snapshot;
+pub mod stats;
 pub mod webhook;
 
 /// What every sink knows of the run it serves, fixed for the run.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Connection, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS};
 
 use crate::journal::Journal;
+use crate::stats::EventStats;
 
 /// Most events handed to the client and not yet acknowledged.
 const WINDOW: usize = 64;
@@ -276,6 +277,8 @@ pub struct Mqtt {
     stop: AtomicBool,
     /// Extra counters for the status topic (the dispatcher's drops), set by the dispatcher.
     pub dropped: std::sync::atomic::AtomicU64,
+    /// Live figures: connected or not, events acknowledged.
+    live: Arc<EventStats>,
 }
 
 impl std::fmt::Debug for Mqtt {
@@ -292,12 +295,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Mqtt {
     /// The publisher for `cfg`, reading `journal` as reader number `reader`; starts the
-    /// connection thread.
+    /// connection thread. The connection state and acknowledgements go to `live`.
     pub fn start(
         cfg: MqttConfig,
         device: &str,
         journal: Arc<Mutex<Journal>>,
         reader: usize,
+        live: Arc<EventStats>,
     ) -> Result<(Arc<Self>, JoinHandle<()>), MqttConfigError> {
         let base = format!("{}/{device}", cfg.prefix);
         let sent = lock(&journal).acked(reader);
@@ -323,6 +327,7 @@ impl Mqtt {
             }),
             stop: AtomicBool::new(false),
             dropped: Default::default(),
+            live,
             cfg,
         });
         let options = m.options()?;
@@ -475,6 +480,7 @@ impl Mqtt {
         match ev {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 s.connected = true;
+                EventStats::set(&self.live.broker_connected, 1);
                 s.stats.connections += 1;
                 s.handed.clear();
                 s.by_pkid.clear();
@@ -506,6 +512,7 @@ impl Mqtt {
             Event::Incoming(Incoming::PubAck(ack)) => {
                 if let Some(id) = s.by_pkid.remove(&ack.pkid) {
                     s.stats.acked += 1;
+                    EventStats::add(&self.live.acknowledged, 1);
                     if let Some(at) = s.decided.remove(&id) {
                         s.stats.latency_ms.push(at.elapsed().as_secs_f64() * 1000.0);
                     }
@@ -553,6 +560,7 @@ impl Mqtt {
             {
                 let mut s = lock(&self.state);
                 s.connected = false;
+                EventStats::set(&self.live.broker_connected, 0);
                 s.client = None;
                 if let Some(e) = &error {
                     if !self.stop.load(Ordering::Relaxed) && !s.outage_logged {

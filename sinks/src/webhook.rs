@@ -17,6 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::journal::Journal;
+use crate::stats::EventStats;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -128,6 +129,7 @@ pub struct Webhook {
     stop: AtomicBool,
     deadline: Mutex<Option<Instant>>,
     stats: Mutex<WebhookStats>,
+    live: Arc<EventStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,11 +137,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Webhook {
-    /// Start the thread; it reads `journal` as reader `reader`.
+    /// Start the thread; it reads `journal` as reader `reader` and keeps `live`'s delivered
+    /// count and failing flag.
     pub fn start(
         cfg: WebhookConfig,
         journal: Arc<Mutex<Journal>>,
         reader: usize,
+        live: Arc<EventStats>,
     ) -> (Arc<Self>, JoinHandle<()>) {
         let w = Arc::new(Webhook {
             cfg,
@@ -149,6 +153,7 @@ impl Webhook {
             stop: AtomicBool::new(false),
             deadline: Mutex::new(None),
             stats: Mutex::new(WebhookStats::default()),
+            live,
         });
         let me = w.clone();
         let t = std::thread::spawn(move || me.run());
@@ -215,6 +220,8 @@ impl Webhook {
                 Ok(()) => {
                     lock(&self.journal).ack(self.reader, rec.id);
                     lock(&self.stats).delivered += 1;
+                    EventStats::add(&self.live.webhook_delivered, 1);
+                    EventStats::set(&self.live.webhook_failing, 0);
                     if failing {
                         log::warn!("webhook {}: delivering again", self.cfg.url);
                     }
@@ -223,6 +230,7 @@ impl Webhook {
                 }
                 Err(e) => {
                     lock(&self.stats).failures += 1;
+                    EventStats::set(&self.live.webhook_failing, 1);
                     if !failing {
                         log::warn!(
                             "webhook {}: event {} not delivered ({e}); retrying with backoff, events stay journaled (said once per outage)",

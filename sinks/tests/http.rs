@@ -1,15 +1,20 @@
 //! The status server over real loopback sockets: metrics parsed back, health, token auth,
-//! non-loopback refusal, and inference that keeps going while clients hang.
+//! non-loopback refusal, and inference that keeps going while clients hang; with a real event
+//! sink, the journal's depth and the broker's state on `/metrics` (a closed port, and Debian's
+//! mosquitto, see `edgefuse_tests::mosquitto`). Budget: about 6 s.
 
 mod http_common;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use edgefuse_sinks::dispatch::{EventConfig, EventSink};
 use edgefuse_sinks::http::{HttpConfig, HttpError, HttpSink};
+use edgefuse_sinks::mqtt::MqttConfig;
 use edgefuse_sinks::{Sink, SourceState};
+use edgefuse_tests::mosquitto::{free_port, Broker};
 use http_common::*;
 
 /// A strict reader of the Prometheus / OpenMetrics text format: every line is a `# HELP`,
@@ -132,6 +137,7 @@ fn metrics_parse_back_with_the_frames_events_and_latencies_published() {
     for seq in 0..5 {
         sink.frame(&feed.result(seq * 2, 0, seq == 1)).unwrap();
     }
+    feed.fallbacks = 1;
     sink.frame(&feed.result(20, 2, true)).unwrap();
     let (status, head, body) = get(sink.addr(), "/metrics", None);
     assert_eq!(status, 200);
@@ -175,7 +181,134 @@ fn metrics_parse_back_with_the_frames_events_and_latencies_published() {
     assert!(m["edgefuse_resident_memory_bytes{}"] > 1e6);
     assert_eq!(types["edgefuse_build"], "info");
     assert!(text.contains("precision=\"float\""), "{text}");
+    assert_eq!(m["edgefuse_backend_fallbacks_total{}"], 1.0);
+    assert_eq!(types["edgefuse_backend_fallbacks"], "counter");
+    assert!(
+        !text.contains("journal") && !text.contains("broker"),
+        "no event sink, no event series:\n{text}"
+    );
+    let (_, _, body) = get(sink.addr(), "/api/status", None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["backend_fallbacks"], 1);
     sink.finish(&Default::default()).unwrap();
+}
+
+/// The event sink for `uri` (journal in `journal`) and a status server showing its figures.
+fn event_and_http_sinks(uri: &str, journal: Option<&std::path::Path>) -> (EventSink, HttpSink) {
+    let events = EventSink::start(
+        EventConfig {
+            device: "dev1".into(),
+            journal: journal.map(Into::into),
+            journal_max_bytes: 1 << 20,
+            mqtt: Some(MqttConfig::parse(uri, None).unwrap()),
+            ..Default::default()
+        },
+        &info(),
+    )
+    .unwrap();
+    let stats = events.stats();
+    let http = start(|c| c.events = Some(stats));
+    (events, http)
+}
+
+/// Scrape `/metrics` until `done` holds of the samples (10 s at most); the last samples.
+fn scrape_until(
+    http: &HttpSink,
+    what: &str,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> (HashMap<String, f64>, HashMap<String, String>) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = get(http.addr(), "/metrics", None);
+        assert_eq!(status, 200);
+        let (m, types) = parse_exposition(&String::from_utf8(body).unwrap());
+        if done(&m) {
+            return (m, types);
+        }
+        assert!(Instant::now() < until, "{what}: {m:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Frames `from..to`, each firing a label, to both sinks.
+fn fire(feed: &mut Feed, events: &mut EventSink, http: &mut HttpSink, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        let r = feed.result(seq, (seq % 3) as u16, true);
+        events.frame(&r).unwrap();
+        http.frame(&r).unwrap();
+    }
+}
+
+#[test]
+fn metrics_show_the_journal_filling_while_the_broker_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("mqtt://127.0.0.1:{}/t", free_port());
+    let (mut events, mut http) = event_and_http_sinks(&uri, Some(dir.path()));
+    let mut feed = Feed::new();
+    fire(&mut feed, &mut events, &mut http, 0..5);
+    let (m, types) = scrape_until(&http, "5 events journaled", |m| {
+        m["edgefuse_events_journaled_total{}"] == 5.0
+    });
+    assert_eq!(m["edgefuse_broker_connected{}"], 0.0);
+    assert_eq!(m["edgefuse_journal_pending_events{}"], 5.0);
+    assert_eq!(m["edgefuse_events_acknowledged_total{}"], 0.0);
+    assert_eq!(m["edgefuse_journal_dropped_events_total{}"], 0.0);
+    assert_eq!(m["edgefuse_event_queue_dropped_events_total{}"], 0.0);
+    assert_eq!(m["edgefuse_journal_limit_bytes{}"], (1u64 << 20) as f64);
+    assert_eq!(types["edgefuse_broker_connected"], "gauge");
+    assert_eq!(types["edgefuse_journal_pending_events"], "gauge");
+    assert_eq!(types["edgefuse_journal_dropped_events"], "counter");
+    assert!(
+        !m.keys().any(|k| k.contains("webhook")),
+        "no webhook, no webhook series"
+    );
+    // Once the sink has stopped (journal synced), the size is what the folder holds.
+    events.finish(&Default::default()).unwrap();
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let (m, _) = scrape_until(&http, "journal size", |_| true);
+    assert!(on_disk > 0);
+    assert_eq!(m["edgefuse_journal_size_bytes{}"], on_disk as f64);
+    assert_eq!(
+        m["edgefuse_journal_pending_events{}"], 5.0,
+        "left for the next start"
+    );
+    http.finish(&Default::default()).unwrap();
+}
+
+#[test]
+fn metrics_show_the_broker_connected_and_the_journal_drained_by_its_acknowledgements() {
+    let Some(mut broker) = Broker::start("http_metrics_broker") else {
+        return;
+    };
+    let (mut events, mut http) = event_and_http_sinks(&broker.uri("t"), None);
+    scrape_until(&http, "connected", |m| {
+        m["edgefuse_broker_connected{}"] == 1.0
+    });
+    let mut feed = Feed::new();
+    fire(&mut feed, &mut events, &mut http, 0..5);
+    let (m, _) = scrape_until(&http, "5 acknowledged, none pending", |m| {
+        m["edgefuse_events_acknowledged_total{}"] == 5.0
+            && m["edgefuse_journal_pending_events{}"] == 0.0
+    });
+    assert_eq!(m["edgefuse_events_journaled_total{}"], 5.0);
+    // The broker goes: the state says so and the journal holds what comes meanwhile.
+    broker.stop();
+    scrape_until(&http, "disconnected", |m| {
+        m["edgefuse_broker_connected{}"] == 0.0
+    });
+    fire(&mut feed, &mut events, &mut http, 5..8);
+    let (m, _) = scrape_until(&http, "3 pending", |m| {
+        m["edgefuse_journal_pending_events{}"] == 3.0
+    });
+    assert_eq!(m["edgefuse_events_journaled_total{}"], 8.0);
+    assert_eq!(m["edgefuse_events_acknowledged_total{}"], 5.0);
+    events.finish(&Default::default()).unwrap();
+    http.finish(&Default::default()).unwrap();
 }
 
 #[test]

@@ -94,6 +94,7 @@ impl Feeder {
                 clip: label,
                 qformer: Some(label),
             },
+            fallbacks: 0,
         };
         sink.frame(&r).unwrap();
     }

@@ -92,6 +92,7 @@ fn feed(sink: &mut EventSink, seq: u64) {
             clip: 0,
             qformer: None,
         },
+        fallbacks: 0,
     };
     sink.frame(&r).unwrap();
 }

@@ -46,11 +46,13 @@ impl Backend for FlakyDevice {
     }
 }
 
-/// `(seq, top label, top probability)` of every classified frame.
-fn classify(pipeline: &mut Pipeline, frames: u64) -> Vec<(u64, u16, f32)> {
+/// `(seq, top label, top probability)` of every classified frame, and what each frame's
+/// result said of fallbacks so far.
+fn classify(pipeline: &mut Pipeline, frames: u64) -> (Vec<(u64, u16, f32)>, Vec<u32>) {
     let uri = format!("file://{}", samples("mnist").display());
     let mut source = capture::open(&uri).unwrap();
     let mut out = Vec::new();
+    let mut fallbacks = Vec::new();
     let (summary, result) = pipeline.run(
         source.as_mut(),
         &mut Trigger::Continuous,
@@ -62,13 +64,14 @@ fn classify(pipeline: &mut Pipeline, frames: u64) -> Vec<(u64, u16, f32)> {
         |r| {
             let (label, p) = *r.top.first().expect("a label");
             out.push((r.frame.seq, label, p));
+            fallbacks.push(r.fallbacks);
             Ok(())
         },
     );
     result.unwrap();
     assert_eq!(summary.frames, frames);
     assert_eq!(summary.broken, 0);
-    out
+    (out, fallbacks)
 }
 
 #[test]
@@ -81,7 +84,8 @@ fn backend_failure_moves_the_run_to_the_cpu_without_losing_a_frame() {
     let frames = 10;
     let mut cpu = Pipeline::new(&bundle, cfg.clone()).unwrap();
     assert!(cpu.device().starts_with("cpu (plan, "), "{}", cpu.device());
-    let want = classify(&mut cpu, frames);
+    let (want, cpu_fallbacks) = classify(&mut cpu, frames);
+    assert!(cpu_fallbacks.iter().all(|&f| f == 0), "{cpu_fallbacks:?}");
 
     let calls = Arc::new(AtomicUsize::new(0));
     let flaky = FlakyDevice {
@@ -93,7 +97,7 @@ fn backend_failure_moves_the_run_to_the_cpu_without_losing_a_frame() {
         .unwrap()
         .with_backend(Box::new(flaky));
     assert_eq!(p.device(), "flaky test device");
-    let got = classify(&mut p, frames);
+    let (got, fallbacks) = classify(&mut p, frames);
 
     // Frames 0-2 on the device, frame 3 failed there and was redone on the CPU, 4-9 on the CPU.
     assert_eq!(
@@ -102,6 +106,8 @@ fn backend_failure_moves_the_run_to_the_cpu_without_losing_a_frame() {
         "called again after failing"
     );
     assert_eq!(p.fallbacks(), 1);
+    // Each frame's result says so from the frame that moved on.
+    assert_eq!(fallbacks, [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]);
     assert!(p.device().starts_with("cpu (plan, "), "{}", p.device());
     assert_eq!(got, want, "results differ from the CPU-only run");
     assert!(p.embedding().iter().all(|v| v.is_finite()));

@@ -132,10 +132,15 @@ fn run_http_serves_every_endpoint_on_the_bundled_samples() {
         "edgefuse_stage_latency_seconds_bucket{le=\"+Inf\",stage=\"encoder\"}",
         &format!("edgefuse_events_total{{label=\"{label}\",kind=\"fire\"}} 1"),
         "edgefuse_resident_memory_bytes ",
+        "edgefuse_backend_fallbacks_total 0",
         "# EOF",
     ] {
         assert!(text.contains(want), "{want:?} not in\n{text}");
     }
+    assert!(
+        !text.contains("edgefuse_journal"),
+        "no event output, no journal:\n{text}"
+    );
     // The first request asks for pixels; the next classified frame is copied (under qemu a
     // frame can take longer than the server's 2 s wait, so ask again until then).
     let deadline = Instant::now() + Duration::from_secs(if emulated() { 300 } else { 60 });
@@ -167,6 +172,36 @@ fn run_http_serves_every_endpoint_on_the_bundled_samples() {
         "{got}"
     );
     assert!(!served.stderr_so_far().contains("panicked"));
+}
+
+#[test]
+fn run_http_with_mqtt_shows_the_journal_and_the_broker_state_on_metrics() {
+    // A port nobody listens on: the broker is down, the frame's event waits in the journal.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let (served, _) = Served::start(&["--mqtt", &format!("mqtt://127.0.0.1:{port}/t")]);
+    served.status_after_a_frame();
+    let deadline = Instant::now() + Duration::from_secs(if emulated() { 300 } else { 60 });
+    loop {
+        let (code, _, body) = served.get("/metrics");
+        assert_eq!(code, 200);
+        let text = String::from_utf8(body).unwrap();
+        if text.contains("edgefuse_journal_pending_events 1\n") {
+            assert!(text.contains("edgefuse_broker_connected 0\n"), "{text}");
+            assert!(
+                text.contains("edgefuse_events_journaled_total 1\n"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the event never reached the journal:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -1,7 +1,11 @@
 //! `/metrics`: the run's counters and per-stage latency histograms in the Prometheus
 //! (OpenMetrics) text format, through the `prometheus-client` crate. Every per-label series is
 //! created at start so that counting on the inference thread is an atomic add (no lookup, no
-//! allocation).
+//! allocation). The event sink's figures (journal depth, drops, broker and webhook state) are
+//! read from its [`EventStats`] when the text is encoded, on a server thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 use edgefuse_runtime::decision::EventKind;
 use edgefuse_runtime::pipeline::{FrameResult, STAGES};
 
+use crate::stats::EventStats;
 use crate::RunInfo;
 
 /// Histogram bucket bounds in seconds: 0.5 ms to 60 s, about 3 per decade.
@@ -40,11 +45,146 @@ pub struct Metrics {
     snapshot_oversized: Gauge,
     temperature: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     throttling: Gauge,
+    fallbacks: Counter,
+    events: Option<EventMetrics>,
+}
+
+/// Where a series' value is kept in [`EventStats`].
+type Figure = fn(&EventStats) -> &AtomicU64;
+
+/// The event sink's series and where their values come from.
+#[derive(Debug)]
+struct EventMetrics {
+    live: Arc<EventStats>,
+    /// (series, figure) pairs copied at encode time.
+    gauges: Vec<(Gauge, Figure)>,
+    counters: Vec<(Counter, Figure)>,
+}
+
+impl EventMetrics {
+    fn register(registry: &mut Registry, live: Arc<EventStats>) -> Self {
+        let mut gauges: Vec<(Gauge, Figure)> = Vec::new();
+        let mut counters: Vec<(Counter, Figure)> = Vec::new();
+        let events = Unit::Other("events".into());
+        let mut gauge = |name: &str, help: &str, unit: Option<Unit>, figure: Figure| {
+            let g = Gauge::default();
+            match unit {
+                Some(u) => registry.register_with_unit(name, help, u, g.clone()),
+                None => registry.register(name, help, g.clone()),
+            }
+            gauges.push((g, figure));
+        };
+        gauge(
+            "journal_pending",
+            "Journaled events not yet acknowledged by every publisher (MQTT broker, webhook)",
+            Some(events.clone()),
+            |s| &s.journal_pending,
+        );
+        gauge(
+            "journal_size",
+            "Bytes of the journal's segments (what counts against --journal-max-mb)",
+            Some(Unit::Bytes),
+            |s| &s.journal_bytes,
+        );
+        gauge(
+            "journal_limit",
+            "The journal's bound (--journal-max-mb); the oldest unsent events are dropped beyond it",
+            Some(Unit::Bytes),
+            |s| &s.journal_limit_bytes,
+        );
+        if live.mqtt {
+            gauge(
+                "broker_connected",
+                "1 while connected to the MQTT broker, 0 while it is unreachable (events are journaled)",
+                None,
+                |s| &s.broker_connected,
+            );
+        }
+        if live.webhook {
+            gauge(
+                "webhook_failing",
+                "1 while the webhook's last attempt failed (retrying with backoff), else 0",
+                None,
+                |s| &s.webhook_failing,
+            );
+        }
+        let mut counter = |name: &str, help: &str, unit: Option<Unit>, figure: Figure| {
+            let c = Counter::default();
+            match unit {
+                Some(u) => registry.register_with_unit(name, help, u, c.clone()),
+                None => registry.register(name, help, c.clone()),
+            }
+            counters.push((c, figure));
+        };
+        counter(
+            "journal_dropped",
+            "Events dropped unsent because the journal was full",
+            Some(events.clone()),
+            |s| &s.journal_dropped,
+        );
+        counter(
+            "journal_unwritten",
+            "Events that could not be written to the journal's folder (kept in memory and still sent, lost on a restart)",
+            Some(events.clone()),
+            |s| &s.journal_not_written,
+        );
+        counter(
+            "event_queue_dropped",
+            "Events dropped because the queue to the event dispatcher was full",
+            Some(events.clone()),
+            |s| &s.queue_dropped,
+        );
+        counter(
+            "events_unencodable",
+            "Events dropped because they could not be encoded within the payload limit",
+            None,
+            |s| &s.unencodable,
+        );
+        counter(
+            "events_journaled",
+            "Events appended to the journal in this run",
+            None,
+            |s| &s.journaled,
+        );
+        if live.mqtt {
+            counter(
+                "events_acknowledged",
+                "Events the MQTT broker acknowledged (PUBACK), resends after a reconnect included",
+                None,
+                |s| &s.acknowledged,
+            );
+        }
+        if live.webhook {
+            counter(
+                "webhook_delivered",
+                "Events the webhook accepted (2xx)",
+                Some(events),
+                |s| &s.webhook_delivered,
+            );
+        }
+        Self {
+            live,
+            gauges,
+            counters,
+        }
+    }
+
+    /// Copy the figures into the series (a store: concurrent scrapes agree).
+    fn update(&self) {
+        for (g, figure) in &self.gauges {
+            g.set(EventStats::get(figure(&self.live)) as i64);
+        }
+        for (c, figure) in &self.counters {
+            c.inner()
+                .store(EventStats::get(figure(&self.live)), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Metrics {
-    /// Every series of a run with `info`'s labels and description.
-    pub fn new(info: &RunInfo) -> Self {
+    /// Every series of a run with `info`'s labels and description; the event sink's series
+    /// when `event_stats` (its figures) is given.
+    pub fn new(info: &RunInfo, event_stats: Option<Arc<EventStats>>) -> Self {
         let mut registry = Registry::with_prefix("edgefuse");
         registry.register(
             "build",
@@ -149,8 +289,17 @@ impl Metrics {
             "Thermal zones at or above their throttling trip point (the SoC slows down)",
             throttling.clone(),
         );
+        let fallbacks = Counter::default();
+        registry.register(
+            "backend_fallbacks",
+            "Times the models moved to the fallback backend (the CPU) after the primary (a GPU) failed; edgefuse_build's backend is the one the run started on",
+            fallbacks.clone(),
+        );
+        let events = event_stats.map(|live| EventMetrics::register(&mut registry, live));
         Self {
             registry,
+            fallbacks,
+            events,
             temperature,
             throttling,
             frames,
@@ -170,6 +319,9 @@ impl Metrics {
     /// allocation). `skipped`: frames of the source not classified since the previous one.
     pub fn frame(&self, r: &FrameResult<'_>, skipped: u64) {
         self.frames.inc();
+        self.fallbacks
+            .inner()
+            .store(u64::from(r.fallbacks), Ordering::Relaxed);
         if skipped > 0 {
             self.skipped.inc_by(skipped);
         }
@@ -216,6 +368,9 @@ impl Metrics {
             self.rss.set(b as i64);
         }
         self.snapshot_oversized.set(oversized as i64);
+        if let Some(e) = &self.events {
+            e.update();
+        }
         let mut out = String::with_capacity(16 << 10);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

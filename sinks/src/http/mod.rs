@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use edgefuse_runtime::pipeline::{FrameResult, RunSummary};
 
+use crate::stats::EventStats;
 use crate::{RunInfo, Sink, SinkError, SourceState};
 
 /// Shortest accepted bearer token, bytes.
@@ -55,6 +56,9 @@ pub struct HttpConfig {
     pub max_frame_bytes: usize,
     /// Connection and request limits.
     pub limits: server::Limits,
+    /// The event sink's live figures, when one runs: `/metrics` then shows the journal, the
+    /// broker and the webhook.
+    pub events: Option<Arc<EventStats>>,
 }
 
 impl HttpConfig {
@@ -67,6 +71,7 @@ impl HttpConfig {
             stall_after: Some(Duration::from_secs(10)),
             max_frame_bytes,
             limits: server::Limits::default(),
+            events: None,
         }
     }
 }
@@ -154,7 +159,7 @@ impl HttpSink {
             cfg.snapshots_per_s,
             cfg.stall_after,
         ));
-        let metrics = Arc::new(metrics::Metrics::new(info));
+        let metrics = Arc::new(metrics::Metrics::new(info, cfg.events.clone()));
         let stop = Arc::new(AtomicBool::new(false));
         let app = Arc::new(routes::App::new(
             shared.clone(),

@@ -125,6 +125,7 @@ impl App {
             "model": self.info.model,
             "precision": self.info.precision,
             "backend": self.info.backend,
+            "backend_fallbacks": s.fallbacks,
             "source": self.info.source,
             "uptime_s": self.shared.started.elapsed().as_secs_f64(),
             "health": {"ok": health.is_ok(), "reason": health.to_string()},

@@ -47,6 +47,8 @@ pub struct Status {
     pub at_ms: [u64; HISTORY],
     /// Last events as the event sinks' facts (ring, `events % EVENT_HISTORY` is the next slot).
     pub recent_events: [Fact; EVENT_HISTORY],
+    /// Times the models moved to the fallback backend (see `FrameResult::fallbacks`).
+    pub fallbacks: u32,
     /// The health state machine.
     pub health: Health,
 }
@@ -65,6 +67,7 @@ impl Status {
             latency_ms: [[0.0; STAGES.len()]; HISTORY],
             at_ms: [0; HISTORY],
             recent_events: [Fact::empty(); EVENT_HISTORY],
+            fallbacks: 0,
             health: Health::new(stall_after),
         }
     }
@@ -205,6 +208,7 @@ impl Shared {
             }
             s.top_len = n;
             s.heads = (r.heads.clip, r.heads.qformer);
+            s.fallbacks = r.fallbacks;
             let slot = s.frames as usize % HISTORY;
             for (dst, d) in s.latency_ms[slot].iter_mut().zip(r.times.0) {
                 *dst = (d.as_secs_f64() * 1000.0) as f32;

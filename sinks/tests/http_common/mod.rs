@@ -39,6 +39,8 @@ pub struct Feed {
     pub frame: Frame,
     pub top: TopK,
     pub events: Events,
+    /// What `FrameResult::fallbacks` says.
+    pub fallbacks: u32,
 }
 
 impl Feed {
@@ -50,6 +52,7 @@ impl Feed {
             frame,
             top: TopK::new(),
             events: Events::new(),
+            fallbacks: 0,
         }
     }
 
@@ -82,6 +85,7 @@ impl Feed {
                 clip: label,
                 qformer: Some(label),
             },
+            fallbacks: self.fallbacks,
         }
     }
 }

@@ -80,6 +80,7 @@
       ["fps", s.fps.toFixed(1)], ["frames", s.frames], ["not classified", s.skipped],
       ["events", s.events], ["uptime", Math.round(s.uptime_s) + " s"], ["edgefuse", s.version],
     ];
+    if (s.backend_fallbacks) run.push(["FALLBACK", "the primary backend failed; the models run on the CPU now"]);
     if (s.board.power_mode) run.push(["power mode", s.board.power_mode]);
     for (const z of s.board.zones) run.push([z.name, z.celsius.toFixed(1) + " °C"]);
     if (s.board.throttling.length) run.push(["THROTTLING", s.board.throttling.join(", ") + " at the trip point: inference slows down"]);
