@@ -8,13 +8,17 @@
 //! this module adds the r32 one ([`Numbering::L4tR32`]) and picks between them by the main
 //! chip's line count, read at run time.
 //!
-//! Source of the r32 numbering: NVIDIA Jetson.GPIO, `lib/python/Jetson/GPIO/gpio_pin_data.py`
-//! in `NVIDIA/jetson-gpio` at commit `01bd342b6ea7b823ecd42532fca8c09d6bc5d5a7` (copyright
-//! 2018-2019, the release for L4T r32): `JETSON_XAVIER_PIN_DEFS`, whose first column is the line
-//! offset within the chip of the sysfs device `2200000.gpio` (main) or `c2f0000.gpio`
-//! (always-on). Only the AGX Xavier table of that release was checked against NVIDIA's
-//! repository; the Xavier NX (which that release predates) has no verified r32 numbering here,
-//! so its header pins are refused on a 224-line chip (raw `line:CHIP:OFFSET` still works).
+//! Source of the r32 numbering: NVIDIA Jetson.GPIO, `lib/python/Jetson/GPIO/gpio_pin_data.py`.
+//! AGX Xavier: `NVIDIA/jetson-gpio` at commit `01bd342b6ea7b823ecd42532fca8c09d6bc5d5a7`
+//! (copyright 2018-2019, the release for L4T r32), `JETSON_XAVIER_PIN_DEFS`, whose first column
+//! is the line offset within the chip of the sysfs device `2200000.gpio` (main) or
+//! `c2f0000.gpio` (always-on). Xavier NX: the 2018-2020 release of the same file (copyright
+//! NVIDIA 2018-2020), which keys every Tegra194 offset by the chip's line count
+//! (`{224: r32, 169: r35}` for the main chip, `{40: r32, 30: r35}` for the always-on one) —
+//! the very rule this module applies; its AGX Xavier rows agree with the commit above and its
+//! r35 columns with [`crate::jetson_pins`], which is how the transcription is checked (tests
+//! below). On the NX the always-on controller's offsets change too (pin 15: 20 on r32, 16 on
+//! r35); on the AGX Xavier they do not.
 
 use crate::jetson::Board;
 use crate::jetson_pins::{Direction, HeaderPin};
@@ -44,13 +48,6 @@ pub enum NumberingError {
         /// The line count found.
         lines: u32,
     },
-    /// The numbering is known to exist but its data was not verified for this board.
-    Unverified {
-        /// The board.
-        board: Board,
-        /// The numbering.
-        numbering: Numbering,
-    },
 }
 
 impl core::fmt::Display for NumberingError {
@@ -61,12 +58,6 @@ impl core::fmt::Display for NumberingError {
                 "the {} main GPIO chip has {lines} lines; edgefuse knows {T194_MAIN_LINES_R32} (L4T r32, JetPack 4.6) \
                  and {T194_MAIN_LINES_R35} (L4T r35+, JetPack 5+): address the pin as line:CHIP:OFFSET",
                 board.title()
-            ),
-            NumberingError::Unverified { board, numbering } => write!(
-                f,
-                "{} header pins under {} are not supported (no verified pin data); address the pin as line:CHIP:OFFSET",
-                board.title(),
-                numbering.describe()
             ),
         }
     }
@@ -158,6 +149,33 @@ pub const AGX_XAVIER_R32: &[HeaderPin] = &[
     r32(40, MAIN, 64, "PI.00", false),
 ];
 
+/// Jetson Xavier NX under L4T r32 (Jetson.GPIO 2018-2020, `JETSON_NX_PIN_DEFS`, the `224`/`40`
+/// keys). Pad names and PWM flags as in the r35 table.
+pub const XAVIER_NX_R32: &[HeaderPin] = &[
+    r32(7, MAIN, 148, "PS.04", false),
+    r32(11, MAIN, 140, "PR.04", false),
+    r32(12, MAIN, 157, "PT.05", false),
+    r32(13, MAIN, 192, "PY.00", false),
+    r32(15, AON, 20, "PCC.04", true),
+    r32(16, MAIN, 196, "PY.04", false),
+    r32(18, MAIN, 195, "PY.03", false),
+    r32(19, MAIN, 205, "PZ.05", false),
+    r32(21, MAIN, 204, "PZ.04", false),
+    r32(22, MAIN, 193, "PY.01", false),
+    r32(23, MAIN, 203, "PZ.03", false),
+    r32(24, MAIN, 206, "PZ.06", false),
+    r32(26, MAIN, 207, "PZ.07", false),
+    r32(29, MAIN, 133, "PQ.05", false),
+    r32(31, MAIN, 134, "PQ.06", false),
+    r32(32, MAIN, 136, "PR.00", true),
+    r32(33, MAIN, 105, "PN.01", true),
+    r32(35, MAIN, 160, "PU.00", false),
+    r32(36, MAIN, 141, "PR.05", false),
+    r32(37, MAIN, 194, "PY.02", false),
+    r32(38, MAIN, 159, "PT.07", false),
+    r32(40, MAIN, 158, "PT.06", false),
+];
+
 impl Board {
     /// Whether the board is a Tegra194 (Xavier), whose line numbering depends on the kernel.
     pub fn is_tegra194(self) -> bool {
@@ -169,11 +187,9 @@ impl Board {
         match (numbering, self) {
             (Numbering::Current, b) => Ok(b.pins()),
             (Numbering::L4tR32, Board::AgxXavier) => Ok(AGX_XAVIER_R32),
-            (Numbering::L4tR32, b) if !b.is_tegra194() => Ok(b.pins()),
-            (n, board) => Err(NumberingError::Unverified {
-                board,
-                numbering: n,
-            }),
+            (Numbering::L4tR32, Board::XavierNx) => Ok(XAVIER_NX_R32),
+            // Only Tegra194 numbering changed between kernels.
+            (Numbering::L4tR32, b) => Ok(b.pins()),
         }
     }
 }
@@ -208,38 +224,56 @@ mod tests {
     }
 
     #[test]
-    fn r32_table_has_the_same_pins_pads_and_chips_as_r35() {
-        let now = Board::AgxXavier.pins();
-        assert_eq!(AGX_XAVIER_R32.len(), now.len());
-        for (old, new) in AGX_XAVIER_R32.iter().zip(now) {
-            assert_eq!(
-                (old.board, old.chip, old.soc_name, old.direction),
-                (new.board, new.chip, new.soc_name, new.direction)
-            );
-            if old.chip == AON {
-                // The always-on controller's offsets did not change.
-                assert_eq!(old.line, new.line, "pin {}", old.board);
-            } else {
-                // r32 counts 8 lines per port from port A; r35 only the lines that exist, so a
-                // pad moves down, never up, and stays within the 224 lines.
+    fn r32_tables_have_the_same_pins_pads_and_chips_as_r35() {
+        for (board, r32) in [
+            (Board::AgxXavier, AGX_XAVIER_R32),
+            (Board::XavierNx, XAVIER_NX_R32),
+        ] {
+            let now = board.pins();
+            assert_eq!(r32.len(), now.len(), "{board}");
+            for (old, new) in r32.iter().zip(now) {
+                assert_eq!(
+                    (old.board, old.chip, old.soc_name, old.direction, old.pwm),
+                    (new.board, new.chip, new.soc_name, new.direction, new.pwm),
+                    "{board}"
+                );
+                // r32 counts 8 lines per port from port A (224 main, 40 always-on); r35 only
+                // the lines that exist (169, 30), so a pad moves down, never up.
+                let r32_lines = if old.chip == AON {
+                    40
+                } else {
+                    T194_MAIN_LINES_R32
+                };
                 assert!(
-                    old.line >= new.line && old.line < T194_MAIN_LINES_R32,
-                    "pin {}",
+                    old.line >= new.line && old.line < r32_lines,
+                    "{board} pin {}",
                     old.board
                 );
             }
         }
+        // The always-on offsets: unchanged on the AGX Xavier, shifted on the NX (pin 15).
+        let aon = |t: &[HeaderPin], pin| t.iter().find(|p| p.board == pin).unwrap().line;
+        assert_eq!(aon(AGX_XAVIER_R32, 16), aon(Board::AgxXavier.pins(), 16));
+        assert_eq!(
+            (aon(XAVIER_NX_R32, 15), aon(Board::XavierNx.pins(), 15)),
+            (20, 16)
+        );
+        // Header pin 7 on the NX: line 148 on r32, 118 on r35.
+        assert_eq!(
+            (aon(XAVIER_NX_R32, 7), aon(Board::XavierNx.pins(), 7)),
+            (148, 118)
+        );
     }
 
     #[test]
-    fn unverified_numberings_are_refused_with_a_way_out() {
-        let e = Board::XavierNx.pins_for(Numbering::L4tR32).unwrap_err();
-        let mut s = heapless::String::<256>::new();
-        core::fmt::write(&mut s, format_args!("{e}")).unwrap();
-        assert!(s.contains("line:CHIP:OFFSET"), "{s}");
+    fn boards_without_a_second_numbering_keep_their_table() {
         assert_eq!(
             Board::Nano.pins_for(Numbering::L4tR32).unwrap(),
             Board::Nano.pins()
+        );
+        assert_eq!(
+            Board::XavierNx.pins_for(Numbering::L4tR32).unwrap(),
+            XAVIER_NX_R32
         );
     }
 }

@@ -563,12 +563,14 @@ mod tests {
         assert!(t_old.name.contains("r32"), "{}", t_old.name);
         // The always-on chip keeps its offsets.
         assert_eq!(old.actuators[0].1.line, 8);
-        // No verified r32 data for the Xavier NX: refused, with the way out.
-        let e = w
-            .resolve_numbered(Some(Board::XavierNx), Numbering::L4tR32, &labels())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("line:CHIP:OFFSET"), "{e}");
+        // The Xavier NX: header pin 7 is line 148 on r32, 118 on r35.
+        let nx = Some(Board::XavierNx);
+        let old = w
+            .resolve_numbered(nx, Numbering::L4tR32, &labels())
+            .unwrap();
+        let now = w.resolve(nx, &labels()).unwrap();
+        let (t_now, t_old) = (now.trigger.unwrap().0, old.trigger.unwrap().0);
+        assert_eq!((t_now.line, t_old.line), (118, 148));
     }
 
     #[test]
