@@ -14,7 +14,7 @@ use edgefuse_sinks::webhook::WebhookConfig;
 use edgefuse_sinks::{RunInfo, Sinks};
 
 use crate::options::RunOptions;
-use crate::output::{Out, StdoutError};
+use crate::output::{print_report, StdoutError};
 use crate::UsageError;
 
 /// Default bound of the journal, MiB.
@@ -108,16 +108,7 @@ pub fn print_summaries(sinks: &Sinks, to_stderr: bool) -> Result<(), StdoutError
     if lines.is_empty() {
         return Ok(());
     }
-    let text = lines.join("\n") + "\n";
-    if to_stderr {
-        use std::io::Write as _;
-        let _ = std::io::stderr().write_all(text.as_bytes());
-        Ok(())
-    } else {
-        let mut out = Out::lock();
-        write!(out, "{text}")?;
-        out.finish()
-    }
+    print_report(&(lines.join("\n") + "\n"), to_stderr)
 }
 
 #[cfg(test)]

@@ -244,6 +244,12 @@ pub fn print_summary(
             g.events, g.p50_ms, g.p99_ms, g.pin_errors
         );
     }
+    print_report(&text, to_stderr)
+}
+
+/// Summary text where summaries go: stderr when stdout carries JSON (a failing stderr is
+/// ignored: there is nowhere left to report it), else stdout.
+pub fn print_report(text: &str, to_stderr: bool) -> Result<(), StdoutError> {
     if to_stderr {
         let _ = io::stderr().write_all(text.as_bytes());
         Ok(())
