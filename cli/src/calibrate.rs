@@ -69,13 +69,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     // The work cannot stop midway: a signal exits, removing the unfinished bundle (below).
     crate::signals::exit_on_signal();
     let bundle = open_bundle(a.model.model.as_deref())?;
-    if a.out.exists() {
-        return Err(UsageError(format!(
-            "--out {}: already exists; remove it or choose another folder",
-            a.out.display()
-        ))
-        .into());
-    }
+    crate::paths::refuse_existing_out(&a.out)?;
     let staging = cal::staging_dir(&a.out).map_err(usage)?;
     for s in cal::remove_stale_staging(&a.out) {
         match s.removed {

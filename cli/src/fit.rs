@@ -248,13 +248,7 @@ pub fn fit(a: FitArgs) -> Result<()> {
     crate::signals::exit_on_signal();
     let methods = parse_methods(&a.method)?;
     let bundle = open_bundle(a.model.model.as_deref())?;
-    if a.out.exists() {
-        return Err(UsageError(format!(
-            "--out {}: already exists; remove it or choose another folder",
-            a.out.display()
-        ))
-        .into());
-    }
+    crate::paths::refuse_existing_out(&a.out)?;
     let started = Instant::now();
     let sel = Selection {
         skip: 0,

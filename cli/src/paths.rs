@@ -96,3 +96,15 @@ pub fn default_samples() -> Result<String> {
         .ok_or_else(|| UsageError("no bundled sample frames found; pass --source URI".into()))?;
     Ok(format!("file://{}", dir.display()))
 }
+
+/// `--out` of a command that writes a new bundle (`calibrate`, `fit`) must not exist yet: never
+/// overwrite a bundle.
+pub fn refuse_existing_out(out: &Path) -> Result<(), UsageError> {
+    if out.exists() {
+        return Err(UsageError(format!(
+            "--out {}: already exists; remove it or choose another folder",
+            out.display()
+        )));
+    }
+    Ok(())
+}

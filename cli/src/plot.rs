@@ -192,15 +192,7 @@ mod tests {
                 ]
             })
             .collect();
-        let names = [
-            "queue",
-            "preprocess",
-            "encoder",
-            "qformer",
-            "fusion",
-            "decision",
-            "end_to_end",
-        ];
+        let names = edgefuse_runtime::pipeline::STAGES;
         let svg = bench_svg("bench", &names, &samples).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for n in names {
