@@ -223,6 +223,13 @@ fn no_allocation_per_frame_in_the_whole_process() {
             format!("synthetic://?width={w2}&height={h2}&format=nv12&frames={n}"),
             TriggerSpec::Continuous,
         ),
+        // An MJPEG camera: each frame decoded from a JPEG by our decoder into the ring slot.
+        (
+            "default",
+            &bundle,
+            format!("synthetic://?width={w2}&height={h2}&format=mjpeg&frames={n}"),
+            TriggerSpec::Continuous,
+        ),
         ("default", &bundle, mnist.clone(), TriggerSpec::Continuous),
         (
             "default",

@@ -2,7 +2,7 @@
 //! the bundle manifest (parse + validation), source URIs (parsing and option checks, no device
 //! opened), trigger / pin / actuator / status-LED specs and durations, the int8 calibration
 //! table, label prompts (`labels add`'s text path: validation and tokenizer), image decoding
-//! into a frame, and the event outputs' broker URIs, webhook URLs and device ids. (The config file is fuzzed in the cli crate, where `RunOptions`
+//! into a frame, the MJPEG decoder, and the event outputs' broker URIs, webhook URLs and device ids. (The config file is fuzzed in the cli crate, where `RunOptions`
 //! lives.) Any panic, hang or allocation above [`CAP`] fails the test.
 //!
 //! `EDGEFUSE_FUZZ_SECS` sets the seconds per target (default 20; 3 under emulation); arguments
@@ -135,6 +135,23 @@ fn image(data: &[u8]) {
     }
 }
 
+/// The MJPEG decoder at the scale the input's length picks; a decoded frame has the size the
+/// header declares at that scale.
+fn mjpeg(data: &[u8]) {
+    use edgefuse_runtime::capture::mjpeg::{MjpegDecoder, Scale};
+    let mut dec = MjpegDecoder::with_max_pixels(4 << 20);
+    let mut frame = Frame::with_capacity(0);
+    let scale = Scale::ALL[data.len() % 4];
+    if dec.decode(data, scale, &mut frame).is_ok() {
+        let (w, h) = dec.frame_size();
+        assert_eq!((frame.width, frame.height), scale.output_size(w, h));
+        assert_eq!(
+            frame.data.len(),
+            frame.width as usize * frame.height as usize * 3
+        );
+    }
+}
+
 type Target = (&'static str, &'static [&'static [u8]], usize, fn(&[u8]));
 
 const TARGETS: &[Target] = &[
@@ -218,6 +235,24 @@ const TARGETS: &[Target] = &[
         &[b"IHDR", b"IDAT", b"\xff\xd8\xff", b"P6\n", b"P5\n65535\n"],
         1 << 18,
         image,
+    ),
+    (
+        "mjpeg",
+        &[
+            b"\xff\xd8",
+            b"\xff\xc0\x00\x11\x08",
+            b"\xff\xc4",
+            b"\xff\xdb\x00\x43\x00",
+            b"\xff\xdd\x00\x04\x00\x01",
+            b"\xff\xda",
+            b"\xff\xd0",
+            b"\xff\x00",
+            b"\xff\xd9",
+            b"\x22",
+            b"\x11",
+        ],
+        1 << 16,
+        mjpeg,
     ),
 ];
 

@@ -10,6 +10,7 @@
 //! stalls; `synthetic://?…&fail_every=N` simulates such a camera (see [`synthetic`]).
 
 pub mod file;
+pub mod mjpeg;
 pub mod reconnect;
 pub mod synthetic;
 #[cfg(feature = "v4l")]
@@ -120,6 +121,13 @@ pub trait FrameSource: Send {
     /// within `timeout` (a stalled stream). Sources that never wait on a device ignore it.
     fn set_frame_timeout(&mut self, timeout: Duration) {
         let _ = timeout;
+    }
+    /// Frames at least `min_width × min_height` are enough (the model's input size): a source
+    /// that decodes compressed frames (MJPEG) may then decode at a reduced scale, the largest
+    /// divisor `s` of 1, 2, 4, 8 with `ceil(W / s) >= min_width` and `ceil(H / s) >= min_height`
+    /// ([`mjpeg::Scale::for_min_size`]). Other sources ignore it and deliver full frames.
+    fn set_min_size(&mut self, min_width: u32, min_height: u32) {
+        let _ = (min_width, min_height);
     }
 }
 

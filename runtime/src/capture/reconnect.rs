@@ -132,6 +132,8 @@ pub struct Reconnecting {
     open: Opener,
     backoff: Backoff,
     stall_timeout: Duration,
+    /// [`FrameSource::set_min_size`], handed to every source opened.
+    min_size: Option<(u32, u32)>,
     interrupt: Interrupt,
     feed: HealthFeed,
     live: bool,
@@ -180,6 +182,7 @@ impl Reconnecting {
             open,
             backoff,
             stall_timeout,
+            min_size: None,
             interrupt,
             feed: HealthFeed::default(),
             seq: 0,
@@ -238,6 +241,9 @@ impl Reconnecting {
                         });
                     }
                     s.set_frame_timeout(self.stall_timeout);
+                    if let Some((w, h)) = self.min_size {
+                        s.set_min_size(w, h);
+                    }
                     log::debug!(
                         "{}: reopened on attempt {} ({})",
                         self.uri,
@@ -345,6 +351,13 @@ impl FrameSource for Reconnecting {
         self.stall_timeout = timeout;
         if let Some(s) = self.current.as_mut() {
             s.set_frame_timeout(timeout);
+        }
+    }
+
+    fn set_min_size(&mut self, min_width: u32, min_height: u32) {
+        self.min_size = Some((min_width, min_height));
+        if let Some(s) = self.current.as_mut() {
+            s.set_min_size(min_width, min_height);
         }
     }
 }

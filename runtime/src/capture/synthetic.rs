@@ -5,6 +5,11 @@
 //! paper) are rendered once when the source opens; replay copies them, so capture costs one
 //! `memcpy` and never allocates. `frames=0` (the default) never ends.
 //!
+//! `format=mjpeg` stands in for an MJPEG camera: the frames (4 variants unless `variants` says
+//! otherwise) are JPEG-encoded once at open, and every frame is decoded from its JPEG by an
+//! [`MjpegDecoder`] into RGB, at the reduced scale [`FrameSource::set_min_size`] allows; the
+//! decoder reuses its buffers, so this too never allocates per frame.
+//!
 //! `fail_every=N[&fail_for=K][&fail=error|stall]` makes it a simulated camera for testing
 //! recovery without one: it is opened inside [`super::reconnect::Reconnecting`] like a camera,
 //! fails after every N frames (an error like a vanished device, or with `fail=stall` no frame
@@ -13,15 +18,31 @@
 
 use std::time::{Duration, Instant};
 
+use super::mjpeg::{MjpegDecoder, Scale};
 use super::reconnect::Opener;
 use super::{CaptureError, FrameSource, Interrupt, Pacer, Uri};
 use crate::frame::{Frame, PixelFormat};
+
+/// JPEG quality of `format=mjpeg` frames (a typical camera setting).
+const MJPEG_QUALITY: u8 = 85;
+
+/// A `format=mjpeg` source's frames and decoder.
+#[derive(Debug)]
+struct Mjpeg {
+    jpegs: Vec<Vec<u8>>,
+    decoder: MjpegDecoder,
+    scale: Scale,
+    width: u32,
+    height: u32,
+}
 
 /// Generated frames.
 #[derive(Debug)]
 pub struct SyntheticSource {
     uri: String,
     frames: Vec<Frame>,
+    /// `format=mjpeg`: frames are decoded from these JPEGs instead of copied from `frames`.
+    mjpeg: Option<Mjpeg>,
     limit: u64,
     seq: u64,
     live: bool,
@@ -56,8 +77,18 @@ impl SyntheticSource {
             return Err(uri.bad("height", &height.to_string(), "expected 2..=8192"));
         }
         let fname: String = uri.get("format", "yuyv".to_string(), "")?;
-        let format = PixelFormat::parse(&fname)
-            .ok_or_else(|| uri.bad("format", &fname, "expected yuyv, nv12, grey, rgb or bgr"))?;
+        let is_mjpeg = fname.eq_ignore_ascii_case("mjpeg") || fname.eq_ignore_ascii_case("mjpg");
+        let format = if is_mjpeg {
+            PixelFormat::Rgb
+        } else {
+            PixelFormat::parse(&fname).ok_or_else(|| {
+                uri.bad(
+                    "format",
+                    &fname,
+                    "expected yuyv, nv12, grey, rgb, bgr or mjpeg",
+                )
+            })?
+        };
         if format.frame_len(width, height).is_none() {
             return Err(uri.bad(
                 "width",
@@ -66,7 +97,11 @@ impl SyntheticSource {
             ));
         }
         let limit: u64 = uri.get("frames", 0, "expected a frame count (0 = endless)")?;
-        let variants: usize = uri.get("variants", 8, "expected 1..=64 distinct frames")?;
+        let variants: usize = uri.get(
+            "variants",
+            if is_mjpeg { 4 } else { 8 },
+            "expected 1..=64 distinct frames",
+        )?;
         if !(1..=64).contains(&variants) {
             return Err(uri.bad("variants", &variants.to_string(), "expected 1..=64"));
         }
@@ -89,12 +124,31 @@ impl SyntheticSource {
                 "a simulated camera (fail_every) runs until stopped: leave frames out and bound the run with --frames",
             ));
         }
-        let frames = (0..variants)
+        let frames: Vec<Frame> = (0..variants)
             .map(|i| render(width, height, format, i as u32, &uri.raw))
             .collect();
+        let (frames, mjpeg) = if is_mjpeg {
+            let jpegs = frames
+                .iter()
+                .map(|f| encode_jpeg(f, &uri.raw))
+                .collect::<Result<_, _>>()?;
+            // Keep one rendered frame: `describe` and `max_frame_bytes` read it.
+            let first = frames.into_iter().take(1).collect();
+            let m = Mjpeg {
+                jpegs,
+                decoder: MjpegDecoder::new(),
+                scale: Scale::Full,
+                width,
+                height,
+            };
+            (first, Some(m))
+        } else {
+            (frames, None)
+        };
         Ok(Self {
             uri: uri.raw.clone(),
             frames,
+            mjpeg,
             limit,
             seq: 0,
             live: fps.is_some(),
@@ -113,6 +167,19 @@ impl SyntheticSource {
         );
         Self::open(&Uri::parse(&uri)?)
     }
+}
+
+/// JPEG-encode a rendered RGB frame (baseline, 4:4:4, standard Huffman tables).
+fn encode_jpeg(f: &Frame, uri: &str) -> Result<Vec<u8>, CaptureError> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, MJPEG_QUALITY)
+        .write_image(&f.data, f.width, f.height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| CaptureError::Unsupported {
+            uri: uri.to_string(),
+            message: format!("cannot JPEG-encode the synthetic frames: {e}"),
+        })?;
+    Ok(out)
 }
 
 /// The opener of a simulated camera (`fail_every=N`, see the module documentation): every
@@ -271,8 +338,19 @@ impl FrameSource for SyntheticSource {
         if !self.pacer.wait() {
             return Ok(false);
         }
-        let src = &self.frames[(self.seq % self.frames.len() as u64) as usize];
-        frame.copy_from(src);
+        if let Some(m) = self.mjpeg.as_mut() {
+            let jpeg = &m.jpegs[(self.seq % m.jpegs.len() as u64) as usize];
+            m.decoder
+                .decode(jpeg, m.scale, frame)
+                .map_err(|e| CaptureError::Unsupported {
+                    uri: self.uri.clone(),
+                    message: format!("cannot decode its own MJPEG frame: {e}"),
+                })?;
+            frame.set_source(&self.uri);
+        } else {
+            let src = &self.frames[(self.seq % self.frames.len() as u64) as usize];
+            frame.copy_from(src);
+        }
         frame.seq = self.seq;
         frame.captured_at = std::time::Instant::now();
         self.seq += 1;
@@ -287,15 +365,33 @@ impl FrameSource for SyntheticSource {
         self.frame_timeout = timeout;
     }
 
+    fn set_min_size(&mut self, min_width: u32, min_height: u32) {
+        if let Some(m) = self.mjpeg.as_mut() {
+            m.scale = Scale::for_min_size(m.width, m.height, min_width, min_height);
+        }
+    }
+
     fn describe(&self) -> String {
         let f = &self.frames[0];
-        format!(
-            "{} ({}x{} {})",
-            self.uri,
-            f.width,
-            f.height,
-            f.format.name()
-        )
+        match &self.mjpeg {
+            Some(m) => {
+                let (w, h) = m.scale.output_size(m.width, m.height);
+                format!(
+                    "{} ({}x{} mjpeg, decoded at 1/{}: {w}x{h} rgb)",
+                    self.uri,
+                    m.width,
+                    m.height,
+                    m.scale.divisor()
+                )
+            }
+            None => format!(
+                "{} ({}x{} {})",
+                self.uri,
+                f.width,
+                f.height,
+                f.format.name()
+            ),
+        }
     }
 }
 
@@ -320,6 +416,37 @@ mod tests {
             assert_eq!(fa.data.len(), 64 * 48 * 2);
         }
         assert!(!a.next_frame(&mut fa).unwrap());
+    }
+
+    #[test]
+    fn mjpeg_frames_decode_at_the_scale_the_minimum_size_allows() {
+        let uri = "synthetic://?width=161&height=97&format=mjpeg&frames=6";
+        let mut s = SyntheticSource::open(&Uri::parse(uri).unwrap()).unwrap();
+        let mut f = Frame::with_capacity(0);
+        let raw = render(161, 97, PixelFormat::Rgb, 0, uri);
+        assert!(s.next_frame(&mut f).unwrap());
+        assert_eq!((f.width, f.height, f.format), (161, 97, PixelFormat::Rgb));
+        assert_eq!(f.source, uri);
+        // Close to the rendered frame (JPEG at quality 85: a few levels on average).
+        let mean = f
+            .data
+            .iter()
+            .zip(&raw.data)
+            .map(|(a, b)| a.abs_diff(*b) as f64)
+            .sum::<f64>()
+            / f.data.len() as f64;
+        assert!(mean < 4.0, "{mean}");
+        s.set_min_size(40, 24);
+        assert!(s.next_frame(&mut f).unwrap());
+        assert_eq!((f.width, f.height), (41, 25), "1/4 of 161x97, rounded up");
+        assert!(s.describe().contains("1/4"), "{}", s.describe());
+        s.set_min_size(41, 25);
+        assert!(s.next_frame(&mut f).unwrap());
+        assert_eq!((f.width, f.height), (41, 25));
+        s.set_min_size(42, 25);
+        assert!(s.next_frame(&mut f).unwrap());
+        assert_eq!((f.width, f.height), (81, 49));
+        assert_eq!(f.seq, 3);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Negotiation tries the requested `format` (or YUYV, NV12, GREY, MJPEG in that order) at the
 //! requested size; when the device offers none of them, the error names the device and lists the
-//! formats it offers. MJPEG frames are decoded to RGB (this allocates inside the JPEG decoder).
+//! formats it offers. MJPEG frames are decoded to RGB by the source's own [`MjpegDecoder`] (no
+//! allocation per frame), at the reduced scale [`FrameSource::set_min_size`] allows.
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
+use super::mjpeg::{MjpegDecoder, Scale};
 use super::{CaptureError, FrameSource, Uri};
 use crate::frame::{Frame, PixelFormat};
 
@@ -53,6 +55,9 @@ pub struct V4l2Source {
     seq: u64,
     description: String,
     timeout: Duration,
+    /// MJPEG: the decoder (its buffers reused frame after frame) and the scale it decodes at.
+    decoder: MjpegDecoder,
+    scale: Scale,
 }
 
 impl std::fmt::Debug for V4l2Source {
@@ -222,6 +227,8 @@ impl V4l2Source {
             seq: 0,
             description,
             timeout: FRAME_TIMEOUT,
+            decoder: MjpegDecoder::new(),
+            scale: Scale::Full,
         })
     }
 }
@@ -291,7 +298,7 @@ impl FrameSource for V4l2Source {
                             &mut frame.data,
                         )
                 }
-                Wire::Mjpeg => match decode_mjpeg(buf, frame) {
+                Wire::Mjpeg => match self.decoder.decode(buf, self.scale, frame) {
                     Ok(()) => true,
                     Err(e) => {
                         log::warn!("{}: broken MJPEG frame skipped: {e}", self.device);
@@ -319,16 +326,17 @@ impl FrameSource for V4l2Source {
         self.timeout = timeout;
         self.stream.set_timeout(timeout);
     }
-}
 
-fn decode_mjpeg(buf: &[u8], frame: &mut Frame) -> Result<(), String> {
-    let opts = zune_jpeg::zune_core::options::DecoderOptions::default()
-        .jpeg_set_out_colorspace(zune_jpeg::zune_core::colorspace::ColorSpace::RGB);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(buf, opts);
-    dec.decode_headers().map_err(|e| e.to_string())?;
-    let (w, h) = dec.dimensions().ok_or("no dimensions")?;
-    if !frame.reshape(w as u32, h as u32, PixelFormat::Rgb) {
-        return Err(format!("bad size {w}x{h}"));
+    fn set_min_size(&mut self, min_width: u32, min_height: u32) {
+        if self.wire == Wire::Mjpeg {
+            self.scale = Scale::for_min_size(self.width, self.height, min_width, min_height);
+            log::info!(
+                "{}: MJPEG decoded at 1/{} ({}x{} is enough)",
+                self.device,
+                self.scale.divisor(),
+                min_width,
+                min_height
+            );
+        }
     }
-    dec.decode_into(&mut frame.data).map_err(|e| e.to_string())
 }
