@@ -5,11 +5,16 @@
 //! | `v4l2:///dev/videoN?width=640&height=480&fps=30&format=yuyv` | [`v4l2::V4l2Source`] (feature `v4l`) |
 //! | `file://PATH?loop=1&fps=10` | [`file::FileSource`]: one image or a folder replayed in name order |
 //! | `synthetic://?width=640&height=480&format=yuyv&fps=0&frames=0` | [`synthetic::SyntheticSource`] |
+//! | `csi://0?width=1920&height=1080&fps=30` | `gst::GstSource`: a Jetson CSI camera through Argus (feature `gstreamer`) |
+//! | `rtsp://[user:password@]host[:port]/path?transport=tcp&latency=200` | `gst::GstSource`: an RTSP stream (feature `gstreamer`) |
+//! | `gst://<pipeline ending in appsink>` | `gst::GstSource`: any GStreamer pipeline (feature `gstreamer`) |
 //!
 //! A camera is opened inside [`reconnect::Reconnecting`], which reopens it when it fails or
 //! stalls; `synthetic://?…&fail_every=N` simulates such a camera (see [`synthetic`]).
 
 pub mod file;
+#[cfg(feature = "gstreamer")]
+pub mod gst;
 pub mod mjpeg;
 pub mod reconnect;
 pub mod synthetic;
@@ -26,7 +31,7 @@ use crate::frame::Frame;
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// The URI scheme is not one edgefuse knows.
-    #[error("unknown source URI `{uri}`: use v4l2:///dev/videoN, file://PATH or synthetic://")]
+    #[error("unknown source URI `{uri}`: use v4l2:///dev/videoN, file://PATH, synthetic://, or (built with GStreamer) csi://N, rtsp://HOST/PATH, gst://PIPELINE")]
     UnknownScheme {
         /// The URI given.
         uri: String,
@@ -203,6 +208,13 @@ pub fn open(uri: &str) -> Result<Box<dyn FrameSource>, CaptureError> {
 /// Open a source from its URI. A camera (and a simulated one, `synthetic://?fail_every=N`) is
 /// wrapped in [`reconnect::Reconnecting`]; a replay is not (its end ends the run).
 pub fn open_with(uri: &str, opts: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
+    // GStreamer sources read their URI raw: a pipeline's text is not percent-decoded, and an
+    // RTSP URI's credentials are split off before they are.
+    if let Some((scheme, _)) = uri.split_once("://") {
+        if GST_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+            return open_gst(uri, opts);
+        }
+    }
     let parsed = Uri::parse(uri)?;
     match parsed.scheme.as_str() {
         "file" => Ok(Box::new(file::FileSource::open(&parsed)?)),
@@ -241,6 +253,37 @@ fn open_v4l2(uri: Uri, _: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureE
     Err(CaptureError::Unsupported {
         uri: uri.raw.clone(),
         message: "this edgefuse was built without V4L2 support; rebuild with `--features v4l`"
+            .into(),
+    })
+}
+
+/// The schemes of the GStreamer sources (feature `gstreamer`).
+const GST_SCHEMES: [&str; 4] = ["csi", "rtsp", "rtsps", "gst"];
+
+#[cfg(feature = "gstreamer")]
+fn open_gst(uri: &str, opts: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
+    gst::open(uri, opts)
+}
+
+#[cfg(not(feature = "gstreamer"))]
+fn open_gst(uri: &str, _: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
+    // Credentials in an rtsp:// URI stay out of the error.
+    let shown = match uri.split_once("://") {
+        Some((scheme, rest)) if !scheme.eq_ignore_ascii_case("gst") => {
+            let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((user, host)) => {
+                    let user = user.split_once(':').map_or(user, |(u, _)| u);
+                    format!("{scheme}://{user}:***@{host}{tail}")
+                }
+                None => uri.to_string(),
+            }
+        }
+        _ => uri.to_string(),
+    };
+    Err(CaptureError::Unsupported {
+        uri: shown,
+        message: "this edgefuse was built without GStreamer support (csi://, rtsp://, gst://); rebuild with `--features gstreamer` (needs libgstreamer1.0-dev and libgstreamer-plugins-base1.0-dev)"
             .into(),
     })
 }
@@ -537,9 +580,26 @@ mod tests {
 
     #[test]
     fn unknown_scheme_is_named() {
-        let e = open("rtsp://cam").err().unwrap();
-        assert!(e.to_string().contains("rtsp://cam"), "{e}");
+        let e = open("ftp://cam").err().unwrap();
+        assert!(e.to_string().contains("ftp://cam"), "{e}");
         assert!(e.to_string().contains("v4l2://"), "{e}");
+        assert!(e.to_string().contains("rtsp://"), "{e}");
+    }
+
+    #[cfg(not(feature = "gstreamer"))]
+    #[test]
+    fn gstreamer_schemes_without_the_feature_say_how_to_get_it() {
+        for uri in [
+            "csi://0",
+            "RTSP://u:secret@cam/live",
+            "gst://videotestsrc ! appsink",
+        ] {
+            let e = open(uri).err().unwrap().to_string();
+            assert!(e.contains("--features gstreamer"), "{e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+        let e = open("rtsp://u:secret@cam/live").err().unwrap().to_string();
+        assert!(e.contains("rtsp://u:***@cam/live"), "{e}");
     }
 
     #[test]
