@@ -6,9 +6,9 @@ use crate::*;
 #[test]
 fn unknown_uri_scheme_is_a_usage_error() {
     native_only!("URI scheme errors");
-    Run::new(&["run", "--source", "rtsp://camera.local/stream"])
+    Run::new(&["run", "--source", "ftp://camera.local/stream"])
         .code(2)
-        .stderr_has(&["rtsp://camera.local/stream", "v4l2://"]);
+        .stderr_has(&["ftp://camera.local/stream", "v4l2://"]);
     Run::new(&["run", "--source", "/dev/video0"])
         .code(2)
         .stderr_has(&["unknown source URI"]);
