@@ -321,6 +321,24 @@ impl GstSource {
         let bus = pipeline
             .bus()
             .ok_or_else(|| device(uri, "the pipeline has no bus".into()))?;
+        // Only errors and the end of stream are read (when a frame is late); every other
+        // message is dropped where it is posted, so the bus does not fill up while frames flow.
+        let shown = uri.to_string();
+        bus.set_sync_handler(move |_, msg| {
+            use gst::MessageView;
+            match msg.view() {
+                MessageView::Error(_) | MessageView::Eos(_) => gst::BusSyncReply::Pass,
+                MessageView::Warning(w) => {
+                    let element = w
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
+                    log::debug!("{shown}: GStreamer warning from {element}: {}", w.error());
+                    gst::BusSyncReply::Drop
+                }
+                _ => gst::BusSyncReply::Drop,
+            }
+        });
         let mut source = Self {
             uri: uri.to_string(),
             pipeline,
