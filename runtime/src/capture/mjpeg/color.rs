@@ -35,7 +35,7 @@ pub(super) fn component_row(
     let tmp = &mut tmp[..cols];
     if g.fy == 2 {
         let near = (y / 2).min(g.rows - 1);
-        let far = if y % 2 == 0 {
+        let far = if y.is_multiple_of(2) {
             near.saturating_sub(1)
         } else {
             (near + 1).min(g.rows - 1)
@@ -60,15 +60,15 @@ pub(super) fn component_row(
         return;
     }
     // Horizontal triangle filter: output 2i leans left, 2i+1 right.
-    for x in 0..width {
+    for (x, d) in dst.iter_mut().enumerate() {
         let i = x / 2;
         let c = tmp[i.min(cols - 1)] as u32;
-        let v = if x % 2 == 0 {
+        let v = if x.is_multiple_of(2) {
             (3 * c + tmp[i.saturating_sub(1)] as u32 + 8) >> 4
         } else {
             (3 * c + tmp[(i + 1).min(cols - 1)] as u32 + 7) >> 4
         };
-        dst[x] = v as u8;
+        *d = v as u8;
     }
 }
 

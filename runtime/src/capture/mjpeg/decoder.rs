@@ -539,13 +539,28 @@ impl MjpegDecoder {
                                 coef[0] = 0;
                                 continue;
                             }
+                            // Each transform reads only its corner of `coef`: only that corner
+                            // needs zeroing for the next block.
                             match scale {
-                                Scale::Full => idct::idct8(&coef, out, stride),
-                                Scale::Half => idct::idct4(&coef, out, stride),
-                                Scale::Quarter => idct::idct2(&coef, out, stride),
-                                Scale::Eighth => out[0] = idct::dc_pixel(coef[0]),
+                                Scale::Full => {
+                                    idct::idct8(&coef, out, stride);
+                                    coef = [0; 64];
+                                }
+                                Scale::Half => {
+                                    idct::idct4(&coef, out, stride);
+                                    for r in coef.chunks_exact_mut(8).take(4) {
+                                        r[..4].fill(0);
+                                    }
+                                }
+                                Scale::Quarter => {
+                                    idct::idct2(&coef, out, stride);
+                                    [coef[0], coef[1], coef[8], coef[9]] = [0; 4];
+                                }
+                                Scale::Eighth => {
+                                    out[0] = idct::dc_pixel(coef[0]);
+                                    coef[0] = 0;
+                                }
                             }
-                            coef = [0; 64];
                         }
                     }
                 }

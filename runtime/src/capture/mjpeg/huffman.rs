@@ -6,6 +6,8 @@ use super::MjpegError;
 /// Bits looked up at once.
 const LOOK: u32 = 9;
 const LOOK_SIZE: usize = 1 << LOOK;
+/// Flag of symbol 0 in [`Huffman::fast`].
+const EOB: i32 = 0x8000;
 
 /// Zigzag position → natural (row-major) position, with 16 extra entries so that a run that
 /// overshoots 63 by a hostile stream indexes a harmless slot before the check rejects it.
@@ -22,9 +24,11 @@ pub(super) struct Huffman {
     /// `len << 8 | symbol` for codes of at most [`LOOK`] bits, indexed by the next 9 bits; 0 when
     /// the code is longer.
     lookup: [u16; LOOK_SIZE],
-    /// For AC tables: `value << 16 | run << 8 | total_bits` when the code and the coefficient's
-    /// magnitude bits both fit in the 9 looked-up bits; 0 otherwise.
-    fast_ac: [i32; LOOK_SIZE],
+    /// `value << 16 | run << 8 | total_bits` when the code and the coefficient's magnitude bits
+    /// both fit in the 9 looked-up bits (a DC table's symbols have run 0); symbol 0 (AC
+    /// end-of-block, DC difference 0) is `EOB | len`, ZRL (16 zeros) run 15 with value 0; 0 when
+    /// the code needs the slow path.
+    fast: [i32; LOOK_SIZE],
     /// Largest code of each length (−1: none), for codes longer than [`LOOK`] bits.
     maxcode: [i32; 18],
     /// Index into `values` of the first code of each length, minus that code.
@@ -38,7 +42,7 @@ impl Huffman {
     pub(super) fn empty() -> Self {
         Self {
             lookup: [0; LOOK_SIZE],
-            fast_ac: [0; LOOK_SIZE],
+            fast: [0; LOOK_SIZE],
             maxcode: [-1; 18],
             valptr: [0; 17],
             values: [0; 256],
@@ -54,7 +58,7 @@ impl Huffman {
             ));
         }
         self.lookup = [0; LOOK_SIZE];
-        self.fast_ac = [0; LOOK_SIZE];
+        self.fast = [0; LOOK_SIZE];
         self.maxcode = [-1; 18];
         self.values[..total].copy_from_slice(symbols);
         let mut code: u32 = 0;
@@ -83,7 +87,7 @@ impl Huffman {
             code <<= 1;
         }
         self.maxcode[17] = i32::MAX;
-        // Combined table for AC symbols: code + magnitude bits within the lookahead.
+        // Combined table: code + magnitude bits within the lookahead.
         for (i, &e) in self.lookup.iter().enumerate() {
             if e == 0 {
                 continue;
@@ -91,13 +95,21 @@ impl Huffman {
             let len = (e >> 8) as u32;
             let rs = (e & 0xff) as u32;
             let (run, size) = (rs >> 4, rs & 15);
+            if rs == 0 {
+                self.fast[i] = EOB | len as i32;
+                continue;
+            }
+            if rs == 0xf0 {
+                self.fast[i] = (15 << 8) | len as i32;
+                continue;
+            }
             if size == 0 || len + size > LOOK {
                 continue;
             }
             let bits = ((i as u32) << len) & (LOOK_SIZE as u32 - 1);
             let raw = (bits >> (LOOK - size)) as i32;
             let value = extend(raw, size);
-            self.fast_ac[i] = (value << 16) | ((run as i32) << 8) | (len + size) as i32;
+            self.fast[i] = (value << 16) | ((run as i32) << 8) | (len + size) as i32;
         }
         Ok(())
     }
@@ -153,13 +165,11 @@ impl<'a> Bits<'a> {
     #[inline(always)]
     fn refill(&mut self) {
         // Fast path: 8 bytes without an 0xFF among them.
-        if !self.stopped && self.pos + 8 <= self.data.len() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&self.data[self.pos..self.pos + 8]);
-            let w = u64::from_be_bytes(w);
+        if let Some(b) = self.data.get(self.pos..self.pos + 8) {
+            let w = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
             let x = !w;
             let has_ff = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
-            if has_ff == 0 {
+            if has_ff == 0 && !self.stopped {
                 let n = (64 - self.cnt) / 8;
                 let val = if n == 8 { w } else { w >> (64 - n * 8) };
                 self.buf |= val << (64 - self.cnt - n * 8);
@@ -168,6 +178,13 @@ impl<'a> Bits<'a> {
                 return;
             }
         }
+        self.refill_slow();
+    }
+
+    /// Byte by byte: stuffing, markers, the end of the data.
+    #[cold]
+    #[inline(never)]
+    fn refill_slow(&mut self) {
         while self.cnt <= 56 {
             let byte = if self.stopped || self.pos >= self.data.len() {
                 self.stopped = true;
@@ -221,14 +238,22 @@ impl<'a> Bits<'a> {
             self.consume((e >> 8) as u32);
             return Ok(e as u8);
         }
+        self.symbol_long(t)
+    }
+
+    /// A code longer than the lookahead.
+    #[inline(never)]
+    fn symbol_long(&mut self, t: &Huffman) -> Result<u8, MjpegError> {
         let code16 = (self.buf >> 48) as i32;
-        for len in LOOK + 1..=16 {
+        let mut len = LOOK as usize + 1;
+        while len <= 16 {
             let code = code16 >> (16 - len);
-            if code <= t.maxcode[len as usize] {
-                self.consume(len);
-                let i = t.valptr[len as usize] + code;
+            if code <= t.maxcode[len] {
+                self.consume(len as u32);
+                let i = t.valptr[len] + code;
                 return Ok(t.values[(i as usize) & 255]);
             }
+            len += 1;
         }
         Err(MjpegError::Corrupt("invalid Huffman code"))
     }
@@ -288,21 +313,34 @@ impl<'a> Bits<'a> {
         coef: &mut [i32; 64],
     ) -> Result<usize, MjpegError> {
         self.ensure(32);
-        let t = self.symbol(dc)? as u32;
-        if t > 11 {
-            return Err(MjpegError::Corrupt("DC difference category above 11"));
-        }
-        let diff = if t == 0 { 0 } else { self.receive_extend(t) };
+        let f = dc.fast[(self.buf >> (64 - LOOK)) as usize];
+        let diff = if f != 0 {
+            self.consume((f & 0xff) as u32);
+            f >> 16
+        } else {
+            let t = self.symbol(dc)? as u32;
+            if t > 11 {
+                return Err(MjpegError::Corrupt("DC difference category above 11"));
+            }
+            if t == 0 {
+                0
+            } else {
+                self.receive_extend(t)
+            }
+        };
         *pred = pred.wrapping_add(diff);
         coef[0] = pred.wrapping_mul(q[0]);
         let mut last = 0;
         let mut k = 1usize;
         while k < 64 {
             self.ensure(32);
-            let f = ac.fast_ac[(self.buf >> (64 - LOOK)) as usize];
+            let f = ac.fast[(self.buf >> (64 - LOOK)) as usize];
             if f != 0 {
                 self.consume((f & 0xff) as u32);
-                k += ((f >> 8) & 0xff) as usize;
+                if f & EOB != 0 {
+                    break;
+                }
+                k += ((f >> 8) & 0x7f) as usize;
                 if k > 63 {
                     return Err(MjpegError::Corrupt("AC coefficient run past the block end"));
                 }

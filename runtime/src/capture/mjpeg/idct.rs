@@ -11,8 +11,8 @@ pub(super) type Block = [i32; 64];
 
 #[inline(always)]
 fn to_u8(v: f32) -> u8 {
-    // +128 level shift and rounding; `as` saturates (NaN cannot occur from finite inputs).
-    (v + 128.5).clamp(0.0, 255.0) as u8
+    // +128 level shift and rounding (`as i32` saturates; NaN cannot occur from finite input).
+    ((v + 128.5) as i32).clamp(0, 255) as u8
 }
 
 type Lanes = [f32; 8];
@@ -40,7 +40,7 @@ fn idct8_lanes(s: &[Lanes; 8]) -> [Lanes; 8] {
         let q2 = a1 + a2;
         let p5 = (q3 + q4) * 1.175_875_6;
         a0 *= 0.298_631_34;
-        a1 *= 2.053_119_9;
+        a1 *= 2.053_12;
         a2 *= 3.072_711;
         a3 *= 1.501_321_1;
         let q1 = p5 + q1 * -0.899_976_2;
@@ -148,16 +148,26 @@ pub(super) fn idct2(c: &Block, out: &mut [u8], stride: usize) {
     out[stride + 1] = to_u8(b1 as f32 * 0.125);
 }
 
-/// The block's DC alone as a pixel (1/8 scale), or a flat block of it.
-#[inline]
+/// The block's DC alone as a pixel (1/8 scale), or a flat block of it: `c0 / 8 + 128`,
+/// rounded, clamped.
+#[inline(always)]
 pub(super) fn dc_pixel(c0: i32) -> u8 {
-    to_u8(c0 as f32 * 0.125)
+    (c0.wrapping_add(1028) >> 3).clamp(0, 255) as u8
 }
 
-/// Fill `n × n` pixels with one value (a block without AC coefficients).
-#[inline]
+/// Fill `n × n` pixels (`n` = 1, 2, 4, 8) with one value (a block without AC coefficients).
+#[inline(always)]
 pub(super) fn fill(v: u8, n: usize, out: &mut [u8], stride: usize) {
-    for y in 0..n {
-        out[y * stride..y * stride + n].fill(v);
+    #[inline(always)]
+    fn rows<const N: usize>(v: u8, out: &mut [u8], stride: usize) {
+        for y in 0..N {
+            out[y * stride..y * stride + N].copy_from_slice(&[v; N]);
+        }
+    }
+    match n {
+        1 => out[0] = v,
+        2 => rows::<2>(v, out, stride),
+        4 => rows::<4>(v, out, stride),
+        _ => rows::<8>(v, out, stride),
     }
 }
