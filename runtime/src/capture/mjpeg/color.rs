@@ -59,16 +59,36 @@ pub(super) fn component_row(
         }
         return;
     }
-    // Horizontal triangle filter: output 2i leans left, 2i+1 right.
-    for (x, d) in dst.iter_mut().enumerate() {
-        let i = x / 2;
-        let c = tmp[i.min(cols - 1)] as u32;
-        let v = if x.is_multiple_of(2) {
-            (3 * c + tmp[i.saturating_sub(1)] as u32 + 8) >> 4
-        } else {
-            (3 * c + tmp[(i + 1).min(cols - 1)] as u32 + 7) >> 4
-        };
-        *d = v as u8;
+    // Horizontal triangle filter: output 2i leans left, 2i+1 right; the edges repeat the
+    // outermost sample.
+    let pairs = width / 2;
+    let t = |i: usize| tmp[i.min(cols - 1)] as u32;
+    if pairs > 0 {
+        dst[0] = ((4 * t(0) + 8) >> 4) as u8;
+        dst[1] = ((3 * t(0) + t(1) + 7) >> 4) as u8;
+    }
+    // The interior, without clamping (vectorisable).
+    let inner = pairs.min(cols.saturating_sub(1));
+    if inner > 1 {
+        let (prev, cur, next) = (&tmp[..inner - 1], &tmp[1..inner], &tmp[2..inner + 1]);
+        for (((d, &p), &c), &n) in dst[2..2 * inner]
+            .chunks_exact_mut(2)
+            .zip(prev)
+            .zip(cur)
+            .zip(next)
+        {
+            let c3 = 3 * c as u32;
+            d[0] = ((c3 + p as u32 + 8) >> 4) as u8;
+            d[1] = ((c3 + n as u32 + 7) >> 4) as u8;
+        }
+    }
+    for i in inner.max(1)..pairs {
+        dst[2 * i] = ((3 * t(i) + t(i - 1) + 8) >> 4) as u8;
+        dst[2 * i + 1] = ((3 * t(i) + t(i + 1) + 7) >> 4) as u8;
+    }
+    if width % 2 == 1 {
+        let i = pairs;
+        dst[2 * i] = ((3 * t(i) + t(i.saturating_sub(1)) + 8) >> 4) as u8;
     }
 }
 

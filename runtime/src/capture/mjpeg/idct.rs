@@ -130,22 +130,15 @@ pub(super) fn idct4(c: &Block, out: &mut [u8], stride: usize) {
 
 /// Reduced 2×2 IDCT from the 2×2 lowest frequencies of `c`.
 pub(super) fn idct2(c: &Block, out: &mut [u8], stride: usize) {
-    // f(n) = (F0/√2 ± F1·cos(π/4))/2 per axis: (F0 ± F1)/(2√2); both axes: /8.
+    // f(n) = (F0/√2 ± F1·cos(π/4))/2 per axis: (F0 ± F1)/(2√2); both axes: (sum of ±F)/8.
     let (c00, c01, c10, c11) = (c[0], c[1], c[8], c[9]);
     let a = c00.wrapping_add(c10);
     let b = c00.wrapping_sub(c10);
-    let (a0, a1) = (
-        a.wrapping_add(c01.wrapping_add(c11)),
-        a.wrapping_sub(c01.wrapping_add(c11)),
-    );
-    let (b0, b1) = (
-        b.wrapping_add(c01.wrapping_sub(c11)),
-        b.wrapping_sub(c01.wrapping_sub(c11)),
-    );
-    out[0] = to_u8(a0 as f32 * 0.125);
-    out[1] = to_u8(a1 as f32 * 0.125);
-    out[stride] = to_u8(b0 as f32 * 0.125);
-    out[stride + 1] = to_u8(b1 as f32 * 0.125);
+    let (p, m) = (c01.wrapping_add(c11), c01.wrapping_sub(c11));
+    out[0] = dc_pixel(a.wrapping_add(p));
+    out[1] = dc_pixel(a.wrapping_sub(p));
+    out[stride] = dc_pixel(b.wrapping_add(m));
+    out[stride + 1] = dc_pixel(b.wrapping_sub(m));
 }
 
 /// The block's DC alone as a pixel (1/8 scale), or a flat block of it: `c0 / 8 + 128`,
