@@ -67,6 +67,10 @@ pub struct RunOptions {
     /// Frame source: v4l2:///dev/videoN, file://PATH (image or folder), synthetic:// [default: the bundled sample frames].
     #[arg(long, value_name = "URI")]
     pub source: Option<String>,
+    /// Region of interest x,y,w,h cut from every frame before the resize: pixels (320,180,1280,720), fractions (0.25,0,0.5,1.0) or percentages (25%,0%,50%,100%); also `roi=` in the source URI [default: the whole frame].
+    #[arg(long, value_name = "X,Y,W,H")]
+    #[serde(default, deserialize_with = "de_from_str")]
+    pub roi: Option<edgefuse_runtime::preprocess::Roi>,
     /// continuous, interval:<period>, motion[:threshold=T,area=A], gpio:pin=N[,edge=rising|falling|both][,debounce=20ms] [default: continuous]. Periods: 200, 200ms or 2s.
     #[arg(long, value_name = "SPEC")]
     #[serde(default, deserialize_with = "de_from_str")]
@@ -202,6 +206,7 @@ impl RunOptions {
         RunOptions {
             model: self.model.or(file.model),
             source: self.source.or(file.source),
+            roi: self.roi.or(file.roi),
             trigger: self.trigger.or(file.trigger),
             top_k: self.top_k.or(file.top_k),
             threshold: self.threshold.or(file.threshold),
@@ -343,6 +348,7 @@ impl RunOptions {
             decision: self.decision(labels)?,
             device: self.device.unwrap_or_default(),
             cpu: self.cpu(),
+            roi: self.roi,
             ..Default::default()
         };
         if let Some(k) = self.top_k {

@@ -10,6 +10,7 @@ use edgefuse_runtime::actuate::Hardware;
 use edgefuse_runtime::capture;
 use edgefuse_runtime::capture::reconnect::{Health, HealthChange};
 use edgefuse_runtime::pipeline::{DecisionSettings, FrameResult, Pipeline, RunLimits, RunSink};
+use edgefuse_runtime::preprocess::split_uri;
 use edgefuse_runtime::trigger::{EdgeTrigger, ExternalTrigger, Trigger};
 use edgefuse_sinks::{RunInfo, Sinks, SourceState};
 
@@ -41,10 +42,21 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(s) => s.clone(),
         None => default_samples()?,
     };
-    let mut source = capture::open_with(&uri, &o.open_options())?;
+    let (open_uri, uri_roi) = split_uri(&uri).with_context(|| format!("source {uri}"))?;
+    let roi = match (o.roi, uri_roi) {
+        (Some(a), Some(b)) if a != b => {
+            anyhow::bail!("--roi {a} and roi={b} in the source URI disagree; give the region once")
+        }
+        (a, b) => a.or(b),
+    };
+    let mut source = capture::open_with(&open_uri, &o.open_options())?;
     log::info!("source {}", source.describe());
     let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
-    let cfg = o.pipeline(&labels)?;
+    let mut cfg = o.pipeline(&labels)?;
+    cfg.roi = roi;
+    if let Some(r) = roi {
+        log::info!("region of interest {r}");
+    }
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
     let info = RunInfo {
         labels: labels.clone(),
@@ -54,6 +66,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         precision: if bundle.is_int8() { "int8" } else { "float" }.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         max_frame_bytes: source.max_frame_bytes(),
+        roi: roi.map(|r| r.to_string()),
     };
     let mut sinks = sinks(&o, &info)?;
     let wiring = o.wiring();

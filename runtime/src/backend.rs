@@ -12,7 +12,7 @@ use edgefuse_models::Bundle;
 
 use crate::engine::{CpuConfig, CpuEngine, EngineError};
 use crate::frame::Frame;
-use crate::preprocess::{PreprocessError, Preprocessor};
+use crate::preprocess::{PreprocessError, Preprocessor, Roi};
 
 /// How long one frame spent in each model stage: preprocess, encoder, Q-Former (zero without a
 /// Q-Former).
@@ -34,6 +34,14 @@ pub trait Backend: Send {
         queries: &mut [f32],
         times: &mut ModelTimes,
     ) -> Result<(), BackendError>;
+
+    /// Preprocess only this region of each frame from now on (`None`: whole frames). Returns
+    /// `false` when this backend cannot cut a region (the default, for backends that do not
+    /// preprocess themselves); a region it cannot apply to a frame fails that frame with
+    /// [`BackendError::Roi`].
+    fn set_roi(&mut self, roi: Option<Roi>) -> bool {
+        roi.is_none()
+    }
 }
 
 /// Why a backend did not produce a frame's embeddings.
@@ -43,6 +51,10 @@ pub enum BackendError {
     /// backend itself is fine.
     #[error(transparent)]
     BrokenFrame(#[from] PreprocessError),
+    /// The region of interest does not fit the source's frames: a configuration error that no
+    /// other backend would fix.
+    #[error("{0}; fix --roi (or roi= in the source URI or the config file)")]
+    Roi(PreprocessError),
     /// tract failed while running a model.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -85,7 +97,9 @@ impl CpuBackend {
     /// Load the bundle's models for the CPU as `cfg` says.
     pub fn with_config(bundle: &Bundle, cfg: CpuConfig) -> Result<Self, EngineError> {
         let engine = CpuEngine::new(bundle, cfg)?;
-        let pre = Preprocessor::new(&bundle.manifest().preprocess);
+        let mut pre = Preprocessor::new(&bundle.manifest().preprocess);
+        // Preprocessing splits its rows over the plan's pool (nothing spawned per frame).
+        pre.set_pool(engine.pool());
         Ok(Self {
             input: vec![0.0; pre.output_len()],
             pre,
@@ -104,6 +118,11 @@ impl Backend for CpuBackend {
         format!("cpu ({})", self.engine.describe())
     }
 
+    fn set_roi(&mut self, roi: Option<Roi>) -> bool {
+        self.pre.set_roi(roi);
+        true
+    }
+
     fn run(
         &mut self,
         frame: &Frame,
@@ -112,7 +131,10 @@ impl Backend for CpuBackend {
         times: &mut ModelTimes,
     ) -> Result<(), BackendError> {
         let t0 = Instant::now();
-        self.pre.run(frame, &mut self.input)?;
+        self.pre.run(frame, &mut self.input).map_err(|e| match e {
+            PreprocessError::Roi { .. } => BackendError::Roi(e),
+            e => BackendError::BrokenFrame(e),
+        })?;
         let preprocess = t0.elapsed();
         let [encoder, qformer] = self
             .engine

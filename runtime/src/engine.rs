@@ -393,6 +393,14 @@ impl CpuEngine {
         }
     }
 
+    /// The plan's worker pool (`None` for tract, which runs on the calling thread).
+    pub fn pool(&self) -> Option<std::sync::Arc<Pool>> {
+        match self {
+            CpuEngine::Plan(p) => Some(p.encoder.pool().clone()),
+            CpuEngine::Tract(_) => None,
+        }
+    }
+
     /// The engine's models, whichever engine it is.
     pub fn models_mut(&mut self) -> &mut dyn Inference {
         match self {

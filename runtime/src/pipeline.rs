@@ -21,6 +21,7 @@ use crate::engine::{CpuConfig, EngineError};
 use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
 use crate::gpu::{self, DeviceChoice, GpuError};
+use crate::preprocess::Roi;
 use crate::ring::{FrameRing, Next};
 use crate::stats::Histogram;
 use crate::trigger::Trigger;
@@ -128,6 +129,8 @@ pub struct PipelineConfig {
     pub device: DeviceChoice,
     /// The CPU engine and its threads (also the fallback's when a GPU runs the models).
     pub cpu: CpuConfig,
+    /// The region of each frame the models see (`None`: the whole frame).
+    pub roi: Option<Roi>,
 }
 
 impl Default for PipelineConfig {
@@ -138,6 +141,7 @@ impl Default for PipelineConfig {
             ring_slots: 4,
             device: DeviceChoice::Cpu,
             cpu: CpuConfig::default(),
+            roi: None,
         }
     }
 }
@@ -160,6 +164,11 @@ pub enum BuildError {
     /// The GPU was required (`--device cuda…`) and cannot be used.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// A region of interest was asked for and the chosen device cannot cut one.
+    #[error(
+        "{0} cannot preprocess a region of interest; drop --roi or run on the CPU (--device cpu)"
+    )]
+    Roi(String),
 }
 
 /// Errors that stop a run.
@@ -234,8 +243,14 @@ impl Pipeline {
     /// also builds the GPU backend (see [`gpu::select`]); the CPU backend is always built, so a
     /// GPU failure mid-run can continue on the CPU.
     pub fn new(bundle: &Bundle, cfg: PipelineConfig) -> Result<Self, BuildError> {
-        let device = gpu::select(cfg.device, bundle)?;
-        let cpu = CpuBackend::with_config(bundle, cfg.cpu)?;
+        let mut device = gpu::select(cfg.device, bundle)?;
+        let mut cpu = CpuBackend::with_config(bundle, cfg.cpu)?;
+        cpu.set_roi(cfg.roi);
+        if let Some(d) = &mut device {
+            if !d.set_roi(cfg.roi) {
+                return Err(BuildError::Roi(d.describe()));
+            }
+        }
         let engine = cpu.engine().models();
         let (embedding_dim, queries_len) = (engine.embedding_dim(), engine.queries_len());
         let has_qformer = engine.has_qformer();
@@ -333,7 +348,7 @@ impl Pipeline {
         let mut mt = ModelTimes::default();
         let mut ran = self.run_models(frame, &mut mt);
         if let Err(e) = &ran {
-            if !matches!(e, BackendError::BrokenFrame(_)) {
+            if !matches!(e, BackendError::BrokenFrame(_) | BackendError::Roi(_)) {
                 if let Some(fallback) = self.fallback.take() {
                     log::error!(
                         "{} failed on frame {}: {e}; continuing on {} for the rest of the run",

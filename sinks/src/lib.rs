@@ -43,6 +43,8 @@ pub struct RunInfo {
     pub version: String,
     /// Largest frame the source delivers, bytes (what a sink keeping pixels preallocates).
     pub max_frame_bytes: usize,
+    /// The region of interest the models see (`x,y,w,h` as given), if any.
+    pub roi: Option<String>,
 }
 
 /// A sink could not take a frame. The run stops on it (nothing is dropped silently); a sink

@@ -47,6 +47,8 @@ fn frame_counts() -> (u64, u64) {
 
 fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec, engine: EngineChoice) -> [u64; 4] {
     let (frames, warmup) = frame_counts();
+    // A region of interest rides in the URI (`roi=`), as `run` takes it.
+    let (open_uri, roi) = edgefuse_runtime::preprocess::split_uri(uri).expect("roi");
     let cfg = PipelineConfig {
         top_k: 3,
         decision: DecisionConfig {
@@ -60,9 +62,10 @@ fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec, engine: EngineChoic
         device: edgefuse_runtime::gpu::DeviceChoice::Cpu,
         // Three threads, so the pool's workers run (and are counted) even on a 2-core machine.
         cpu: CpuConfig { engine, threads: 3 },
+        roi,
     };
     let mut pipeline = Pipeline::new(bundle, cfg).expect("pipeline");
-    let mut source = capture::open(uri).expect("source");
+    let mut source = capture::open(&open_uri).expect("source");
     let mut trigger = Trigger::new(&trigger, None).expect("trigger");
     let stop = AtomicBool::new(false);
     // Event emission into a preallocated buffer, formatted like the CLI's output.
@@ -231,6 +234,15 @@ fn no_allocation_per_frame_in_the_whole_process() {
             TriggerSpec::Continuous,
         ),
         ("default", &bundle, mnist.clone(), TriggerSpec::Continuous),
+        // A region of interest at an odd offset, box pre-reduction and the pool's bands.
+        (
+            "default",
+            &bundle,
+            format!(
+                "synthetic://?width={w1}&height={h1}&format=nv12&frames={n}&roi=0.1,0.15,0.7,0.8"
+            ),
+            TriggerSpec::Continuous,
+        ),
         (
             "default",
             &bundle,
@@ -315,6 +327,7 @@ fn no_allocation_with_the_status_server(bundle: &Bundle) {
         labels: pipeline.labels().to_vec(),
         source: uri.clone(),
         max_frame_bytes: source.max_frame_bytes(),
+        roi: None,
         ..Default::default()
     };
     let addr = "127.0.0.1:0".parse().expect("loopback");

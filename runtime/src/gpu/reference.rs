@@ -29,7 +29,7 @@ pub struct Tolerance {
     pub rel: f32,
 }
 
-/// Preprocessing, f32 output, vs the CPU preprocessor (same taps and order; fused multiply-adds).
+/// Preprocessing, f32 output, vs the 2-D reference (same taps; separable sums, fused multiply-adds).
 pub const TOL_PREPROCESS_F32: Tolerance = Tolerance {
     abs: 2e-4,
     rel: 0.0,

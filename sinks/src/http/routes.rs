@@ -127,6 +127,7 @@ impl App {
             "backend": self.info.backend,
             "backend_fallbacks": s.fallbacks,
             "source": self.info.source,
+            "roi": self.info.roi,
             "uptime_s": self.shared.started.elapsed().as_secs_f64(),
             "health": {"ok": health.is_ok(), "reason": health.to_string()},
             "frames": s.frames,

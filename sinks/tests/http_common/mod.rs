@@ -25,6 +25,7 @@ pub fn info() -> RunInfo {
         precision: "float".into(),
         version: "0.0.0".into(),
         max_frame_bytes: (W * H * 2) as usize,
+        roi: None,
     }
 }
 

@@ -132,6 +132,11 @@ impl Backend for CudaBackend {
         )
     }
 
+    fn set_roi(&mut self, roi: Option<crate::preprocess::Roi>) -> bool {
+        self.pre.set_roi(roi);
+        true
+    }
+
     fn run(
         &mut self,
         frame: &Frame,

@@ -82,6 +82,12 @@ impl GpuPreprocess {
         })
     }
 
+    /// Read only this region of each frame (`None`: whole frames).
+    pub fn set_roi(&mut self, roi: Option<crate::preprocess::Roi>) {
+        self.taps.set_roi(roi);
+        self.geometry = None;
+    }
+
     fn prepare(&mut self, frame: &Frame) -> Result<(), GpuError> {
         let key = (frame.width, frame.height, frame.format);
         if self.geometry == Some(key) {
@@ -89,7 +95,10 @@ impl GpuPreprocess {
         }
         // Whatever fails below must not leave buffers of one geometry under another's key.
         self.geometry = None;
-        let (tx, ty, wx, wy) = self.taps.filter_taps(frame.width, frame.height);
+        let (tx, ty, wx, wy) = self
+            .taps
+            .filter_taps(frame.width, frame.height)
+            .map_err(|e| GpuError::Unsupported(e.to_string()))?;
         let upload_i = |v: &[i32]| {
             self.stream
                 .clone_htod(v)

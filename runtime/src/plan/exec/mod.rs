@@ -208,6 +208,11 @@ impl CpuPlan {
         self.pool.threads()
     }
 
+    /// The worker pool the plan runs on (shared with preprocessing).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Values in output `i`.
     pub fn output_len(&self, i: usize) -> usize {
         loc_len(&self.outputs[i])

@@ -77,6 +77,7 @@
     }));
     const run = [
       ["model", s.model + " (" + s.precision + ")"], ["device", s.backend], ["source", s.source],
+      ...(s.roi ? [["region", s.roi]] : []),
       ["fps", s.fps.toFixed(1)], ["frames", s.frames], ["not classified", s.skipped],
       ["events", s.events], ["uptime", Math.round(s.uptime_s) + " s"], ["edgefuse", s.version],
     ];
