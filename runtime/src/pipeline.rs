@@ -21,7 +21,7 @@ use crate::engine::{CpuConfig, EngineError};
 use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
 use crate::gpu::{self, DeviceChoice, GpuError};
-use crate::preprocess::Roi;
+use crate::preprocess::{Coord, Roi};
 use crate::ring::{FrameRing, Next};
 use crate::stats::Histogram;
 use crate::trigger::Trigger;
@@ -226,6 +226,8 @@ pub struct Pipeline {
     events: Events,
     cfg: PipelineConfig,
     fallbacks: u32,
+    /// The model input's width and height.
+    input_size: [u32; 2],
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -262,6 +264,7 @@ impl Pipeline {
             None => (Box::new(cpu), None),
         };
         Ok(Self {
+            input_size: bundle.manifest().preprocess.image_size,
             embedding: vec![0.0; embedding_dim],
             queries: vec![0.0; queries_len],
             labels,
@@ -292,6 +295,27 @@ impl Pipeline {
     /// the GPU's).
     pub fn device(&self) -> String {
         self.primary.describe()
+    }
+
+    /// The smallest frames that still fill the model's input (what an MJPEG source may decode
+    /// down to): the input size, divided by the region's fractions when a region of interest is
+    /// given in fractions. `None` (full frames) when the region is in pixels, which refer to
+    /// the camera's full resolution.
+    pub fn min_source_size(&self) -> Option<(u32, u32)> {
+        let [w, h] = self.input_size;
+        match &self.cfg.roi {
+            None => Some((w, h)),
+            Some(Roi {
+                w: Coord::Frac(fw),
+                h: Coord::Frac(fh),
+                x: Coord::Frac(_),
+                y: Coord::Frac(_),
+            }) if *fw > 0.0 && *fh > 0.0 => Some((
+                (w as f64 / fw).ceil().min(u32::MAX as f64) as u32,
+                (h as f64 / fh).ceil().min(u32::MAX as f64) as u32,
+            )),
+            Some(_) => None,
+        }
     }
 
     /// How many times the primary backend failed and the run moved to the CPU (0 or 1).
@@ -451,6 +475,9 @@ impl Pipeline {
         stop: &AtomicBool,
         mut sink: S,
     ) -> (RunSummary, Result<(), PipelineError>) {
+        if let Some((w, h)) = self.min_source_size() {
+            source.set_min_size(w, h);
+        }
         let ring = FrameRing::with_source_len(
             self.cfg.ring_slots,
             source.max_frame_bytes(),
