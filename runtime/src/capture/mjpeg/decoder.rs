@@ -506,9 +506,31 @@ impl MjpegDecoder {
         bw: usize,
         bh: usize,
     ) -> Result<(), MjpegError> {
-        let single = members.len() == 1;
         let scale = self.scale;
         let bs = scale.block();
+        // The blocks of one MCU, in stream order: component, and the offset of the block's
+        // pixels from the MCU's in the component's plane (at most 3 components × 2×2 blocks).
+        let mut units = [(0usize, 0usize); 12];
+        let mut n = 0;
+        // Plane offset of MCU (0, 0) step per MCU column and per MCU row, per component.
+        let mut steps = [(0usize, 0usize); 3];
+        for &ci in members {
+            let c = self.comps[ci];
+            let (nh, nv) = if members.len() == 1 {
+                (1, 1)
+            } else {
+                (c.h, c.v)
+            };
+            let stride = self.geom[ci].stride;
+            steps[ci] = (nh * bs, nv * bs * stride);
+            for v in 0..nv {
+                for h in 0..nh {
+                    units[n] = (ci, v * bs * stride + h * bs);
+                    n += 1;
+                }
+            }
+        }
+        let units = &units[..n];
         let mut coef = [0i32; 64];
         let mut left = self.restart;
         for my in 0..bh {
@@ -523,44 +545,38 @@ impl MjpegDecoder {
                     }
                     left -= 1;
                 }
-                for &ci in members {
+                for &(ci, off) in units {
                     let comp = &mut self.comps[ci];
-                    let (nh, nv) = if single { (1, 1) } else { (comp.h, comp.v) };
                     let (dc, ac, q) = (&self.dc[comp.dc], &self.ac[comp.ac], &self.quant[comp.tq]);
+                    let last = bits.block(dc, ac, q, &mut comp.pred, &mut coef)?;
                     let stride = self.geom[ci].stride;
-                    let plane = &mut self.planes[ci];
-                    for v in 0..nv {
-                        for h in 0..nh {
-                            let last = bits.block(dc, ac, q, &mut comp.pred, &mut coef)?;
-                            let (bx, by) = (mx * nh + h, my * nv + v);
-                            let out = &mut plane[by * bs * stride + bx * bs..];
-                            if last == 0 {
-                                idct::fill(idct::dc_pixel(coef[0]), bs, out, stride);
-                                coef[0] = 0;
-                                continue;
+                    let (sx, sy) = steps[ci];
+                    let out = &mut self.planes[ci][my * sy + mx * sx + off..];
+                    if last == 0 {
+                        idct::fill(idct::dc_pixel(coef[0]), bs, out, stride);
+                        coef[0] = 0;
+                        continue;
+                    }
+                    // Each transform reads only its corner of `coef`: only that corner needs
+                    // zeroing for the next block.
+                    match scale {
+                        Scale::Full => {
+                            idct::idct8(&coef, out, stride);
+                            coef = [0; 64];
+                        }
+                        Scale::Half => {
+                            idct::idct4(&coef, out, stride);
+                            for r in coef.chunks_exact_mut(8).take(4) {
+                                r[..4].fill(0);
                             }
-                            // Each transform reads only its corner of `coef`: only that corner
-                            // needs zeroing for the next block.
-                            match scale {
-                                Scale::Full => {
-                                    idct::idct8(&coef, out, stride);
-                                    coef = [0; 64];
-                                }
-                                Scale::Half => {
-                                    idct::idct4(&coef, out, stride);
-                                    for r in coef.chunks_exact_mut(8).take(4) {
-                                        r[..4].fill(0);
-                                    }
-                                }
-                                Scale::Quarter => {
-                                    idct::idct2(&coef, out, stride);
-                                    [coef[0], coef[1], coef[8], coef[9]] = [0; 4];
-                                }
-                                Scale::Eighth => {
-                                    out[0] = idct::dc_pixel(coef[0]);
-                                    coef[0] = 0;
-                                }
-                            }
+                        }
+                        Scale::Quarter => {
+                            idct::idct2(&coef, out, stride);
+                            [coef[0], coef[1], coef[8], coef[9]] = [0; 4];
+                        }
+                        Scale::Eighth => {
+                            out[0] = idct::dc_pixel(coef[0]);
+                            coef[0] = 0;
                         }
                     }
                 }

@@ -129,16 +129,16 @@ pub(super) fn idct4(c: &Block, out: &mut [u8], stride: usize) {
 }
 
 /// Reduced 2×2 IDCT from the 2×2 lowest frequencies of `c`.
+#[inline(always)]
 pub(super) fn idct2(c: &Block, out: &mut [u8], stride: usize) {
     // f(n) = (F0/√2 ± F1·cos(π/4))/2 per axis: (F0 ± F1)/(2√2); both axes: (sum of ±F)/8.
     let (c00, c01, c10, c11) = (c[0], c[1], c[8], c[9]);
     let a = c00.wrapping_add(c10);
     let b = c00.wrapping_sub(c10);
     let (p, m) = (c01.wrapping_add(c11), c01.wrapping_sub(c11));
-    out[0] = dc_pixel(a.wrapping_add(p));
-    out[1] = dc_pixel(a.wrapping_sub(p));
-    out[stride] = dc_pixel(b.wrapping_add(m));
-    out[stride + 1] = dc_pixel(b.wrapping_sub(m));
+    let (r0, r1) = out.split_at_mut(stride);
+    r0[..2].copy_from_slice(&[dc_pixel(a.wrapping_add(p)), dc_pixel(a.wrapping_sub(p))]);
+    r1[..2].copy_from_slice(&[dc_pixel(b.wrapping_add(m)), dc_pixel(b.wrapping_sub(m))]);
 }
 
 /// The block's DC alone as a pixel (1/8 scale), or a flat block of it: `c0 / 8 + 128`,
