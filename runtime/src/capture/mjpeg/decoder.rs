@@ -148,8 +148,8 @@ impl MjpegDecoder {
 
     /// Decode one JPEG frame at `scale` into `frame` as packed RGB of
     /// [`Scale::output_size`]`(width, height)` (reusing `frame.data`'s capacity). Only the
-    /// pixels, width, height and format of `frame` are set. On error `frame` may hold part of
-    /// the image.
+    /// pixels, width, height and format of `frame` are set, and only once the whole frame has
+    /// decoded: on error `frame` is left as it was.
     pub fn decode(
         &mut self,
         jpeg: &[u8],

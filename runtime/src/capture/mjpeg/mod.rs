@@ -64,8 +64,8 @@ impl Scale {
     }
 
     /// The smallest output that is still at least `min_width × min_height`: the largest
-    /// divisor `s` with `ceil(width / s) >= min_width` and `ceil(height / s) >= min_height`
-    /// ([`Scale::Full`] when even that is smaller, or when no minimum is set, i.e. 0 × 0 gives
+    /// divisor `s` with `ceil(width / s) >= min_width` and `ceil(height / s) >= min_height`;
+    /// [`Scale::Full`] when even the full frame is smaller than that (a minimum of 0 × 0 gives
     /// [`Scale::Eighth`]).
     pub fn for_min_size(width: u32, height: u32, min_width: u32, min_height: u32) -> Scale {
         Self::ALL
