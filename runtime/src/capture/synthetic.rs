@@ -450,6 +450,30 @@ mod tests {
     }
 
     #[test]
+    fn a_reopened_mjpeg_camera_keeps_the_minimum_size() {
+        let opts = super::super::OpenOptions {
+            stall_timeout: Duration::from_secs(5),
+            backoff: super::super::reconnect::Backoff {
+                first: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+        };
+        let uri = "synthetic://?width=160&height=96&format=mjpeg&fail_every=2";
+        let mut s = super::super::open_with(uri, &opts).unwrap();
+        s.set_min_size(20, 12);
+        let mut f = Frame::with_capacity(160 * 96 * 3);
+        for seq in 0..7 {
+            assert!(s.next_frame(&mut f).unwrap());
+            assert_eq!(
+                (f.seq, f.width, f.height),
+                (seq, 20, 12),
+                "1/8 after reopening too"
+            );
+        }
+        assert!(s.stats().outages >= 2);
+    }
+
+    #[test]
     fn odd_width_refused_for_yuyv() {
         let e = SyntheticSource::open(&Uri::parse("synthetic://?width=63&format=yuyv").unwrap())
             .unwrap_err();
