@@ -106,25 +106,36 @@ impl Plan {
     }
 }
 
+/// Output rows handled together: the horizontal pass reads one tap of all of them as one
+/// vector (their vertical results are stored transposed, `[span][R]`).
+const R: usize = 8;
+
 /// Per-thread working memory of [`band`], sized by [`Scratch::fit`] before a frame.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    /// The vertical pass's row (packed span; NV12: luma span).
+    /// One vertical-pass row (packed span; NV12: luma span).
     v: Vec<f32>,
     /// NV12's chroma span.
     vc: Vec<f32>,
+    /// `R` rows of `v`, transposed: `[span][R]`.
+    t: Vec<f32>,
+    /// `R` rows of `vc`, transposed.
+    tc: Vec<f32>,
 }
 
 impl Scratch {
     /// Grow the buffers for `plan` (no allocation when they already fit).
     pub fn fit(&mut self, plan: &Plan) {
         let ((a0, a1), (c0, c1)) = plan.spans();
-        if self.v.len() < a1 - a0 {
-            self.v.resize(a1 - a0, 0.0);
-        }
-        if self.vc.len() < c1 - c0 {
-            self.vc.resize(c1 - c0, 0.0);
-        }
+        let grow = |v: &mut Vec<f32>, n: usize| {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        };
+        grow(&mut self.t, (a1 - a0) * R);
+        grow(&mut self.tc, (c1 - c0) * R);
+        grow(&mut self.v, a1 - a0);
+        grow(&mut self.vc, c1 - c0);
     }
 }
 
@@ -196,6 +207,14 @@ fn accumulate(acc: &mut [f32], row: &[u8], w: f32, first: bool) {
     }
 }
 
+/// `t[i * R + r] = v[i]`: row `r` of a group, stored transposed.
+#[inline(always)]
+fn scatter_row(t: &mut [f32], v: &[f32], r: usize) {
+    for (dst, &x) in t.chunks_exact_mut(R).zip(v) {
+        dst[r] = x;
+    }
+}
+
 #[inline(always)]
 fn band_body(frame: &Frame, plan: &Plan, s: &mut Scratch, out: OutPlanes, oy0: usize, oy1: usize) {
     let format = plan.format.unwrap_or(PixelFormat::Grey);
@@ -211,113 +230,141 @@ fn band_body(frame: &Frame, plan: &Plan, s: &mut Scratch, out: OutPlanes, oy0: u
     let ry = plan.rect.y as usize;
     let v = &mut s.v[..a1 - a0];
     let vc = &mut s.vc[..c1 - c0];
-    for oy in oy0..oy1 {
-        let start = ry + plan.yt.start[oy];
-        let wts = plan.yt.weights(oy);
-        for (j, &wt) in wts.iter().enumerate() {
-            let y = start + j;
-            accumulate(v, &d[y * bpr + a0..y * bpr + a1], wt, j == 0);
-        }
-        if format == PixelFormat::Nv12 {
-            // Chroma rows are shared by two luma rows: merge the weights per chroma row.
-            let mut q = start / 2;
-            let mut wq = 0.0f32;
-            let mut first = true;
+    let t = &mut s.t[..(a1 - a0) * R];
+    let tc = &mut s.tc[..(c1 - c0) * R];
+    let mut g = oy0;
+    while g < oy1 {
+        let rows = R.min(oy1 - g);
+        for r in 0..rows {
+            let oy = g + r;
+            let start = ry + plan.yt.start[oy];
+            let wts = plan.yt.weights(oy);
             for (j, &wt) in wts.iter().enumerate() {
-                let qj = (start + j) / 2;
-                if qj != q {
-                    let row = &d[uv_base + q * w + c0..uv_base + q * w + c1];
-                    accumulate(vc, row, wq, first);
-                    first = false;
-                    (q, wq) = (qj, 0.0);
-                }
-                wq += wt;
+                let y = start + j;
+                accumulate(v, &d[y * bpr + a0..y * bpr + a1], wt, j == 0);
             }
-            let row = &d[uv_base + q * w + c0..uv_base + q * w + c1];
-            accumulate(vc, row, wq, first);
+            scatter_row(t, v, r);
+            if format == PixelFormat::Nv12 {
+                // Chroma rows are shared by two luma rows: merge the weights per chroma row.
+                let mut q = start / 2;
+                let mut wq = 0.0f32;
+                let mut first = true;
+                for (j, &wt) in wts.iter().enumerate() {
+                    let qj = (start + j) / 2;
+                    if qj != q {
+                        let row = &d[uv_base + q * w + c0..uv_base + q * w + c1];
+                        accumulate(vc, row, wq, first);
+                        first = false;
+                        (q, wq) = (qj, 0.0);
+                    }
+                    wq += wt;
+                }
+                let row = &d[uv_base + q * w + c0..uv_base + q * w + c1];
+                accumulate(vc, row, wq, first);
+                scatter_row(tc, vc, r);
+            }
         }
-        horizontal(format, plan, v, vc, out, oy);
+        horizontal(format, plan, t, tc, out, g, rows);
+        g += rows;
     }
 }
 
-/// Horizontal pass of one output row: filter each channel, convert, normalise, write.
+/// `acc[r] += w · p[r]` for the `R` rows of a group.
 #[inline(always)]
-fn horizontal(format: PixelFormat, plan: &Plan, v: &[f32], vc: &[f32], out: OutPlanes, oy: usize) {
+fn mac(acc: &mut [f32; R], w: f32, p: &[f32]) {
+    let p: &[f32; R] = p[..R].try_into().expect("R values");
+    for r in 0..R {
+        acc[r] += w * p[r];
+    }
+}
+
+/// Horizontal pass of output rows `g..g + rows` (their vertical results transposed in `t`,
+/// `tc`): filter each channel of all rows at once, convert, normalise, write.
+#[inline(always)]
+fn horizontal(
+    format: PixelFormat,
+    plan: &Plan,
+    t: &[f32],
+    tc: &[f32],
+    out: OutPlanes,
+    g: usize,
+    rows: usize,
+) {
     let ow = plan.out_w;
     let xt = &plan.xt;
     let rx = plan.rect.x as usize;
     let x0 = plan.x0;
-    // SAFETY: row `oy` of each plane lies inside the tensor (oy < out_h, three planes of
-    // `plane` values) and no other band writes it.
-    let rows: [&mut [f32]; 3] = std::array::from_fn(|o| unsafe {
-        std::slice::from_raw_parts_mut(out.ptr.add(o * out.plane + oy * ow), ow)
-    });
-    let [r0, r1, r2] = rows;
+    let lead = x0 & 1;
     let [(c0, s0, b0), (c1, s1, b1), (c2, s2, b2)] = plan.chan;
     for ox in 0..ow {
-        let first = rx + xt.start[ox] - x0; // column index within the span's first pixel
+        let first = rx + xt.start[ox] - x0; // column index within the span
         let wts = xt.weights(ox);
-        let mut a = [0.0f32; 3];
+        let (mut a, mut b, mut c) = ([0.0f32; R], [0.0f32; R], [0.0f32; R]);
         match format {
             PixelFormat::Grey => {
-                let mut g = 0.0f32;
-                for (t, &wt) in wts.iter().enumerate() {
-                    g += wt * v[first + t];
+                for (k, &wt) in wts.iter().enumerate() {
+                    mac(&mut a, wt, &t[(first + k) * R..]);
                 }
-                a = [g, g, g];
+                (b, c) = (a, a);
             }
             PixelFormat::Rgb | PixelFormat::Bgr => {
-                for (t, &wt) in wts.iter().enumerate() {
-                    let p = &v[(first + t) * 3..][..3];
-                    a[0] += wt * p[0];
-                    a[1] += wt * p[1];
-                    a[2] += wt * p[2];
+                for (k, &wt) in wts.iter().enumerate() {
+                    let i = (first + k) * 3;
+                    mac(&mut a, wt, &t[i * R..]);
+                    mac(&mut b, wt, &t[(i + 1) * R..]);
+                    mac(&mut c, wt, &t[(i + 2) * R..]);
                 }
                 if format == PixelFormat::Bgr {
-                    a.swap(0, 2);
+                    std::mem::swap(&mut a, &mut c);
                 }
             }
             PixelFormat::Yuyv => {
-                // Span starts at the pair holding x0; pixel i of the span: luma at 2i, its
+                // The span starts at the pair holding x0; its pixel i: luma at byte 2i, the
                 // pair's U and V at 4(i/2)+1 and +3.
-                let lead = x0 & 1;
-                let (mut y, mut u, mut vv) = (0.0f32, 0.0f32, 0.0f32);
-                for (t, &wt) in wts.iter().enumerate() {
-                    let i = first + t + lead;
-                    y += wt * v[2 * i];
+                for (k, &wt) in wts.iter().enumerate() {
+                    let i = first + k + lead;
                     let q = (i / 2) * 4;
-                    u += wt * v[q + 1];
-                    vv += wt * v[q + 3];
+                    mac(&mut a, wt, &t[2 * i * R..]);
+                    mac(&mut b, wt, &t[(q + 1) * R..]);
+                    mac(&mut c, wt, &t[(q + 3) * R..]);
                 }
-                a = yuv_to_rgb(y, u, vv);
+                yuv_to_rgb(&mut a, &mut b, &mut c);
             }
             PixelFormat::Nv12 => {
-                let lead = x0 & 1;
-                let (mut y, mut u, mut vv) = (0.0f32, 0.0f32, 0.0f32);
-                for (t, &wt) in wts.iter().enumerate() {
-                    y += wt * v[first + t];
-                    let q = ((first + t + lead) / 2) * 2;
-                    u += wt * vc[q];
-                    vv += wt * vc[q + 1];
+                for (k, &wt) in wts.iter().enumerate() {
+                    let q = ((first + k + lead) / 2) * 2;
+                    mac(&mut a, wt, &t[(first + k) * R..]);
+                    mac(&mut b, wt, &tc[q * R..]);
+                    mac(&mut c, wt, &tc[(q + 1) * R..]);
                 }
-                a = yuv_to_rgb(y, u, vv);
+                yuv_to_rgb(&mut a, &mut b, &mut c);
             }
         }
-        r0[ox] = a[c0] * s0 - b0;
-        r1[ox] = a[c1] * s1 - b1;
-        r2[ox] = a[c2] * s2 - b2;
+        let rgb = [&a, &b, &c];
+        for (o, &(ch, sc, bias)) in [(c0, s0, b0), (c1, s1, b1), (c2, s2, b2)]
+            .iter()
+            .enumerate()
+        {
+            let src = rgb[ch];
+            for (r, &x) in src.iter().enumerate().take(rows) {
+                // SAFETY: element (o, g + r, ox) lies inside the tensor (o < 3, g + r < out_h,
+                // ox < out_w) and no other band writes row g + r.
+                unsafe { *out.ptr.add(o * out.plane + (g + r) * ow + ox) = x * sc - bias };
+            }
+        }
     }
 }
 
-/// BT.601 limited-range YUV → RGB in 0..=255 (the expression of [`super::yuv_to_rgb`]).
+/// BT.601 limited-range YUV → RGB in 0..=255, in place over `R` pixels (the expression of
+/// [`super::yuv_to_rgb`]).
 #[inline(always)]
-fn yuv_to_rgb(y: f32, u: f32, v: f32) -> [f32; 3] {
-    let c = 1.164 * (y - 16.0);
-    let d = u - 128.0;
-    let e = v - 128.0;
-    [
-        (c + 1.596 * e).clamp(0.0, 255.0),
-        (c - 0.392 * d - 0.813 * e).clamp(0.0, 255.0),
-        (c + 2.017 * d).clamp(0.0, 255.0),
-    ]
+fn yuv_to_rgb(y: &mut [f32; R], u: &mut [f32; R], v: &mut [f32; R]) {
+    for r in 0..R {
+        let c = 1.164 * (y[r] - 16.0);
+        let d = u[r] - 128.0;
+        let e = v[r] - 128.0;
+        y[r] = (c + 1.596 * e).clamp(0.0, 255.0);
+        u[r] = (c - 0.392 * d - 0.813 * e).clamp(0.0, 255.0);
+        v[r] = (c + 2.017 * d).clamp(0.0, 255.0);
+    }
 }
