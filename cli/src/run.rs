@@ -38,11 +38,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let cli = args.options.clone();
     let o = args.options.over(file);
     let bundle = open_bundle(o.model.as_deref())?;
-    let uri = match &o.source {
+    let given = match &o.source {
         Some(s) => s.clone(),
         None => default_samples()?,
     };
-    let (open_uri, uri_roi) = split_uri(&uri).with_context(|| format!("source {uri}"))?;
+    // What logs, events, the status page and errors show: passwords (rtsp://user:pw@…) hidden.
+    let uri = capture::redact(&given);
+    let (open_uri, uri_roi) = split_uri(&given).with_context(|| format!("source {uri}"))?;
     let roi = match (o.roi, uri_roi) {
         (Some(a), Some(b)) if a != b => {
             anyhow::bail!("--roi {a} and roi={b} in the source URI disagree; give the region once")

@@ -302,20 +302,7 @@ impl Pipeline {
     /// given in fractions. `None` (full frames) when the region is in pixels, which refer to
     /// the camera's full resolution.
     pub fn min_source_size(&self) -> Option<(u32, u32)> {
-        let [w, h] = self.input_size;
-        match &self.cfg.roi {
-            None => Some((w, h)),
-            Some(Roi {
-                w: Coord::Frac(fw),
-                h: Coord::Frac(fh),
-                x: Coord::Frac(_),
-                y: Coord::Frac(_),
-            }) if *fw > 0.0 && *fh > 0.0 => Some((
-                (w as f64 / fw).ceil().min(u32::MAX as f64) as u32,
-                (h as f64 / fh).ceil().min(u32::MAX as f64) as u32,
-            )),
-            Some(_) => None,
-        }
+        min_source_size(self.input_size, self.cfg.roi.as_ref())
     }
 
     /// How many times the primary backend failed and the run moved to the CPU (0 or 1).
@@ -595,5 +582,45 @@ impl Pipeline {
             }
         });
         (summary, result)
+    }
+}
+
+/// See [`Pipeline::min_source_size`].
+fn min_source_size([w, h]: [u32; 2], roi: Option<&Roi>) -> Option<(u32, u32)> {
+    // 0 is 0 at any resolution; other pixel counts refer to the camera's.
+    let any_scale = |c: &Coord| matches!(c, Coord::Frac(_) | Coord::Px(0));
+    match roi {
+        None => Some((w, h)),
+        Some(Roi {
+            w: Coord::Frac(fw),
+            h: Coord::Frac(fh),
+            x,
+            y,
+        }) if *fw > 0.0 && *fh > 0.0 && any_scale(x) && any_scale(y) => Some((
+            (w as f64 / fw).ceil().min(u32::MAX as f64) as u32,
+            (h as f64 / fh).ceil().min(u32::MAX as f64) as u32,
+        )),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod min_size_tests {
+    use super::*;
+
+    #[test]
+    fn sources_may_shrink_frames_to_what_the_region_still_fills() {
+        let roi = |s: &str| s.parse::<Roi>().unwrap();
+        assert_eq!(min_source_size([224, 224], None), Some((224, 224)));
+        assert_eq!(
+            min_source_size([224, 224], Some(&roi("0.25,0,0.5,0.25"))),
+            Some((448, 896))
+        );
+        // Pixel coordinates refer to the camera's full resolution: no shrinking.
+        assert_eq!(
+            min_source_size([224, 224], Some(&roi("100,0,0.5,0.5"))),
+            None
+        );
+        assert_eq!(min_source_size([224, 224], Some(&roi("0,0,640,480"))), None);
     }
 }

@@ -111,6 +111,17 @@ fn the_file_and_the_command_line_share_one_grammar() {
     let fe = parse("board = \"pi\"\n").unwrap_err().to_string();
     let ce = cli(&["--board", "pi"]).err().unwrap().to_string();
     assert!(fe.contains("unknown board `pi`") && ce.contains("unknown board `pi`"));
+    // The region of interest: one grammar through both doors, errors naming the value.
+    assert_eq!(
+        parse("roi = \"0.25,0.0,0.5,1.0\"\n").unwrap().roi,
+        cli(&["--roi", "25%,0%,50%,100%"]).unwrap().roi
+    );
+    let fe = parse("roi = \"1,2,3\"\n").unwrap_err().to_string();
+    let ce = cli(&["--roi", "1,2,3"]).err().unwrap().to_string();
+    assert!(
+        fe.contains("roi `1,2,3`") && ce.contains("roi `1,2,3`") && fe.contains("x,y,w,h"),
+        "{fe}\n{ce}"
+    );
     // The stall timeout: one duration grammar and range through both doors.
     assert_eq!(
         parse("stall_timeout = \"2s\"\n").unwrap().stall_timeout,

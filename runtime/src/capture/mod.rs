@@ -17,6 +17,7 @@ pub mod file;
 pub mod gst;
 pub mod mjpeg;
 pub mod reconnect;
+mod redact;
 pub mod synthetic;
 #[cfg(feature = "v4l")]
 pub mod v4l2;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::frame::Frame;
+pub use redact::redact;
 
 /// Errors of frame sources. Each names the URI, file or device and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -268,19 +270,7 @@ fn open_gst(uri: &str, opts: &OpenOptions) -> Result<Box<dyn FrameSource>, Captu
 #[cfg(not(feature = "gstreamer"))]
 fn open_gst(uri: &str, _: &OpenOptions) -> Result<Box<dyn FrameSource>, CaptureError> {
     // Credentials in an rtsp:// URI stay out of the error.
-    let shown = match uri.split_once("://") {
-        Some((scheme, rest)) if !scheme.eq_ignore_ascii_case("gst") => {
-            let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((user, host)) => {
-                    let user = user.split_once(':').map_or(user, |(u, _)| u);
-                    format!("{scheme}://{user}:***@{host}{tail}")
-                }
-                None => uri.to_string(),
-            }
-        }
-        _ => uri.to_string(),
-    };
+    let shown = redact(uri);
     Err(CaptureError::Unsupported {
         uri: shown,
         message: "this edgefuse was built without GStreamer support (csi://, rtsp://, gst://); rebuild with `--features gstreamer` (needs libgstreamer1.0-dev and libgstreamer-plugins-base1.0-dev)"

@@ -37,7 +37,8 @@ use super::reconnect::{Opener, Reconnecting};
 use super::{CaptureError, FrameSource, Interrupt, OpenOptions, Uri};
 use crate::frame::{Frame, PixelFormat};
 
-pub use uris::{redact, CsiTarget, RtspTarget, Transport};
+use super::redact;
+pub use uris::{CsiTarget, RtspTarget, Transport};
 
 /// The caps every appsink is restricted to: the formats a [`Frame`] holds.
 const SINK_CAPS: &str = "video/x-raw,format=(string){NV12,YUY2,GRAY8,RGB,BGR}";
