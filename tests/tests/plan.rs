@@ -148,8 +148,10 @@ fn int8_plan_reproduces_tract_int8() {
     // The GEMMs are exact on both sides, but float rounding outside them differs by ~1e-6, and
     // an activation sitting on a quantization boundary then rounds to the neighbouring integer:
     // one step (scale ≈ amax/127) in one input moves outputs by far more than 1e-6. Through the
-    // encoder and 4 Q-Former layers that stays under 1% of the output range.
-    check(&int8, "int8", 1e-2);
+    // encoder and 4 Q-Former layers it stays within a few percent of the output range: 1.6% on
+    // one frame since the preprocessor filters YUV before converting (other inputs, other
+    // calibration scales, another boundary hit), under 1% before.
+    check(&int8, "int8", 3e-2);
 }
 
 /// The bundle `EDGEFUSE_PLAN_BUNDLE` names (e.g. `scripts/bench-cpu`'s ViT-B/32 + Q-Former export,
