@@ -33,18 +33,10 @@ pub enum Simd {
 impl Simd {
     /// The best level this CPU runs.
     pub fn detect() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
-                return Simd::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Baseline
+        [Simd::Avx512, Simd::Avx2]
+            .into_iter()
+            .find(|s| s.supported())
+            .unwrap_or(Simd::Baseline)
     }
 
     /// Whether this CPU can run the level.
@@ -295,7 +287,6 @@ fn horizontal(
     let rx = plan.rect.x as usize;
     let x0 = plan.x0;
     let lead = x0 & 1;
-    let [(c0, s0, b0), (c1, s1, b1), (c2, s2, b2)] = plan.chan;
     for ox in 0..ow {
         let first = rx + xt.start[ox] - x0; // column index within the span
         let wts = xt.weights(ox);
@@ -341,10 +332,7 @@ fn horizontal(
             }
         }
         let rgb = [&a, &b, &c];
-        for (o, &(ch, sc, bias)) in [(c0, s0, b0), (c1, s1, b1), (c2, s2, b2)]
-            .iter()
-            .enumerate()
-        {
+        for (o, &(ch, sc, bias)) in plan.chan.iter().enumerate() {
             let src = rgb[ch];
             for (r, &x) in src.iter().enumerate().take(rows) {
                 // SAFETY: element (o, g + r, ox) lies inside the tensor (o < 3, g + r < out_h,

@@ -20,8 +20,7 @@
 //!   NEON on AArch64), all bit-identical, and optionally across a worker pool in bands of rows.
 //!
 //! A box pre-reduction for large downscales (PIL's `reducing_gap`) was measured and not kept:
-//! at a gap of 2 it moved outputs by up to 0.13 (normalised) on striped content, and the
-//! vertical-first pass above is as fast without it.
+//! at a gap of 2 it moved outputs by up to 0.13 (normalised) on striped content.
 //!
 //! Nothing allocates once the buffers have grown to the frame size.
 
@@ -230,19 +229,17 @@ impl Preprocessor {
                 source_name: frame.source.clone(),
                 error,
             })?;
-        let (rw, rh, ox, oy) = geometry(
-            rect.w,
-            rect.h,
-            self.out_w as u32,
-            self.out_h as u32,
-            self.policy,
-        );
-        let (sx, sy) = (rw as f32 / rect.w as f32, rh as f32 / rect.h as f32);
         let p = &mut self.plan;
+        Self::taps(
+            self.out_w,
+            self.out_h,
+            self.policy,
+            rect,
+            &mut p.xt,
+            &mut p.yt,
+        );
         p.format = Some(frame.format);
         p.rect = rect;
-        p.xt.compute(rect.w as usize, sx, ox as usize, self.out_w);
-        p.yt.compute(rect.h as usize, sy, oy as usize, self.out_h);
         p.x0 = rect.x as usize + p.xt.min;
         p.x1 = rect.x as usize + p.xt.max;
         p.out_w = self.out_w;
@@ -253,6 +250,31 @@ impl Preprocessor {
         }
         self.key = Some(key);
         Ok(())
+    }
+
+    /// The resize's taps over region `rect` (relative to its origin), into `xt` and `yt`
+    /// (reusing their capacity).
+    fn taps(
+        out_w: usize,
+        out_h: usize,
+        policy: ResizePolicy,
+        rect: Rect,
+        xt: &mut Taps,
+        yt: &mut Taps,
+    ) {
+        let (rw, rh, ox, oy) = geometry(rect.w, rect.h, out_w as u32, out_h as u32, policy);
+        xt.compute(
+            rect.w as usize,
+            rw as f32 / rect.w as f32,
+            ox as usize,
+            out_w,
+        );
+        yt.compute(
+            rect.h as usize,
+            rh as f32 / rect.h as f32,
+            oy as usize,
+            out_h,
+        );
     }
 
     /// Check that `frame` holds exactly the bytes its geometry and format need.
@@ -280,7 +302,7 @@ impl Preprocessor {
         self.chan
     }
 
-    /// The exact filter taps (no box pre-reduction) for a `w × h` source, in absolute source
+    /// The filter taps for a `w × h` source, in absolute source
     /// pixels (the region of interest's offset included), as the CUDA kernel takes them: per
     /// output column (then row) `(start, len, offset)` triples and the weights they index.
     #[allow(clippy::type_complexity)]
@@ -290,26 +312,8 @@ impl Preprocessor {
         h: u32,
     ) -> Result<(Vec<i32>, Vec<i32>, Vec<f32>, Vec<f32>), RoiError> {
         let rect = self.rect(w, h)?;
-        let (rw, rh, ox, oy) = geometry(
-            rect.w,
-            rect.h,
-            self.out_w as u32,
-            self.out_h as u32,
-            self.policy,
-        );
         let (mut xt, mut yt) = (Taps::default(), Taps::default());
-        xt.compute(
-            rect.w as usize,
-            rw as f32 / rect.w as f32,
-            ox as usize,
-            self.out_w,
-        );
-        yt.compute(
-            rect.h as usize,
-            rh as f32 / rect.h as f32,
-            oy as usize,
-            self.out_h,
-        );
+        Self::taps(self.out_w, self.out_h, self.policy, rect, &mut xt, &mut yt);
         let pack = |t: &Taps, origin: u32| -> Vec<i32> {
             (0..t.start.len())
                 .flat_map(|i| {
