@@ -19,6 +19,7 @@ fn info_describes_the_bundle() {
 
 #[test]
 fn labels_list_add_remove_roundtrip() {
+    native_only!("labels add/remove");
     let tmp = tempfile::tempdir().unwrap();
     copy_default_bundle(tmp.path());
     let m = tmp.path().to_str().unwrap();
@@ -114,6 +115,7 @@ fn labels_add_with_stray_temporary_files_keeps_the_bundle_usable() {
 
 #[test]
 fn calibrate_bad_input_is_refused_and_writes_nothing() {
+    native_only!("calibrate's refusals");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("int8");
     let o = out.to_str().unwrap();
@@ -237,6 +239,7 @@ fn calibrate_bad_input_is_refused_and_writes_nothing() {
 
 #[test]
 fn kernels_command_checks_its_arguments_and_reports_missing_cuda() {
+    native_only!("the kernels command's argument checks");
     Run::new(&["kernels", "--arch", "sm_30"])
         .code(2)
         .stderr_has(&["--arch `sm_30`", "sm_87"]);

@@ -176,6 +176,7 @@ fn run_http_serves_every_endpoint_on_the_bundled_samples() {
 
 #[test]
 fn run_http_with_mqtt_shows_the_journal_and_the_broker_state_on_metrics() {
+    native_only!("the MQTT state on /metrics; the sinks crate's broker tests run under qemu");
     // A port nobody listens on: the broker is down, the frame's event waits in the journal.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -252,6 +253,7 @@ fn headless(browser: &Path, profile: &Path, what: &[&str], url: &str) -> String 
 
 #[test]
 fn the_page_in_headless_chromium_shows_the_label_being_classified() {
+    native_only!("the page in chromium");
     if emulated() {
         println!("skipped under emulation: Debian's chromium runs on the host only; the endpoint tests run here");
         return;

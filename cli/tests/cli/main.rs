@@ -182,8 +182,13 @@ fn emulated() -> bool {
 }
 
 /// Under emulation, tests of architecture-independent CLI behaviour (option parsing, config
-/// files, bad input, exit codes) are left to the native run: each process start loads the
-/// model under qemu. Returns true (after saying so) when the caller should skip.
+/// files, bad input, exit codes, model management, signals, the page in chromium) are left to
+/// the native run: each process start loads the model under qemu, and on a slow host this group
+/// alone took 20 minutes of CI. What stays under qemu is a smoke set of the aarch64 binary end
+/// to end: `run` on the bundled samples against their labels, `info`, the status server's
+/// endpoints, a failing camera reopened, a closed stdout, and the board's pin maps; the
+/// packaged binary is run again by `scripts/check-deb`. Returns true (after saying so) when the
+/// caller should skip.
 fn skip_under_emulation(what: &str) -> bool {
     if emulated() {
         println!(

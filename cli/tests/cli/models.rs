@@ -139,6 +139,7 @@ fn fixture() -> Fixture {
 
 #[test]
 fn install_list_activate_rollback_end_to_end() {
+    native_only!("models install/activate/rollback");
     let f = fixture();
     let b = f.root.join("mnist-v2");
     bundle_with_samples(&b, false);
@@ -190,6 +191,7 @@ fn install_list_activate_rollback_end_to_end() {
 
 #[test]
 fn bad_bundles_are_refused_and_the_active_model_stays() {
+    native_only!("models install refusals");
     let f = fixture();
     let default = repo().join("models/default");
     models(
@@ -275,6 +277,7 @@ fn bad_bundles_are_refused_and_the_active_model_stays() {
 
 #[test]
 fn signed_bundles_when_a_public_key_is_given() {
+    native_only!("signed bundles");
     let f = fixture();
     let keys = f.root.join("fleet");
     models(&f.store, &["keygen", keys.to_str().unwrap()]).code(0);
@@ -365,6 +368,7 @@ fn tmpfs(at: &Path, opts: &str) -> Option<Tmpfs> {
 
 #[test]
 fn a_full_or_read_only_models_folder_is_refused_cleanly() {
+    native_only!("a full or read-only models folder");
     let f = fixture();
     let small = f.root.join("small");
     let Some(_mounted) = tmpfs(&small, "size=6m") else {

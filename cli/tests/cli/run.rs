@@ -144,6 +144,7 @@ fn hysteresis_flags_reach_the_decision() {
 
 #[test]
 fn bench_prints_the_documented_json() {
+    native_only!("bench's JSON");
     let (frames, warmup) = if emulated() { ("5", "2") } else { ("30", "5") };
     let r = Run::new(&["bench", "--frames", frames, "--warmup", warmup]);
     r.code(0);

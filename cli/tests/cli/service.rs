@@ -149,6 +149,7 @@ fn notify_messages(
 
 #[test]
 fn systemd_hears_ready_then_watchdog_pings_also_while_the_camera_is_offline() {
+    native_only!("the systemd watchdog");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&path).unwrap();
@@ -314,6 +315,7 @@ impl Background {
 
 #[test]
 fn sighup_reloads_the_decision_settings_and_an_invalid_file_changes_nothing() {
+    native_only!("SIGHUP reload");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("edgefuse.toml");
     // Each file is written whole, then renamed into place, as editors and configuration tools do.

@@ -133,6 +133,7 @@ impl Spawned {
 
 #[test]
 fn a_paced_run_stops_within_moments_of_sigterm_whatever_the_pace() {
+    native_only!("SIGTERM on a paced run");
     let mnist = repo().join("models/samples/mnist");
     let file = format!("file://{}?loop&fps=0.02", mnist.display());
     for source in ["synthetic://?fps=0.02", file.as_str()] {
