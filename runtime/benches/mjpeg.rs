@@ -4,6 +4,12 @@
 //! `synthetic://?format=mjpeg` produces) and, when libjpeg-turbo's `cjpeg` is installed, also
 //! 4:2:0 (what most UVC cameras send; skipped with a note otherwise).
 //!
+//! Two dense cases, where the entropy decoding dominates at reduced scales: a 1920×1080 frame
+//! with fine texture and sensor-like noise at quality 90 (about 1.5 bit/px, the density of a
+//! real UVC camera's 1080p MJPEG; 4:2:0 by `cjpeg`, else the `image` crate's 4:4:4), and the
+//! repository's real camera frame `models/samples/camera/frame_0001.jpg` (640×480 4:2:0,
+//! 1.8 bit/px).
+//!
 //! `cargo bench -p edgefuse-runtime --bench mjpeg`
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -17,7 +23,8 @@ const H: u32 = 1080;
 
 /// A natural-looking frame: the synthetic scene with texture and sensor-like noise, so that
 /// blocks carry AC coefficients like a real camera's (a flat frame would flatter a decoder).
-fn camera_like() -> Vec<u8> {
+/// `fine` adds high-frequency texture and `noise` is the noise's peak-to-peak amplitude.
+fn camera_like(fine: f32, noise: u32) -> Vec<u8> {
     let mut rgb = render(W, H, PixelFormat::Rgb, 3, "bench").data;
     let mut rng = 0x9e37_79b9u32;
     for (i, p) in rgb.iter_mut().enumerate() {
@@ -25,28 +32,30 @@ fn camera_like() -> Vec<u8> {
         rng ^= rng >> 17;
         rng ^= rng << 5;
         let (x, y) = ((i / 3) as u32 % W, (i / 3) as u32 / W);
-        let texture = (((x as f32 * 0.07).sin() + (y as f32 * 0.05).cos()) * 18.0) as i32;
-        let noise = (rng % 9) as i32 - 4;
-        *p = (*p as i32 + texture + noise).clamp(0, 255) as u8;
+        let (xf, yf) = (x as f32, y as f32);
+        let texture = ((xf * 0.07).sin() + (yf * 0.05).cos()) * 18.0
+            + ((xf * 0.9 + yf * 0.3).sin() * (yf * 0.45).cos() + (xf * 0.21).sin()) * fine;
+        let n = (rng % (noise + 1)) as i32 - (noise / 2) as i32;
+        *p = (*p as i32 + texture as i32 + n).clamp(0, 255) as u8;
     }
     rgb
 }
 
-fn encode(rgb: &[u8]) -> Vec<u8> {
+fn encode(rgb: &[u8], quality: u8) -> Vec<u8> {
     use image::ImageEncoder;
     let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
         .write_image(rgb, W, H, image::ExtendedColorType::Rgb8)
         .expect("encode");
     out
 }
 
 /// The frame encoded 4:2:0 by `cjpeg`, when it is installed.
-fn encode_420(rgb: &[u8]) -> Option<Vec<u8>> {
+fn encode_420(rgb: &[u8], quality: u8) -> Option<Vec<u8>> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("cjpeg")
-        .args(["-quality", "80", "-sample", "2x2"])
+        .args(["-quality", &quality.to_string(), "-sample", "2x2"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -60,25 +69,67 @@ fn encode_420(rgb: &[u8]) -> Option<Vec<u8>> {
     out.status.success().then_some(out.stdout)
 }
 
+fn describe(what: &str, jpeg: &[u8], w: u32, h: u32) {
+    eprintln!(
+        "{what}: {} bytes ({:.2} bits/pixel)",
+        jpeg.len(),
+        jpeg.len() as f64 * 8.0 / (w * h) as f64
+    );
+}
+
 fn bench(c: &mut Criterion) {
-    let rgb = camera_like();
-    let mut cases = vec![("444", encode(&rgb))];
-    match encode_420(&rgb) {
+    let rgb = camera_like(0.0, 8);
+    let mut cases = vec![("444", encode(&rgb, 80))];
+    match encode_420(&rgb, 80) {
         Some(j) => cases.push(("420", j)),
         None => eprintln!("cjpeg not installed: the 4:2:0 case is skipped"),
     }
     for (name, jpeg) in cases {
-        eprintln!(
-            "1920x1080 q80 {name}: {} bytes ({:.2} bits/pixel)",
-            jpeg.len(),
-            jpeg.len() as f64 * 8.0 / (W * H) as f64
+        describe(&format!("1920x1080 q80 {name}"), &jpeg, W, H);
+        group(
+            c,
+            &format!("mjpeg_1920x1080_q80_{name}"),
+            &jpeg,
+            &Scale::ALL,
         );
-        group(c, name, &jpeg);
+    }
+
+    let dense = camera_like(8.0, 12);
+    let (name, jpeg) = match encode_420(&dense, 90) {
+        Some(j) => ("420", j),
+        None => {
+            eprintln!("cjpeg not installed: the dense frame is the image crate's 4:4:4");
+            ("444", encode(&dense, 90))
+        }
+    };
+    describe(&format!("1920x1080 dense q90 {name}"), &jpeg, W, H);
+    group(
+        c,
+        &format!("mjpeg_1920x1080_dense_q90_{name}"),
+        &jpeg,
+        &[Scale::Full, Scale::Quarter],
+    );
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/samples/camera/frame_0001.jpg"
+    );
+    match std::fs::read(path) {
+        Ok(jpeg) => {
+            describe("camera frame_0001.jpg 640x480", &jpeg, 640, 480);
+            group(
+                c,
+                "mjpeg_camera_frame_0001_640x480",
+                &jpeg,
+                &[Scale::Full, Scale::Quarter],
+            );
+        }
+        Err(e) => eprintln!("{path}: {e}: the camera-frame case is skipped"),
     }
 }
 
-fn group(c: &mut Criterion, name: &str, jpeg: &[u8]) {
-    let mut g = c.benchmark_group(format!("mjpeg_1920x1080_q80_{name}"));
+fn group(c: &mut Criterion, name: &str, jpeg: &[u8], scales: &[Scale]) {
+    let mut g = c.benchmark_group(name);
     g.bench_function("zune-jpeg 1/1", |b| {
         b.iter(|| {
             use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
@@ -89,7 +140,7 @@ fn group(c: &mut Criterion, name: &str, jpeg: &[u8]) {
     });
     let mut dec = MjpegDecoder::new();
     let mut frame = Frame::with_capacity(0);
-    for scale in Scale::ALL {
+    for &scale in scales {
         g.bench_function(format!("ours 1/{}", scale.divisor()), |b| {
             b.iter(|| dec.decode(jpeg, scale, &mut frame).expect("decodes"))
         });
