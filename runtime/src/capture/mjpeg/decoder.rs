@@ -1,7 +1,7 @@
 //! [`MjpegDecoder`]: markers, scans, and the output stage.
 
 use super::color::{self, PlaneGeom};
-use super::huffman::{Bits, Huffman};
+use super::huffman::{Bits, Class, Corner, Huffman};
 use super::{idct, tables};
 use super::{MjpegError, Scale, DEFAULT_MAX_PIXELS, MAX_SIDE};
 use crate::frame::{Frame, PixelFormat};
@@ -357,10 +357,10 @@ impl MjpegDecoder {
             }
             let symbols = &s[17..17 + total];
             if tc == 0 {
-                self.dc[th].build(&counts, symbols)?;
+                self.dc[th].build(Class::Dc, &counts, symbols)?;
                 self.dc_state[th] = Table::Frame;
             } else {
-                self.ac[th].build(&counts, symbols)?;
+                self.ac[th].build(Class::Ac, &counts, symbols)?;
                 self.ac_state[th] = Table::Frame;
             }
             s = &s[17 + total..];
@@ -391,9 +391,9 @@ impl MjpegDecoder {
         };
         *state = Table::Standard;
         if ac {
-            self.ac[slot].build(counts, values)
+            self.ac[slot].build(Class::Ac, counts, values)
         } else {
-            self.dc[slot].build(counts, values)
+            self.dc[slot].build(Class::Dc, counts, values)
         }
     }
 
@@ -491,21 +491,23 @@ impl MjpegDecoder {
             ));
         }
         self.ensure_planes();
-        let mut bits = Bits::new(data, pos);
-        self.decode_scan(&mut bits, members, bw, bh)?;
+        let end = self.decode_scan(data, pos, members, bw, bh)?;
         for &c in members {
             self.comps[c].decoded = true;
         }
-        Ok(bits.end())
+        Ok(end)
     }
 
+    /// Decode a scan's entropy-coded data from `pos` in `data`; returns the position of the
+    /// marker after it.
     fn decode_scan(
         &mut self,
-        bits: &mut Bits,
+        data: &[u8],
+        pos: usize,
         members: &[usize],
         bw: usize,
         bh: usize,
-    ) -> Result<(), MjpegError> {
+    ) -> Result<usize, MjpegError> {
         let scale = self.scale;
         let bs = scale.block();
         // The blocks of one MCU, in stream order: component, and the offset of the block's
@@ -531,13 +533,23 @@ impl MjpegDecoder {
             }
         }
         let units = &units[..n];
-        let mut coef = [0i32; 64];
+        // The coefficients the scale's inverse DCT reads: its corner of the block.
+        const CORNERS: [Corner; 4] = [
+            Corner::new(8),
+            Corner::new(4),
+            Corner::new(2),
+            Corner::new(1),
+        ];
+        let corner = &CORNERS[scale.divisor().trailing_zeros() as usize];
+        let mut coef: idct::Block = [0; 65];
+        // A local (see [`Bits`]).
+        let mut bits = Bits::new(data, pos);
         let mut left = self.restart;
         for my in 0..bh {
             for mx in 0..bw {
                 if self.restart > 0 {
                     if left == 0 {
-                        bits.restart()?;
+                        bits = bits.restart()?;
                         for &c in members {
                             self.comps[c].pred = 0;
                         }
@@ -548,23 +560,22 @@ impl MjpegDecoder {
                 for &(ci, off) in units {
                     let comp = &mut self.comps[ci];
                     let (dc, ac, q) = (&self.dc[comp.dc], &self.ac[comp.ac], &self.quant[comp.tq]);
-                    let last = bits.block(dc, ac, q, &mut comp.pred, &mut coef)?;
+                    let end = bits.block(dc, ac, q, &mut comp.pred, &mut coef, corner)?;
                     let stride = self.geom[ci].stride;
                     let (sx, sy) = steps[ci];
                     let out = &mut self.planes[ci][my * sy + mx * sx + off..];
-                    if last == 0 {
-                        idct::fill(idct::dc_pixel(coef[0]), bs, out, stride);
-                        coef[0] = 0;
-                        continue;
-                    }
-                    // Each transform reads only its corner of `coef`: only that corner needs
-                    // zeroing for the next block.
+                    // Each transform reads only its corner of `coef`, the only part written
+                    // (besides the spare slot): only that corner needs zeroing for the next
+                    // block. A block without AC coefficients (`end` 1) is flat; at 1/4 the 2×2
+                    // transform gives that same flat block, without a branch to mispredict.
                     match scale {
-                        Scale::Full => {
+                        Scale::Full if end > 1 => {
                             idct::idct8(&coef, out, stride);
-                            coef = [0; 64];
+                            for r in coef.chunks_exact_mut(8).take(8) {
+                                r.copy_from_slice(&[0; 8]);
+                            }
                         }
-                        Scale::Half => {
+                        Scale::Half if end > 1 => {
                             idct::idct4(&coef, out, stride);
                             for r in coef.chunks_exact_mut(8).take(4) {
                                 r[..4].fill(0);
@@ -574,8 +585,8 @@ impl MjpegDecoder {
                             idct::idct2(&coef, out, stride);
                             [coef[0], coef[1], coef[8], coef[9]] = [0; 4];
                         }
-                        Scale::Eighth => {
-                            out[0] = idct::dc_pixel(coef[0]);
+                        _ => {
+                            idct::fill(idct::dc_pixel(coef[0]), bs, out, stride);
                             coef[0] = 0;
                         }
                     }
@@ -585,7 +596,7 @@ impl MjpegDecoder {
                 return Err(MjpegError::Truncated("entropy-coded data"));
             }
         }
-        Ok(())
+        Ok(bits.end())
     }
 
     /// Upsample and colour-convert the planes into `frame`.

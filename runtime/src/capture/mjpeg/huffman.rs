@@ -4,10 +4,22 @@
 use super::MjpegError;
 
 /// Bits looked up at once.
-const LOOK: u32 = 9;
+const LOOK: u32 = 11;
 const LOOK_SIZE: usize = 1 << LOOK;
-/// Flag of symbol 0 in [`Huffman::fast`].
-const EOB: i32 = 0x8000;
+
+// A [`Huffman::fast`] entry, for a code of at most [`LOOK`] bits (0: a longer code):
+/// Bits 0..5: bits to consume: the code and, when the value is in bits 16.., its magnitude bits.
+const LEN_MASK: i32 = 0x3f;
+/// AC end-of-block (symbol 0, or any run without a magnitude but ZRL); on a DC table, a symbol
+/// above 11 (invalid).
+const EOB: i32 = 0x80;
+/// Bits 8..12: the zero run before the coefficient (AC; 0 on a DC table).
+const RUN_SHIFT: u32 = 8;
+/// Bits 12..16: magnitude bits still to read after the code (0: the value is in bits 16..).
+const SIZE_SHIFT: u32 = 12;
+
+/// Flag of a [`Huffman::skip`] entry whose last symbol is end-of-block.
+const SKIP_EOB: u16 = 0x400;
 
 /// Zigzag position → natural (row-major) position, with 16 extra entries so that a run that
 /// overshoots 63 by a hostile stream indexes a harmless slot before the check rejects it.
@@ -18,17 +30,57 @@ pub(super) const ZIGZAG: [u8; 80] = [
     63, 63, 63, 63, 63, 63,
 ];
 
+/// Which coefficients [`Bits::block`] stores, and where: those of the `n × n` lowest
+/// frequencies at a block side of `n` pixels (8, 4, 2, 1), that the reduced inverse DCT reads.
+pub(super) struct Corner {
+    /// Zigzag index → natural position for those coefficients; the spare slot 64 for the
+    /// others and for the indices past 63 that a hostile run reaches before the check rejects
+    /// it.
+    zz: [u8; 80],
+    /// The largest zigzag index of those coefficients: past it, coefficients are only skipped.
+    kmax: usize,
+}
+
+impl Corner {
+    /// The corner for a block side of `n` pixels.
+    pub(super) const fn new(n: usize) -> Self {
+        let mut zz = [64u8; 80];
+        let mut kmax = 0;
+        let mut k = 0;
+        while k < 64 {
+            let p = ZIGZAG[k] as usize;
+            if p / 8 < n && p % 8 < n {
+                zz[k] = p as u8;
+                kmax = k;
+            }
+            k += 1;
+        }
+        Self { zz, kmax }
+    }
+}
+
+/// Whether a table decodes DC differences or AC run/size symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    /// DC differences: symbols 0..=11 (the magnitude category).
+    Dc,
+    /// AC coefficients: symbols `run << 4 | size`.
+    Ac,
+}
+
 /// One Huffman table, ready for decoding.
 #[derive(Clone)]
 pub(super) struct Huffman {
-    /// `len << 8 | symbol` for codes of at most [`LOOK`] bits, indexed by the next 9 bits; 0 when
-    /// the code is longer.
-    lookup: [u16; LOOK_SIZE],
-    /// `value << 16 | run << 8 | total_bits` when the code and the coefficient's magnitude bits
-    /// both fit in the 9 looked-up bits (a DC table's symbols have run 0); symbol 0 (AC
-    /// end-of-block, DC difference 0) is `EOB | len`, ZRL (16 zeros) run 15 with value 0; 0 when
-    /// the code needs the slow path.
+    /// Indexed by the next [`LOOK`] bits: for a code of at most that length, its length, run
+    /// and magnitude size, with the signed value itself (bits 16..) when the code and the
+    /// magnitude bits both fit in the lookahead (see [`LEN_MASK`], [`EOB`], [`RUN_SHIFT`],
+    /// [`SIZE_SHIFT`]); 0 when the code is longer.
     fast: [i32; LOOK_SIZE],
+    /// AC tables only, indexed by the next [`LOOK`] bits: the run of whole symbols (code and
+    /// magnitude bits; up to three, the last possibly end-of-block) that fits in them, for
+    /// skipping coefficients: bits 0..4 their bits, 4..10 the zigzag positions they advance,
+    /// bit 10 ([`SKIP_EOB`]) whether the last is end-of-block; 0 when the first does not fit.
+    skip: [u16; LOOK_SIZE],
     /// Largest code of each length (−1: none), for codes longer than [`LOOK`] bits.
     maxcode: [i32; 18],
     /// Index into `values` of the first code of each length, minus that code.
@@ -41,8 +93,8 @@ impl Huffman {
     /// An empty table (decodes nothing).
     pub(super) fn empty() -> Self {
         Self {
-            lookup: [0; LOOK_SIZE],
             fast: [0; LOOK_SIZE],
+            skip: [0; LOOK_SIZE],
             maxcode: [-1; 18],
             valptr: [0; 17],
             values: [0; 256],
@@ -50,14 +102,18 @@ impl Huffman {
     }
 
     /// Rebuild from a DHT segment's 16 code counts and symbols (in place: no allocation).
-    pub(super) fn build(&mut self, counts: &[u8; 16], symbols: &[u8]) -> Result<(), MjpegError> {
+    pub(super) fn build(
+        &mut self,
+        class: Class,
+        counts: &[u8; 16],
+        symbols: &[u8],
+    ) -> Result<(), MjpegError> {
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         if total > 256 || total != symbols.len() {
             return Err(MjpegError::Corrupt(
                 "Huffman table with more than 256 codes",
             ));
         }
-        self.lookup = [0; LOOK_SIZE];
         self.fast = [0; LOOK_SIZE];
         self.maxcode = [-1; 18];
         self.values[..total].copy_from_slice(symbols);
@@ -75,8 +131,12 @@ impl Huffman {
                 if len <= LOOK {
                     let shift = LOOK - len;
                     let first = (code << shift) as usize;
-                    let entry = ((len as u16) << 8) | symbols[k] as u16;
-                    self.lookup[first..first + (1 << shift)].fill(entry);
+                    for (j, e) in self.fast[first..first + (1 << shift)]
+                        .iter_mut()
+                        .enumerate()
+                    {
+                        *e = entry(class, symbols[k], len, j as u32, shift);
+                    }
                 }
                 code += 1;
                 k += 1;
@@ -87,31 +147,54 @@ impl Huffman {
             code <<= 1;
         }
         self.maxcode[17] = i32::MAX;
-        // Combined table: code + magnitude bits within the lookahead.
-        for (i, &e) in self.lookup.iter().enumerate() {
-            if e == 0 {
-                continue;
-            }
-            let len = (e >> 8) as u32;
-            let rs = (e & 0xff) as u32;
-            let (run, size) = (rs >> 4, rs & 15);
-            if rs == 0 {
-                self.fast[i] = EOB | len as i32;
-                continue;
-            }
-            if rs == 0xf0 {
-                self.fast[i] = (15 << 8) | len as i32;
-                continue;
-            }
-            if size == 0 || len + size > LOOK {
-                continue;
-            }
-            let bits = ((i as u32) << len) & (LOOK_SIZE as u32 - 1);
-            let raw = (bits >> (LOOK - size)) as i32;
-            let value = extend(raw, size);
-            self.fast[i] = (value << 16) | ((run as i32) << 8) | (len + size) as i32;
+        if class == Class::Ac {
+            self.build_skip();
         }
         Ok(())
+    }
+
+    /// Fill [`Huffman::skip`] from [`Huffman::fast`] (a code of at most [`LOOK`] bits has the
+    /// same length, run and size in every entry it spans, whatever the bits after it).
+    fn build_skip(&mut self) {
+        for i in 0..LOOK_SIZE {
+            let (mut bits, mut adv, mut e) = (0u32, 0u32, 0u16);
+            for _ in 0..3 {
+                let f = self.fast[(i << bits) & (LOOK_SIZE - 1)];
+                let len = (f & LEN_MASK) as u32 + ((f >> SIZE_SHIFT) & 15) as u32;
+                if f == 0 || bits + len > LOOK {
+                    break;
+                }
+                bits += len;
+                if f & EOB != 0 {
+                    e = (bits | adv << 4) as u16 | SKIP_EOB;
+                    break;
+                }
+                adv += ((f >> RUN_SHIFT) & 15) as u32 + 1;
+                e = (bits | adv << 4) as u16;
+            }
+            self.skip[i] = e;
+        }
+    }
+}
+
+/// The [`Huffman::fast`] entry of a `len`-bit code for `symbol`, followed in the lookahead by
+/// the `rest_len` bits `rest`.
+fn entry(class: Class, symbol: u8, len: u32, rest: u32, rest_len: u32) -> i32 {
+    let (run, size) = match class {
+        Class::Dc if symbol > 11 => return EOB | len as i32,
+        Class::Dc => (0, symbol as u32),
+        Class::Ac => ((symbol >> 4) as u32, (symbol & 15) as u32),
+    };
+    if class == Class::Ac && size == 0 && run != 15 {
+        return EOB | len as i32;
+    }
+    let run = (run as i32) << RUN_SHIFT;
+    if size <= rest_len {
+        // ZRL and a DC difference of category 0 land here with value 0.
+        let value = extend((rest >> (rest_len - size)) as i32, size);
+        (value << 16) | run | (len + size) as i32
+    } else {
+        ((size as i32) << SIZE_SHIFT) | run | len as i32
     }
 }
 
@@ -129,6 +212,11 @@ fn extend(v: i32, size: u32) -> i32 {
 
 /// Reads an entropy-coded segment: byte stuffing (`FF 00`) removed, stops at a marker and feeds
 /// zero bits from there; reading into those zeros is reported as truncation.
+///
+/// Every method that takes it is inlined, so that a decoding loop holding one in a local keeps
+/// the bit buffer in registers (a call taking its address would pin it to memory: a store and a
+/// reload on every symbol); the out-of-line slow paths take the buffer's value.
+#[derive(Clone, Copy)]
 pub(super) struct Bits<'a> {
     data: &'a [u8],
     /// Next byte to read.
@@ -162,29 +250,30 @@ impl<'a> Bits<'a> {
         self.pad * 8 > self.cnt as u64
     }
 
+    /// Top up the buffer to at least 56 bits. Needs `cnt` < 56.
     #[inline(always)]
     fn refill(&mut self) {
-        // Fast path: 8 bytes without an 0xFF among them.
+        // Fast path: 8 bytes without an 0xFF among them (none after a marker: `pos` stays on
+        // its 0xFF). The whole bytes that fit are taken; the bits of the next byte that also
+        // land below `cnt` are that byte's own, which the next refill ORs in again unchanged.
         if let Some(b) = self.data.get(self.pos..self.pos + 8) {
             let w = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
             let x = !w;
             let has_ff = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
-            if has_ff == 0 && !self.stopped {
-                let n = (64 - self.cnt) / 8;
-                let val = if n == 8 { w } else { w >> (64 - n * 8) };
-                self.buf |= val << (64 - self.cnt - n * 8);
-                self.cnt += n * 8;
-                self.pos += n as usize;
+            if has_ff == 0 {
+                self.buf |= w >> self.cnt;
+                self.pos += ((63 - self.cnt) >> 3) as usize;
+                self.cnt |= 56;
                 return;
             }
         }
-        self.refill_slow();
+        *self = self.refill_slow();
     }
 
-    /// Byte by byte: stuffing, markers, the end of the data.
-    #[cold]
-    #[inline(never)]
-    fn refill_slow(&mut self) {
+    /// Byte by byte: stuffing, markers, the end of the data. Inlined, as [`Bits::restart`]:
+    /// a call would take the reader's address and keep it out of registers.
+    #[inline(always)]
+    fn refill_slow(mut self) -> Self {
         while self.cnt <= 56 {
             let byte = if self.stopped || self.pos >= self.data.len() {
                 self.stopped = true;
@@ -207,6 +296,7 @@ impl<'a> Bits<'a> {
             self.buf |= (byte as u64) << (56 - self.cnt);
             self.cnt += 8;
         }
+        self
     }
 
     #[inline(always)]
@@ -230,37 +320,42 @@ impl<'a> Bits<'a> {
         extend(v, n)
     }
 
-    /// One Huffman symbol. Needs 16 bits buffered.
+    /// The next [`LOOK`] bits.
     #[inline(always)]
-    fn symbol(&mut self, t: &Huffman) -> Result<u8, MjpegError> {
-        let e = t.lookup[(self.buf >> (64 - LOOK)) as usize];
-        if e != 0 {
-            self.consume((e >> 8) as u32);
-            return Ok(e as u8);
-        }
-        self.symbol_long(t)
+    fn peek(&self) -> usize {
+        (self.buf >> (64 - LOOK)) as usize
     }
 
-    /// A code longer than the lookahead.
+    /// A code longer than the lookahead at the top of `buf`: its length and symbol.
+    #[cold]
     #[inline(never)]
-    fn symbol_long(&mut self, t: &Huffman) -> Result<u8, MjpegError> {
-        let code16 = (self.buf >> 48) as i32;
+    fn symbol_long(buf: u64, t: &Huffman) -> Result<(u32, u8), MjpegError> {
+        let code16 = (buf >> 48) as i32;
         let mut len = LOOK as usize + 1;
         while len <= 16 {
             let code = code16 >> (16 - len);
             if code <= t.maxcode[len] {
-                self.consume(len as u32);
                 let i = t.valptr[len] + code;
-                return Ok(t.values[(i as usize) & 255]);
+                return Ok((len as u32, t.values[(i as usize) & 255]));
             }
             len += 1;
         }
         Err(MjpegError::Corrupt("invalid Huffman code"))
     }
 
+    /// An AC code longer than the lookahead at the top of `buf`, as a [`Huffman::fast`] entry
+    /// (its magnitude bits not included).
+    #[cold]
+    #[inline(never)]
+    fn ac_long(buf: u64, t: &Huffman) -> Result<i32, MjpegError> {
+        let (len, rs) = Self::symbol_long(buf, t)?;
+        Ok(entry(Class::Ac, rs, len, 0, 0))
+    }
+
     /// Restart: drop buffered bits and skip the RSTn marker that ends this interval. A missing
     /// marker leaves the rest of the scan as zeros (reported as truncation at its end).
-    pub(super) fn restart(&mut self) -> Result<(), MjpegError> {
+    #[inline(never)]
+    pub(super) fn restart(mut self) -> Result<Self, MjpegError> {
         if self.overran() {
             return Err(MjpegError::Truncated(
                 "entropy-coded data before a restart marker",
@@ -275,18 +370,18 @@ impl<'a> Bits<'a> {
         while p + 1 < d.len() {
             if d[p] == 0xff && (0xd0..=0xd7).contains(&d[p + 1]) {
                 self.pos = p + 2;
-                return Ok(());
+                return Ok(self);
             }
             if d[p] == 0xff && d[p + 1] != 0 && d[p + 1] != 0xff {
                 // Another marker: no restart marker here; keep going from it (zeros).
                 self.pos = p;
                 self.stopped = true;
-                return Ok(());
+                return Ok(self);
             }
             p += 1;
         }
         self.pos = d.len();
-        Ok(())
+        Ok(self)
     }
 
     /// Position of the first byte after the scan (the next marker) once decoding is done.
@@ -300,9 +395,24 @@ impl<'a> Bits<'a> {
         p
     }
 
+    /// Consume the code of `f` (a [`Huffman::fast`] entry) and its magnitude bits; returns the
+    /// coefficient (0 for end-of-block and ZRL). Branchless: a value precomputed in the entry
+    /// (magnitude size field 0) plus the EXTEND of the magnitude bits still to read (0 bits: 0).
+    #[inline(always)]
+    fn value(&mut self, f: i32) -> i32 {
+        let len = (f & LEN_MASK) as u32;
+        let size = (f >> SIZE_SHIFT) as u32 & 15;
+        let raw = (((self.buf << len) >> 1) >> (63 - size)) as i32;
+        let half = (1 << size) >> 1;
+        let extended = raw + (((raw - half) >> 31) & (1 - (1 << size)));
+        self.consume(len + size);
+        (f >> 16) + extended
+    }
+
     /// Decode one block: its DC difference (added to `pred`) and AC coefficients, dequantised
-    /// with `q` (zigzag order) into `coef` (natural order, all zero on entry). Returns the
-    /// zigzag index of the last coefficient written (0: DC only).
+    /// with `q` (zigzag order) into `coef` (natural order): those of `corner` (which must be zero
+    /// on entry), and a few others into the spare slot 64; the rest are skipped.
+    /// Returns the zigzag index after the last coefficient decoded (1: DC only).
     #[inline(always)]
     pub(super) fn block(
         &mut self,
@@ -310,15 +420,21 @@ impl<'a> Bits<'a> {
         ac: &Huffman,
         q: &[i32; 64],
         pred: &mut i32,
-        coef: &mut [i32; 64],
+        coef: &mut [i32; 65],
+        corner: &Corner,
     ) -> Result<usize, MjpegError> {
+        let (zz, kmax) = (&corner.zz, corner.kmax);
         self.ensure(32);
-        let f = dc.fast[(self.buf >> (64 - LOOK)) as usize];
+        let f = dc.fast[self.peek()];
         let diff = if f != 0 {
-            self.consume((f & 0xff) as u32);
-            f >> 16
+            if f & EOB != 0 {
+                return Err(MjpegError::Corrupt("DC difference category above 11"));
+            }
+            self.value(f)
         } else {
-            let t = self.symbol(dc)? as u32;
+            let (len, t) = Self::symbol_long(self.buf, dc)?;
+            self.consume(len);
+            let t = t as u32;
             if t > 11 {
                 return Err(MjpegError::Corrupt("DC difference category above 11"));
             }
@@ -330,43 +446,60 @@ impl<'a> Bits<'a> {
         };
         *pred = pred.wrapping_add(diff);
         coef[0] = pred.wrapping_mul(q[0]);
-        let mut last = 0;
         let mut k = 1usize;
-        while k < 64 {
+        let mut f = 0;
+        // The coefficients up to the last one the inverse DCT reads.
+        while k <= kmax {
             self.ensure(32);
-            let f = ac.fast[(self.buf >> (64 - LOOK)) as usize];
-            if f != 0 {
-                self.consume((f & 0xff) as u32);
-                if f & EOB != 0 {
-                    break;
-                }
-                k += ((f >> 8) & 0x7f) as usize;
-                if k > 63 {
-                    return Err(MjpegError::Corrupt("AC coefficient run past the block end"));
-                }
-                coef[ZIGZAG[k] as usize] = (f >> 16).wrapping_mul(q[k]);
-                last = k;
-                k += 1;
-                continue;
+            f = ac.fast[self.peek()];
+            if f == 0 {
+                f = Self::ac_long(self.buf, ac)?;
             }
-            let rs = self.symbol(ac)? as u32;
-            let (run, size) = ((rs >> 4) as usize, rs & 15);
-            if size == 0 {
-                if run != 15 {
-                    break;
-                }
-                k += 16;
-                continue;
+            self.consume((f & LEN_MASK) as u32);
+            if f & EOB != 0 {
+                return Ok(k);
             }
-            k += run;
-            if k > 63 {
-                return Err(MjpegError::Corrupt("AC coefficient run past the block end"));
-            }
-            let v = self.receive_extend(size);
-            coef[ZIGZAG[k] as usize] = v.wrapping_mul(q[k]);
-            last = k;
+            let size = (f >> SIZE_SHIFT) as u32 & 15;
+            let v = if size == 0 {
+                f >> 16
+            } else {
+                self.receive_extend(size)
+            };
+            k += ((f >> RUN_SHIFT) & 15) as usize;
+            coef[zz[k] as usize] = v.wrapping_mul(q[k & 63]);
             k += 1;
         }
-        Ok(last)
+        // The others: codes and magnitude bits skipped, several symbols at a time while they
+        // end before the block does (else one, below: the end of a block without
+        // end-of-block, an overlong run, a code longer than the lookahead).
+        while k < 64 {
+            self.ensure(32);
+            let e = ac.skip[self.peek()] as usize;
+            let adv = (e >> 4) & 63;
+            if e != 0 && k + adv < 64 {
+                self.consume((e & 15) as u32);
+                k += adv;
+                if e & SKIP_EOB as usize != 0 {
+                    f = EOB;
+                    break;
+                }
+                continue;
+            }
+            f = ac.fast[self.peek()];
+            if f == 0 {
+                f = Self::ac_long(self.buf, ac)?;
+            }
+            self.consume(((f & LEN_MASK) + ((f >> SIZE_SHIFT) & 15)) as u32);
+            if f & EOB != 0 {
+                break;
+            }
+            k += ((f >> RUN_SHIFT) & 15) as usize + 1;
+        }
+        // A coefficient past the end is an error; ZRL (16 zeros: run 15, value 0) past it ends
+        // the block, as in libjpeg.
+        if k > 64 && f >> RUN_SHIFT != 15 {
+            return Err(MjpegError::Corrupt("AC coefficient run past the block end"));
+        }
+        Ok(k)
     }
 }

@@ -6,8 +6,9 @@
 //! The 8×8 transform is the Loeffler–Ligtenberg–Moschytz factorisation in `f32`, written on
 //! eight lanes at a time (one lane per column, then per row) so that LLVM vectorises it.
 
-/// `8 × 8` coefficient block in natural order, dequantised.
-pub(super) type Block = [i32; 64];
+/// `8 × 8` coefficient block in natural order, dequantised, and a spare slot (64) where the
+/// decoder stores the coefficients a reduced transform does not read.
+pub(super) type Block = [i32; 65];
 
 #[inline(always)]
 fn to_u8(v: f32) -> u8 {
