@@ -15,6 +15,7 @@
 //!    applies: colours a camera cannot produce), normalisation, and the write to its channel
 //!    plane (HWC → CHW).
 
+use super::lanes::{self, Lanes, R};
 use super::taps::Taps;
 use super::Rect;
 use crate::frame::{Frame, PixelFormat};
@@ -98,21 +99,19 @@ impl Plan {
     }
 }
 
-/// Output rows handled together: the horizontal pass reads one tap of all of them as one
-/// vector (their vertical results are stored transposed, `[span][R]`).
-const R: usize = 8;
-
 /// Per-thread working memory of [`band`], sized by [`Scratch::fit`] before a frame.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    /// One vertical-pass row (packed span; NV12: luma span).
+    /// The vertical results of a group's `R` rows, row after row (`[R][span]`; NV12: luma).
     v: Vec<f32>,
-    /// NV12's chroma span.
+    /// NV12's chroma rows, likewise.
     vc: Vec<f32>,
-    /// `R` rows of `v`, transposed: `[span][R]`.
+    /// `v` transposed: `[span][R]`, one lane per row.
     t: Vec<f32>,
-    /// `R` rows of `vc`, transposed.
+    /// `vc` transposed.
     tc: Vec<f32>,
+    /// NV12: an output row's weights merged per chroma row.
+    cw: Vec<f32>,
 }
 
 impl Scratch {
@@ -126,8 +125,9 @@ impl Scratch {
         };
         grow(&mut self.t, (a1 - a0) * R);
         grow(&mut self.tc, (c1 - c0) * R);
-        grow(&mut self.v, a1 - a0);
-        grow(&mut self.vc, c1 - c0);
+        grow(&mut self.v, (a1 - a0) * R);
+        grow(&mut self.vc, (c1 - c0) * R);
+        grow(&mut self.cw, plan.yt.max_len / 2 + 2);
     }
 }
 
@@ -162,14 +162,17 @@ pub(crate) fn band(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Simd::Avx2 => unsafe { band_avx2(frame, plan, s, out, oy0, oy1) },
-        _ => band_body(frame, plan, s, out, oy0, oy1),
+        #[cfg(target_arch = "aarch64")]
+        _ => band_body::<lanes::Neon>(frame, plan, s, out, oy0, oy1),
+        #[cfg(not(target_arch = "aarch64"))]
+        _ => band_body::<lanes::Portable>(frame, plan, s, out, oy0, oy1),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn band_avx2(frame: &Frame, plan: &Plan, s: &mut Scratch, out: OutPlanes, oy0: usize, oy1: usize) {
-    band_body(frame, plan, s, out, oy0, oy1)
+    band_body::<lanes::Avx>(frame, plan, s, out, oy0, oy1)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -182,35 +185,73 @@ fn band_avx512(
     oy0: usize,
     oy1: usize,
 ) {
-    band_body(frame, plan, s, out, oy0, oy1)
+    band_body::<lanes::Avx>(frame, plan, s, out, oy0, oy1)
 }
 
-/// `acc = w · row` (first tap) or `acc += w · row`, bytes widened to `f32`.
+/// `acc[i] = Σₖ w[k] · rows[k][i]` (`first`) or `acc[i] += …`, bytes widened to `f32`, the
+/// terms added in order `k = 0, 1, …`: `K` source rows per pass over `acc`.
 #[inline(always)]
-fn accumulate(acc: &mut [f32], row: &[u8], w: f32, first: bool) {
+fn accumulate<const K: usize>(acc: &mut [f32], rows: [&[u8]; K], w: [f32; K], first: bool) {
+    let n = acc.len();
+    let rows = rows.map(|r| &r[..n]);
     if first {
-        acc.iter_mut()
-            .zip(row)
-            .for_each(|(a, &b)| *a = w * b as f32);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let mut x = w[0] * rows[0][i] as f32;
+            for k in 1..K {
+                x += w[k] * rows[k][i] as f32;
+            }
+            *a = x;
+        }
     } else {
-        acc.iter_mut()
-            .zip(row)
-            .for_each(|(a, &b)| *a += w * b as f32);
+        for (i, a) in acc.iter_mut().enumerate() {
+            let mut x = *a;
+            for k in 0..K {
+                x += w[k] * rows[k][i] as f32;
+            }
+            *a = x;
+        }
     }
 }
 
-/// `t[i * R + r] = v[i]`: row `r` of a group, stored transposed.
+/// One vertical row: `acc[i] = Σⱼ wts[j] · d[base + j·stride + i]`, the taps in order, four
+/// source rows per pass over `acc` (its loads and stores were the loop's cost one row at a time).
 #[inline(always)]
-fn scatter_row(t: &mut [f32], v: &[f32], r: usize) {
-    for (dst, &x) in t.chunks_exact_mut(R).zip(v) {
-        dst[r] = x;
+fn vertical(acc: &mut [f32], d: &[u8], base: usize, stride: usize, wts: &[f32]) {
+    let n = acc.len();
+    let row = |j: usize| &d[base + j * stride..base + j * stride + n];
+    let mut j = 0;
+    while j < wts.len() {
+        let first = j == 0;
+        match wts.len() - j {
+            1 => {
+                accumulate(acc, [row(j)], [wts[j]], first);
+                j += 1;
+            }
+            2 | 3 => {
+                accumulate(acc, [row(j), row(j + 1)], [wts[j], wts[j + 1]], first);
+                j += 2;
+            }
+            _ => {
+                let w = [wts[j], wts[j + 1], wts[j + 2], wts[j + 3]];
+                accumulate(acc, [row(j), row(j + 1), row(j + 2), row(j + 3)], w, first);
+                j += 4;
+            }
+        }
     }
 }
 
 #[inline(always)]
-fn band_body(frame: &Frame, plan: &Plan, s: &mut Scratch, out: OutPlanes, oy0: usize, oy1: usize) {
+fn band_body<V: Lanes>(
+    frame: &Frame,
+    plan: &Plan,
+    s: &mut Scratch,
+    out: OutPlanes,
+    oy0: usize,
+    oy1: usize,
+) {
     let format = plan.format.unwrap_or(PixelFormat::Grey);
     let ((a0, a1), (c0, c1)) = plan.spans();
+    let (na, nc) = (a1 - a0, c1 - c0);
     let w = frame.width as usize;
     let bpr = match format {
         PixelFormat::Yuyv => 2 * w,
@@ -220,10 +261,10 @@ fn band_body(frame: &Frame, plan: &Plan, s: &mut Scratch, out: OutPlanes, oy0: u
     let d = &frame.data[..];
     let uv_base = w * frame.height as usize;
     let ry = plan.rect.y as usize;
-    let v = &mut s.v[..a1 - a0];
-    let vc = &mut s.vc[..c1 - c0];
-    let t = &mut s.t[..(a1 - a0) * R];
-    let tc = &mut s.tc[..(c1 - c0) * R];
+    let v = &mut s.v[..na * R];
+    let vc = &mut s.vc[..nc * R];
+    let t = &mut s.t[..na * R];
+    let tc = &mut s.tc[..nc * R];
     let mut g = oy0;
     while g < oy1 {
         let rows = R.min(oy1 - g);
@@ -231,49 +272,48 @@ fn band_body(frame: &Frame, plan: &Plan, s: &mut Scratch, out: OutPlanes, oy0: u
             let oy = g + r;
             let start = ry + plan.yt.start[oy];
             let wts = plan.yt.weights(oy);
-            for (j, &wt) in wts.iter().enumerate() {
-                let y = start + j;
-                accumulate(v, &d[y * bpr + a0..y * bpr + a1], wt, j == 0);
-            }
-            scatter_row(t, v, r);
+            vertical(&mut v[r * na..(r + 1) * na], d, start * bpr + a0, bpr, wts);
             if format == PixelFormat::Nv12 {
                 // Chroma rows are shared by two luma rows: merge the weights per chroma row.
-                let mut q = start / 2;
-                let mut wq = 0.0f32;
-                let mut first = true;
+                let q0 = start / 2;
+                let cw = &mut s.cw[..(start + wts.len() - 1) / 2 - q0 + 1];
+                cw.fill(0.0);
                 for (j, &wt) in wts.iter().enumerate() {
-                    let qj = (start + j) / 2;
-                    if qj != q {
-                        let row = &d[uv_base + q * w + c0..uv_base + q * w + c1];
-                        accumulate(vc, row, wq, first);
-                        first = false;
-                        (q, wq) = (qj, 0.0);
-                    }
-                    wq += wt;
+                    cw[(start + j) / 2 - q0] += wt;
                 }
-                let row = &d[uv_base + q * w + c0..uv_base + q * w + c1];
-                accumulate(vc, row, wq, first);
-                scatter_row(tc, vc, r);
+                let base = uv_base + q0 * w + c0;
+                vertical(&mut vc[r * nc..(r + 1) * nc], d, base, w, cw);
             }
         }
-        horizontal(format, plan, t, tc, out, g, rows);
+        V::transpose(v, na, na, t);
+        if format == PixelFormat::Nv12 {
+            V::transpose(vc, nc, nc, tc);
+        }
+        horizontal::<V>(format, plan, t, tc, out, g, rows);
         g += rows;
     }
 }
 
-/// `acc[r] += w · p[r]` for the `R` rows of a group.
+/// One output pixel's horizontal taps for the `R` rows of a group, three channels at once (three
+/// independent add chains, so the adds' latency overlaps): channel `c` sums
+/// `w[k] · ts[c][at(k)[c] · R ..][..R]` over the taps in order.
 #[inline(always)]
-fn mac(acc: &mut [f32; R], w: f32, p: &[f32]) {
-    let p: &[f32; R] = p[..R].try_into().expect("R values");
-    for r in 0..R {
-        acc[r] += w * p[r];
+fn taps3<V: Lanes>(ts: [&[f32]; 3], wts: &[f32], at: impl Fn(usize) -> [usize; 3]) -> [V; 3] {
+    let mut acc = [V::splat(0.0); 3];
+    for (k, &wt) in wts.iter().enumerate() {
+        let w = V::splat(wt);
+        let i = at(k);
+        for c in 0..3 {
+            acc[c] = acc[c].add(w.mul(V::load(&ts[c][i[c] * R..])));
+        }
     }
+    acc
 }
 
 /// Horizontal pass of output rows `g..g + rows` (their vertical results transposed in `t`,
 /// `tc`): filter each channel of all rows at once, convert, normalise, write.
 #[inline(always)]
-fn horizontal(
+fn horizontal<V: Lanes>(
     format: PixelFormat,
     plan: &Plan,
     t: &[f32],
@@ -290,50 +330,43 @@ fn horizontal(
     for ox in 0..ow {
         let first = rx + xt.start[ox] - x0; // column index within the span
         let wts = xt.weights(ox);
-        let (mut a, mut b, mut c) = ([0.0f32; R], [0.0f32; R], [0.0f32; R]);
-        match format {
+        let [a, b, c] = match format {
             PixelFormat::Grey => {
-                for (k, &wt) in wts.iter().enumerate() {
-                    mac(&mut a, wt, &t[(first + k) * R..]);
-                }
-                (b, c) = (a, a);
+                // One channel: three copies of the same sum (one chain's latency either way).
+                let [a, _, _] = taps3::<V>([t, t, t], wts, |k| [first + k; 3]);
+                [a, a, a]
             }
             PixelFormat::Rgb | PixelFormat::Bgr => {
-                for (k, &wt) in wts.iter().enumerate() {
+                let [r, g, b] = taps3::<V>([t, t, t], wts, |k| {
                     let i = (first + k) * 3;
-                    mac(&mut a, wt, &t[i * R..]);
-                    mac(&mut b, wt, &t[(i + 1) * R..]);
-                    mac(&mut c, wt, &t[(i + 2) * R..]);
-                }
+                    [i, i + 1, i + 2]
+                });
                 if format == PixelFormat::Bgr {
-                    std::mem::swap(&mut a, &mut c);
+                    [b, g, r]
+                } else {
+                    [r, g, b]
                 }
             }
             PixelFormat::Yuyv => {
                 // The span starts at the pair holding x0; its pixel i: luma at byte 2i, the
                 // pair's U and V at 4(i/2)+1 and +3.
-                for (k, &wt) in wts.iter().enumerate() {
+                let [y, u, v] = taps3::<V>([t, t, t], wts, |k| {
                     let i = first + k + lead;
-                    let q = (i / 2) * 4;
-                    mac(&mut a, wt, &t[2 * i * R..]);
-                    mac(&mut b, wt, &t[(q + 1) * R..]);
-                    mac(&mut c, wt, &t[(q + 3) * R..]);
-                }
-                yuv_to_rgb(&mut a, &mut b, &mut c);
+                    [2 * i, i / 2 * 4 + 1, i / 2 * 4 + 3]
+                });
+                yuv_to_rgb(y, u, v)
             }
             PixelFormat::Nv12 => {
-                for (k, &wt) in wts.iter().enumerate() {
-                    let q = ((first + k + lead) / 2) * 2;
-                    mac(&mut a, wt, &t[(first + k) * R..]);
-                    mac(&mut b, wt, &tc[q * R..]);
-                    mac(&mut c, wt, &tc[(q + 1) * R..]);
-                }
-                yuv_to_rgb(&mut a, &mut b, &mut c);
+                let [y, u, v] = taps3::<V>([t, tc, tc], wts, |k| {
+                    let q = (first + k + lead) / 2 * 2;
+                    [first + k, q, q + 1]
+                });
+                yuv_to_rgb(y, u, v)
             }
-        }
-        let rgb = [&a, &b, &c];
+        };
+        let rgb = [a.to_array(), b.to_array(), c.to_array()];
         for (o, &(ch, sc, bias)) in plan.chan.iter().enumerate() {
-            let src = rgb[ch];
+            let src = &rgb[ch];
             for (r, &x) in src.iter().enumerate().take(rows) {
                 // SAFETY: element (o, g + r, ox) lies inside the tensor (o < 3, g + r < out_h,
                 // ox < out_w) and no other band writes row g + r.
@@ -343,16 +376,17 @@ fn horizontal(
     }
 }
 
-/// BT.601 limited-range YUV → RGB in 0..=255, in place over `R` pixels (the expression of
+/// BT.601 limited-range YUV → RGB in 0..=255 over `R` pixels (the expression of
 /// [`super::yuv_to_rgb`]).
 #[inline(always)]
-fn yuv_to_rgb(y: &mut [f32; R], u: &mut [f32; R], v: &mut [f32; R]) {
-    for r in 0..R {
-        let c = 1.164 * (y[r] - 16.0);
-        let d = u[r] - 128.0;
-        let e = v[r] - 128.0;
-        y[r] = (c + 1.596 * e).clamp(0.0, 255.0);
-        u[r] = (c - 0.392 * d - 0.813 * e).clamp(0.0, 255.0);
-        v[r] = (c + 2.017 * d).clamp(0.0, 255.0);
-    }
+fn yuv_to_rgb<V: Lanes>(y: V, u: V, v: V) -> [V; 3] {
+    let k = V::splat;
+    let c = k(1.164).mul(y.sub(k(16.0)));
+    let d = u.sub(k(128.0));
+    let e = v.sub(k(128.0));
+    [
+        c.add(k(1.596).mul(e)).clamp255(),
+        c.sub(k(0.392).mul(d)).sub(k(0.813).mul(e)).clamp255(),
+        c.add(k(2.017).mul(d)).clamp255(),
+    ]
 }

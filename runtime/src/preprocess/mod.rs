@@ -25,6 +25,7 @@
 //! Nothing allocates once the buffers have grown to the frame size.
 
 mod kernels;
+mod lanes;
 mod roi;
 mod taps;
 #[cfg(test)]
