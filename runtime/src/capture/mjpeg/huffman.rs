@@ -6,6 +6,9 @@ use super::MjpegError;
 /// Bits looked up at once.
 const LOOK: u32 = 11;
 const LOOK_SIZE: usize = 1 << LOOK;
+/// Bits looked up at once when skipping coefficients (at most 15, at least [`LOOK`]).
+const SKIP_LOOK: u32 = 12;
+const SKIP_SIZE: usize = 1 << SKIP_LOOK;
 
 // A [`Huffman::fast`] entry, for a code of at most [`LOOK`] bits (0: a longer code):
 /// Bits 0..5: bits to consume: the code and, when the value is in bits 16.., its magnitude bits.
@@ -76,17 +79,21 @@ pub(super) struct Huffman {
     /// magnitude bits both fit in the lookahead (see [`LEN_MASK`], [`EOB`], [`RUN_SHIFT`],
     /// [`SIZE_SHIFT`]); 0 when the code is longer.
     fast: [i32; LOOK_SIZE],
-    /// AC tables only, indexed by the next [`LOOK`] bits: the run of whole symbols (code and
+    /// AC tables only, indexed by the next [`SKIP_LOOK`] bits: the run of whole symbols (code and
     /// magnitude bits; up to three, the last possibly end-of-block) that fits in them, for
     /// skipping coefficients: bits 0..4 their bits, 4..10 the zigzag positions they advance,
     /// bit 10 ([`SKIP_EOB`]) whether the last is end-of-block; 0 when the first does not fit.
-    skip: [u16; LOOK_SIZE],
+    skip: [u16; SKIP_SIZE],
     /// Largest code of each length (−1: none), for codes longer than [`LOOK`] bits.
     maxcode: [i32; 18],
     /// Index into `values` of the first code of each length, minus that code.
     valptr: [i32; 17],
     /// Symbols in code order.
     values: [u8; 256],
+    /// The class and code counts the table was last built from (with `values`), when that
+    /// build succeeded: the same DHT in the next frame (cameras and encoders repeat theirs)
+    /// is not rebuilt.
+    built: Option<(Class, [u8; 16])>,
 }
 
 impl Huffman {
@@ -94,10 +101,11 @@ impl Huffman {
     pub(super) fn empty() -> Self {
         Self {
             fast: [0; LOOK_SIZE],
-            skip: [0; LOOK_SIZE],
+            skip: [0; SKIP_SIZE],
             maxcode: [-1; 18],
             valptr: [0; 17],
             values: [0; 256],
+            built: None,
         }
     }
 
@@ -114,6 +122,10 @@ impl Huffman {
                 "Huffman table with more than 256 codes",
             ));
         }
+        if self.built == Some((class, *counts)) && self.values[..total] == *symbols {
+            return Ok(());
+        }
+        self.built = None;
         self.fast = [0; LOOK_SIZE];
         self.maxcode = [-1; 18];
         self.values[..total].copy_from_slice(symbols);
@@ -150,18 +162,19 @@ impl Huffman {
         if class == Class::Ac {
             self.build_skip();
         }
+        self.built = Some((class, *counts));
         Ok(())
     }
 
     /// Fill [`Huffman::skip`] from [`Huffman::fast`] (a code of at most [`LOOK`] bits has the
     /// same length, run and size in every entry it spans, whatever the bits after it).
     fn build_skip(&mut self) {
-        for i in 0..LOOK_SIZE {
+        for i in 0..SKIP_SIZE {
             let (mut bits, mut adv, mut e) = (0u32, 0u32, 0u16);
             for _ in 0..3 {
-                let f = self.fast[(i << bits) & (LOOK_SIZE - 1)];
+                let f = self.fast[((i << bits) & (SKIP_SIZE - 1)) >> (SKIP_LOOK - LOOK)];
                 let len = (f & LEN_MASK) as u32 + ((f >> SIZE_SHIFT) & 15) as u32;
-                if f == 0 || bits + len > LOOK {
+                if f == 0 || bits + len > SKIP_LOOK {
                     break;
                 }
                 bits += len;
@@ -474,7 +487,7 @@ impl<'a> Bits<'a> {
         // end-of-block, an overlong run, a code longer than the lookahead).
         while k < 64 {
             self.ensure(32);
-            let e = ac.skip[self.peek()] as usize;
+            let e = ac.skip[(self.buf >> (64 - SKIP_LOOK)) as usize] as usize;
             let adv = (e >> 4) & 63;
             if e != 0 && k + adv < 64 {
                 self.consume((e & 15) as u32);

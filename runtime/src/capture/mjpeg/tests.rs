@@ -167,6 +167,75 @@ fn matches_zune_on_subsampled_and_restart_fixtures_and_camera_frames() {
     }
 }
 
+/// The frame with its DHT tables' numbers 0 and 1 swapped: luma decoded with the chroma
+/// tables and the reverse (other pixels, or an error).
+fn swap_dht_numbers(jpeg: &[u8]) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let mut p = 2;
+    while p + 4 <= out.len() && out[p + 1] != 0xda {
+        let len = u16::from_be_bytes([out[p + 2], out[p + 3]]) as usize;
+        if out[p + 1] == 0xc4 {
+            let mut t = p + 4;
+            while t + 17 <= p + 2 + len {
+                out[t] ^= 1;
+                t += 17
+                    + out[t + 1..t + 17]
+                        .iter()
+                        .map(|&c| c as usize)
+                        .sum::<usize>();
+            }
+        }
+        p += 2 + len;
+    }
+    out
+}
+
+// One decoder over frames whose Huffman tables differ (the frame's, the same swapped between
+// luma and chroma, the standard ones after a frame without DHT), in turn and repeated: a table
+// kept from the previous frame (an identical DHT is not rebuilt) must decode as a freshly
+// built one, at every scale.
+#[test]
+fn a_decoder_reused_across_different_tables_matches_fresh_decoders() {
+    let cams = camera_frames();
+    let s420 = fixture("s420_97x61.jpg");
+    let frames = [
+        cams[0].clone(),
+        swap_dht_numbers(&cams[0]),
+        cams[0].clone(),
+        s420.clone(),
+        swap_dht_numbers(&s420),
+        strip_dht(&cams[1]),
+        cams[1].clone(),
+        swap_dht_numbers(&cams[1]),
+        fixture("grey_restart2_80x40.jpg"),
+        cams[0].clone(),
+    ];
+    for scale in Scale::ALL {
+        let mut dec = MjpegDecoder::new();
+        let mut f = Frame::with_capacity(0);
+        for (i, jpeg) in frames.iter().enumerate() {
+            let reused = dec.decode(jpeg, scale, &mut f).map(|()| f.data.clone());
+            let mut g = Frame::with_capacity(0);
+            let fresh = MjpegDecoder::new()
+                .decode(jpeg, scale, &mut g)
+                .map(|()| g.data);
+            assert!(
+                reused == fresh,
+                "frame {i} at 1/{}: a reused decoder differs from a fresh one",
+                scale.divisor()
+            );
+        }
+    }
+    // The swap changes the decode (else this test would not test the tables).
+    assert!(
+        ours(&cams[0], Scale::Quarter).data != {
+            let mut g = Frame::with_capacity(0);
+            let r = MjpegDecoder::new().decode(&swap_dht_numbers(&cams[0]), Scale::Quarter, &mut g);
+            r.map(|()| g.data).unwrap_or_default()
+        }
+    );
+}
+
 /// Remove every DHT segment (the frame then relies on the standard tables, like UVC MJPEG).
 fn strip_dht(jpeg: &[u8]) -> Vec<u8> {
     let mut out = jpeg[..2].to_vec();
