@@ -3,8 +3,8 @@
 //! Options: `loop` (start again at the end), `fps=N` (pace the replay; a paced replay is a live
 //! source and may drop frames when inference is slower). Images are decoded once when the source
 //! opens (up to [`PRELOAD_BUDGET`] bytes of pixels) so replay does not allocate; larger sets are
-//! decoded on the fly. A non-image file is skipped with a warning; an image that cannot be decoded
-//! is reported by name and skipped.
+//! decoded on the fly. A non-image file is skipped with a warning (except `labels.csv`, the ground
+//! truth of a labelled folder); an image that cannot be decoded is reported by name and skipped.
 
 use std::path::{Path, PathBuf};
 
@@ -162,6 +162,9 @@ impl FileSource {
                 .filter(|p| p.is_file())
                 .collect();
             entries.sort();
+            // A folder of labelled frames carries its ground truth in `labels.csv` (`eval`,
+            // `fit`, `run --truth`): expected there, so not reported as a stray file.
+            entries.retain(|p| p.file_name().is_none_or(|n| n != "labels.csv"));
             let (images, others): (Vec<_>, Vec<_>) = entries.into_iter().partition(|p| is_image(p));
             for o in &others {
                 log::warn!("{}: not a PNG/JPEG/PGM/PPM image, skipped", o.display());
@@ -414,5 +417,20 @@ mod tests {
             let e = FileSource::open(&uri).err().unwrap().to_string();
             assert!(e.contains("max_pixels"), "{e}");
         }
+    }
+
+    #[test]
+    fn labels_csv_is_expected_and_other_files_are_counted_as_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        image::RgbImage::new(8, 8)
+            .save(dir.path().join("a.png"))
+            .unwrap();
+        std::fs::write(dir.path().join("labels.csv"), "file,label\na.png,zero\n").unwrap();
+        let uri = Uri::parse(&format!("file://{}", dir.path().display())).unwrap();
+        let src = FileSource::open(&uri).unwrap();
+        assert_eq!(src.stats.skipped_non_images, 0);
+        std::fs::write(dir.path().join("notes.txt"), "stray").unwrap();
+        let src = FileSource::open(&uri).unwrap();
+        assert_eq!(src.stats.skipped_non_images, 1);
     }
 }
