@@ -17,12 +17,18 @@ type Job = dyn Fn(usize, usize) + Sync;
 /// Spin iterations before a worker or the caller sleeps.
 const SPIN: u32 = 1 << 11;
 
+/// Multiply-adds below which [`Pool::run_sized`] keeps a job on the calling thread: about 20 µs
+/// of one core's work, several times a job's hand-off (a futex wake and cache-line transfers).
+/// The default bundle's products (17×96×384 ≈ 0.6 M) stay on one thread; ViT-B/32's (50×768×768
+/// ≈ 30 M and up) are split.
+pub const MIN_PARALLEL_WORK: usize = 1 << 20;
+
 #[derive(Clone, Copy)]
 struct JobPtr(*const Job);
 
-// SAFETY: the pointer is only dereferenced between the publication of a job and the moment every
-// worker has checked in for it, while `Pool::run` keeps the borrowed closure (which is `Sync`)
-// alive on its stack.
+// SAFETY: a worker dereferences the pointer only to run a task it claimed for the job's
+// generation (see `Shared::claim`), and `Pool::run` keeps the borrowed closure (which is
+// `Sync`) alive until every task of that generation has finished.
 unsafe impl Send for JobPtr {}
 
 struct State {
@@ -35,12 +41,12 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     done: Condvar,
-    /// Bumped (under the lock) for every job.
-    generation: AtomicU64,
-    /// Next unclaimed task.
-    next: AtomicUsize,
-    /// Workers that have not yet finished the current job.
-    active: AtomicUsize,
+    /// The job's generation (high 32 bits) and its next unclaimed task (low 32 bits), in one
+    /// word so that a task is claimed for one generation only: a worker that wakes late, after
+    /// its job has ended, can neither run the old closure nor take a task of the next job.
+    claim: AtomicU64,
+    /// Tasks of the current job that have finished (run or panicked).
+    finished: AtomicUsize,
     /// A task panicked in a worker.
     panicked: AtomicBool,
 }
@@ -49,6 +55,33 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a job panicked; the state itself stays consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claim the next task of generation `generation` (of `tasks`); None when that job has no
+    /// task left or is over.
+    fn claim(&self, generation: u32, tasks: usize) -> Option<usize> {
+        let mut c = self.claim.load(Ordering::Acquire);
+        loop {
+            let (g, t) = ((c >> 32) as u32, (c & 0xFFFF_FFFF) as usize);
+            if g != generation || t >= tasks {
+                return None;
+            }
+            match self
+                .claim
+                .compare_exchange_weak(c, c + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(t),
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// Count one finished task of a job of `tasks`; the last one wakes a sleeping caller.
+    fn finish(&self, tasks: usize) {
+        if self.finished.fetch_add(1, Ordering::AcqRel) + 1 == tasks {
+            let _st = self.lock();
+            self.done.notify_all();
+        }
     }
 }
 
@@ -89,9 +122,8 @@ impl Pool {
             }),
             wake: Condvar::new(),
             done: Condvar::new(),
-            generation: AtomicU64::new(0),
-            next: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
+            claim: AtomicU64::new(0),
+            finished: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
         });
         let mut workers = Vec::with_capacity(threads.saturating_sub(1));
@@ -110,9 +142,25 @@ impl Pool {
         self.workers.len() + 1
     }
 
+    /// Like [`Pool::run`], for a job of about `work` multiply-adds: below
+    /// [`MIN_PARALLEL_WORK`] the caller runs every task itself (waking the workers and waiting
+    /// for them costs more than they would save).
+    pub fn run_sized(&self, work: usize, tasks: usize, job: &(dyn Fn(usize, usize) + Sync)) {
+        if work < MIN_PARALLEL_WORK {
+            for t in 0..tasks {
+                job(t, 0);
+            }
+        } else {
+            self.run(tasks, job);
+        }
+    }
+
     /// Run `job(task, worker)` for every task in `0..tasks` across the pool; returns when all
     /// are done. Tasks are claimed dynamically; `worker < threads()` identifies per-thread
-    /// scratch. Panics (after every worker has finished) if a task panicked in a worker.
+    /// scratch. The caller runs tasks too and waits only for tasks that were claimed: a worker
+    /// that the OS has not scheduled (other processes on its core) holds nothing up, its share
+    /// is taken by the threads that run. Panics (after every claimed task has finished) if a
+    /// task panicked.
     pub fn run(&self, tasks: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         if self.workers.is_empty() || tasks <= 1 {
             for t in 0..tasks {
@@ -120,40 +168,45 @@ impl Pool {
             }
             return;
         }
+        assert!(tasks < 1 << 32, "{tasks} tasks in one job");
         let s = &*self.shared;
-        // SAFETY: erases the closure's lifetime only; this function does not return before every
-        // worker has checked in for this job (the `active` wait below), so no worker uses the
-        // pointer after the borrow ends.
+        // SAFETY: erases the closure's lifetime only; a worker calls it only for a task it
+        // claimed for this generation, and this function does not return before every task of
+        // the generation has finished (the `finished` wait below).
         let ptr: *const Job = unsafe { std::mem::transmute(job as *const _) };
-        {
+        let generation = {
             let mut st = s.lock();
             st.job = Some(JobPtr(ptr));
             st.tasks = tasks;
-            s.next.store(0, Ordering::Relaxed);
-            s.active.store(self.workers.len(), Ordering::Relaxed);
-            s.generation.fetch_add(1, Ordering::Release);
-        }
+            s.finished.store(0, Ordering::Relaxed);
+            let generation = ((s.claim.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
+            s.claim
+                .store(u64::from(generation) << 32, Ordering::Release);
+            generation
+        };
         s.wake.notify_all();
-        // A panic here must not unwind past the wait below while workers still hold the job.
-        let mine = catch_unwind(AssertUnwindSafe(|| loop {
-            let t = s.next.fetch_add(1, Ordering::Relaxed);
-            if t >= tasks {
-                break;
+        // A panic in the caller's task must not unwind past the wait below while workers may
+        // still run tasks of this job.
+        let mut mine = Ok(());
+        while let Some(t) = s.claim(generation, tasks) {
+            let r = catch_unwind(AssertUnwindSafe(|| job(t, 0)));
+            s.finish(tasks);
+            if r.is_err() && mine.is_ok() {
+                mine = r;
             }
-            job(t, 0);
-        }));
+        }
         let mut spins = 0;
-        while s.active.load(Ordering::Acquire) != 0 && spins < SPIN {
+        while s.finished.load(Ordering::Acquire) < tasks && spins < SPIN {
             std::hint::spin_loop();
             spins += 1;
         }
-        if s.active.load(Ordering::Acquire) != 0 {
+        {
             let mut st = s.lock();
-            while s.active.load(Ordering::Acquire) != 0 {
+            while s.finished.load(Ordering::Acquire) < tasks {
                 st = s.done.wait(st).unwrap_or_else(|e| e.into_inner());
             }
+            st.job = None;
         }
-        s.lock().job = None;
         if let Err(p) = mine {
             s.panicked.store(false, Ordering::Relaxed);
             std::panic::resume_unwind(p);
@@ -167,42 +220,35 @@ impl Pool {
 fn worker(s: &Shared, id: usize) {
     // Everything a worker does is the engine's work.
     let _scope = crate::alloc::scope(crate::alloc::Scope::Engine);
-    let mut seen = 0u64;
+    let mut seen = 0u32;
+    let generation = |s: &Shared| (s.claim.load(Ordering::Acquire) >> 32) as u32;
     loop {
         let mut spins = 0;
-        while s.generation.load(Ordering::Acquire) == seen && spins < SPIN {
+        while generation(s) == seen && spins < SPIN {
             std::hint::spin_loop();
             spins += 1;
         }
         let (job, tasks) = {
             let mut st = s.lock();
-            while s.generation.load(Ordering::Acquire) == seen && !st.shutdown {
+            while generation(s) == seen && !st.shutdown {
                 st = s.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             if st.shutdown {
                 return;
             }
-            seen = s.generation.load(Ordering::Acquire);
+            // Under the lock, the job and its generation belong together.
+            seen = generation(s);
             (st.job, st.tasks)
         };
-        if let Some(JobPtr(ptr)) = job {
-            // SAFETY: `Pool::run` keeps the closure alive until this worker decrements `active`
-            // below (see `JobPtr`).
+        let Some(JobPtr(ptr)) = job else { continue };
+        while let Some(t) = s.claim(seen, tasks) {
+            // SAFETY: this task was claimed for generation `seen`, whose `Pool::run` keeps the
+            // closure alive until the task is counted as finished (see `JobPtr`).
             let f = unsafe { &*ptr };
-            let r = catch_unwind(AssertUnwindSafe(|| loop {
-                let t = s.next.fetch_add(1, Ordering::Relaxed);
-                if t >= tasks {
-                    break;
-                }
-                f(t, id);
-            }));
-            if r.is_err() {
+            if catch_unwind(AssertUnwindSafe(|| f(t, id))).is_err() {
                 s.panicked.store(true, Ordering::Relaxed);
             }
-        }
-        if s.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let _st = s.lock();
-            s.done.notify_all();
+            s.finish(tasks);
         }
     }
 }
@@ -262,5 +308,23 @@ mod tests {
             n.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(n.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn many_short_jobs_each_run_every_task_exactly_once() {
+        // Workers waking late for a job that has ended must neither rerun it nor take tasks
+        // of the next one: thousands of tiny jobs back to back, each checked.
+        let pool = Pool::new(4).unwrap();
+        let hits: Vec<AtomicUsize> = (0..5).map(|_| AtomicUsize::new(0)).collect();
+        for job in 0..20_000usize {
+            let tasks = 2 + job % 4;
+            pool.run(tasks, &|t, _| {
+                hits[t].fetch_add(1, Ordering::Relaxed);
+            });
+            for (t, h) in hits.iter().enumerate() {
+                let n = h.swap(0, Ordering::Relaxed);
+                assert_eq!(n, usize::from(t < tasks), "job {job}, task {t} of {tasks}");
+            }
+        }
     }
 }

@@ -86,6 +86,13 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Multiply-adds of the vertical pass over a frame (most of the work), for
+    /// [`crate::plan::Pool::run_sized`].
+    pub fn work(&self) -> usize {
+        let ((a0, a1), (c0, c1)) = self.spans();
+        (a1 - a0 + c1 - c0) * self.out_h * self.yt.max_len
+    }
+
     /// Byte spans of a row that the crop covers: `(start, end)` of the packed row (NV12: its
     /// luma row) and of NV12's chroma row (empty otherwise).
     fn spans(&self) -> ((usize, usize), (usize, usize)) {

@@ -345,7 +345,12 @@ impl Preprocessor {
         };
         let (plan, simd, scratch) = (&self.plan, self.simd, &self.scratch);
         match &self.pool {
-            Some(pool) if pool.threads() > 1 && self.out_h >= 2 * pool.threads() => {
+            // Split into bands when there is enough work for the hand-off to pay.
+            Some(pool)
+                if pool.threads() > 1
+                    && self.out_h >= 2 * pool.threads()
+                    && plan.work() >= crate::plan::MIN_PARALLEL_WORK =>
+            {
                 let tasks = pool.threads();
                 let rows = self.out_h.div_ceil(tasks);
                 let out_h = self.out_h;
