@@ -26,7 +26,6 @@ struct Component {
     tq: usize,
     dc: usize,
     ac: usize,
-    pred: i32,
     decoded: bool,
 }
 
@@ -456,7 +455,6 @@ impl MjpegDecoder {
             }
             self.comps[c].dc = td;
             self.comps[c].ac = ta;
-            self.comps[c].pred = 0;
             *m = c;
         }
         let p = &s[1 + 2 * ns..];
@@ -508,31 +506,64 @@ impl MjpegDecoder {
         bw: usize,
         bh: usize,
     ) -> Result<usize, MjpegError> {
-        let scale = self.scale;
-        let bs = scale.block();
-        // The blocks of one MCU, in stream order: component, and the offset of the block's
-        // pixels from the MCU's in the component's plane (at most 3 components × 2×2 blocks).
-        let mut units = [(0usize, 0usize); 12];
+        match self.scale {
+            Scale::Full => self.decode_scan_at::<8>(data, pos, members, bw, bh),
+            Scale::Half => self.decode_scan_at::<4>(data, pos, members, bw, bh),
+            Scale::Quarter => self.decode_scan_at::<2>(data, pos, members, bw, bh),
+            Scale::Eighth => self.decode_scan_at::<1>(data, pos, members, bw, bh),
+        }
+    }
+
+    /// [`MjpegDecoder::decode_scan`] at a block side of `BS` pixels (8, 4, 2, 1: the scale),
+    /// compiled once per scale so that the coefficient corner and the transform are constants.
+    fn decode_scan_at<const BS: usize>(
+        &mut self,
+        data: &[u8],
+        pos: usize,
+        members: &[usize],
+        bw: usize,
+        bh: usize,
+    ) -> Result<usize, MjpegError> {
+        let bs = BS;
+        let Self {
+            dc,
+            ac,
+            quant,
+            comps,
+            geom,
+            planes,
+            restart,
+            ..
+        } = self;
+        let restart = *restart;
+        // The blocks of one MCU, in stream order: their tables, component and offset of the
+        // block's pixels from the MCU's in the component's plane (at most 3 components × 2×2
+        // blocks), resolved once for the scan.
+        let empty = (&dc[0], &ac[0], &quant[0], 0usize, 0usize);
+        let mut units = [empty; 12];
         let mut n = 0;
         // Plane offset of MCU (0, 0) step per MCU column and per MCU row, per component.
         let mut steps = [(0usize, 0usize); 3];
         for &ci in members {
-            let c = self.comps[ci];
+            let c = comps[ci];
             let (nh, nv) = if members.len() == 1 {
                 (1, 1)
             } else {
                 (c.h, c.v)
             };
-            let stride = self.geom[ci].stride;
+            let stride = geom[ci].stride;
             steps[ci] = (nh * bs, nv * bs * stride);
             for v in 0..nv {
                 for h in 0..nh {
-                    units[n] = (ci, v * bs * stride + h * bs);
+                    let off = v * bs * stride + h * bs;
+                    units[n] = (&dc[c.dc], &ac[c.ac], &quant[c.tq], ci, off);
                     n += 1;
                 }
             }
         }
         let units = &units[..n];
+        // DC predictions, per component: 0 at the start of each scan and restart interval.
+        let mut preds = [0i32; 3];
         // The coefficients the scale's inverse DCT reads: its corner of the block.
         const CORNERS: [Corner; 4] = [
             Corner::new(8),
@@ -540,48 +571,44 @@ impl MjpegDecoder {
             Corner::new(2),
             Corner::new(1),
         ];
-        let corner = &CORNERS[scale.divisor().trailing_zeros() as usize];
+        let corner = &CORNERS[3 - BS.trailing_zeros() as usize];
         let mut coef: idct::Block = [0; 65];
         // A local (see [`Bits`]).
         let mut bits = Bits::new(data, pos);
-        let mut left = self.restart;
+        let mut left = restart;
         for my in 0..bh {
             for mx in 0..bw {
-                if self.restart > 0 {
+                if restart > 0 {
                     if left == 0 {
                         bits = bits.restart()?;
-                        for &c in members {
-                            self.comps[c].pred = 0;
-                        }
-                        left = self.restart;
+                        preds = [0; 3];
+                        left = restart;
                     }
                     left -= 1;
                 }
-                for &(ci, off) in units {
-                    let comp = &mut self.comps[ci];
-                    let (dc, ac, q) = (&self.dc[comp.dc], &self.ac[comp.ac], &self.quant[comp.tq]);
-                    let end = bits.block(dc, ac, q, &mut comp.pred, &mut coef, corner)?;
-                    let stride = self.geom[ci].stride;
+                for &(dc, ac, q, ci, off) in units {
+                    let end = bits.block(dc, ac, q, &mut preds[ci], &mut coef, corner)?;
+                    let stride = geom[ci].stride;
                     let (sx, sy) = steps[ci];
-                    let out = &mut self.planes[ci][my * sy + mx * sx + off..];
+                    let out = &mut planes[ci][my * sy + mx * sx + off..];
                     // Each transform reads only its corner of `coef`, the only part written
                     // (besides the spare slot): only that corner needs zeroing for the next
                     // block. A block without AC coefficients (`end` 1) is flat; at 1/4 the 2×2
                     // transform gives that same flat block, without a branch to mispredict.
-                    match scale {
-                        Scale::Full if end > 1 => {
+                    match BS {
+                        8 if end > 1 => {
                             idct::idct8(&coef, out, stride);
                             for r in coef.chunks_exact_mut(8).take(8) {
                                 r.copy_from_slice(&[0; 8]);
                             }
                         }
-                        Scale::Half if end > 1 => {
+                        4 if end > 1 => {
                             idct::idct4(&coef, out, stride);
                             for r in coef.chunks_exact_mut(8).take(4) {
                                 r[..4].fill(0);
                             }
                         }
-                        Scale::Quarter => {
+                        2 => {
                             idct::idct2(&coef, out, stride);
                             [coef[0], coef[1], coef[8], coef[9]] = [0; 4];
                         }

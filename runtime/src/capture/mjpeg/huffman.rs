@@ -7,7 +7,7 @@ use super::MjpegError;
 const LOOK: u32 = 11;
 const LOOK_SIZE: usize = 1 << LOOK;
 /// Bits looked up at once when skipping coefficients (at most 15, at least [`LOOK`]).
-const SKIP_LOOK: u32 = 12;
+const SKIP_LOOK: u32 = 14;
 const SKIP_SIZE: usize = 1 << SKIP_LOOK;
 
 // A [`Huffman::fast`] entry, for a code of at most [`LOOK`] bits (0: a longer code):
@@ -23,6 +23,11 @@ const SIZE_SHIFT: u32 = 12;
 
 /// Flag of a [`Huffman::skip`] entry whose last symbol is end-of-block.
 const SKIP_EOB: u16 = 0x400;
+/// A [`Huffman::skip`] entry whose first symbol does not fit the lookahead: no bits and an
+/// advance of 63 zigzag positions, which fails the decoder's check that the symbols end
+/// before the block does (it skips from position 1 or later), sending it to the one-symbol
+/// path without a test of its own.
+const SKIP_NONE: u16 = 63 << 4;
 
 /// Zigzag position → natural (row-major) position, with 16 extra entries so that a run that
 /// overshoots 63 by a hostile stream indexes a harmless slot before the check rejects it.
@@ -82,7 +87,8 @@ pub(super) struct Huffman {
     /// AC tables only, indexed by the next [`SKIP_LOOK`] bits: the run of whole symbols (code and
     /// magnitude bits; up to three, the last possibly end-of-block) that fits in them, for
     /// skipping coefficients: bits 0..4 their bits, 4..10 the zigzag positions they advance,
-    /// bit 10 ([`SKIP_EOB`]) whether the last is end-of-block; 0 when the first does not fit.
+    /// bit 10 ([`SKIP_EOB`]) whether the last is end-of-block; [`SKIP_NONE`] when the first
+    /// does not fit.
     skip: [u16; SKIP_SIZE],
     /// Largest code of each length (−1: none), for codes longer than [`LOOK`] bits.
     maxcode: [i32; 18],
@@ -101,7 +107,7 @@ impl Huffman {
     pub(super) fn empty() -> Self {
         Self {
             fast: [0; LOOK_SIZE],
-            skip: [0; SKIP_SIZE],
+            skip: [SKIP_NONE; SKIP_SIZE],
             maxcode: [-1; 18],
             valptr: [0; 17],
             values: [0; 256],
@@ -170,7 +176,7 @@ impl Huffman {
     /// same length, run and size in every entry it spans, whatever the bits after it).
     fn build_skip(&mut self) {
         for i in 0..SKIP_SIZE {
-            let (mut bits, mut adv, mut e) = (0u32, 0u32, 0u16);
+            let (mut bits, mut adv, mut e) = (0u32, 0u32, SKIP_NONE);
             for _ in 0..3 {
                 let f = self.fast[((i << bits) & (SKIP_SIZE - 1)) >> (SKIP_LOOK - LOOK)];
                 let len = (f & LEN_MASK) as u32 + ((f >> SIZE_SHIFT) & 15) as u32;
@@ -489,7 +495,8 @@ impl<'a> Bits<'a> {
             self.ensure(32);
             let e = ac.skip[(self.buf >> (64 - SKIP_LOOK)) as usize] as usize;
             let adv = (e >> 4) & 63;
-            if e != 0 && k + adv < 64 {
+            // (k >= 1 here: a SKIP_NONE entry fails this.)
+            if k + adv < 64 {
                 self.consume((e & 15) as u32);
                 k += adv;
                 if e & SKIP_EOB as usize != 0 {
