@@ -443,7 +443,8 @@ impl<'a> Bits<'a> {
         corner: &Corner,
     ) -> Result<usize, MjpegError> {
         let (zz, kmax) = (&corner.zz, corner.kmax);
-        self.ensure(32);
+        // A DC code (at most 16 bits) and its magnitude (at most 11).
+        self.ensure(27);
         let f = dc.fast[self.peek()];
         let diff = if f != 0 {
             if f & EOB != 0 {
@@ -469,9 +470,11 @@ impl<'a> Bits<'a> {
         let mut f = 0;
         // The coefficients up to the last one the inverse DCT reads.
         while k <= kmax {
-            self.ensure(32);
+            // The lookahead's bits; more below for a longer code or magnitude bits still to read.
+            self.ensure(LOOK);
             f = ac.fast[self.peek()];
             if f == 0 {
+                self.ensure(32);
                 f = Self::ac_long(self.buf, ac)?;
             }
             self.consume((f & LEN_MASK) as u32);
@@ -482,6 +485,7 @@ impl<'a> Bits<'a> {
             let v = if size == 0 {
                 f >> 16
             } else {
+                self.ensure(16);
                 self.receive_extend(size)
             };
             k += ((f >> RUN_SHIFT) & 15) as usize;
@@ -492,7 +496,9 @@ impl<'a> Bits<'a> {
         // end before the block does (else one, below: the end of a block without
         // end-of-block, an overlong run, a code longer than the lookahead).
         while k < 64 {
-            self.ensure(32);
+            // A skip entry needs only its lookahead's bits (refills are then further apart);
+            // the one-symbol path below, a code and its magnitude bits (up to 31).
+            self.ensure(SKIP_LOOK);
             let e = ac.skip[(self.buf >> (64 - SKIP_LOOK)) as usize] as usize;
             let adv = (e >> 4) & 63;
             // (k >= 1 here: a SKIP_NONE entry fails this.)
@@ -505,6 +511,7 @@ impl<'a> Bits<'a> {
                 }
                 continue;
             }
+            self.ensure(32);
             f = ac.fast[self.peek()];
             if f == 0 {
                 f = Self::ac_long(self.buf, ac)?;
