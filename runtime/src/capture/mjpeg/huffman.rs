@@ -1,5 +1,6 @@
-//! Huffman tables (with a 9-bit lookahead and a combined run/value table for short AC codes),
-//! the entropy-coded-segment bit reader, and decoding one 8×8 block of coefficients.
+//! Huffman tables (an 11-bit lookahead giving a code's run, size and often its value; a 14-bit
+//! table skipping several symbols at once), the entropy-coded-segment bit reader, and decoding
+//! one 8×8 block of coefficients.
 
 use super::MjpegError;
 
@@ -21,6 +22,8 @@ const RUN_SHIFT: u32 = 8;
 /// Bits 12..16: magnitude bits still to read after the code (0: the value is in bits 16..).
 const SIZE_SHIFT: u32 = 12;
 
+/// Most whole symbols one [`Huffman::skip`] entry holds.
+const SKIP_SYMBOLS: usize = 4;
 /// Flag of a [`Huffman::skip`] entry whose last symbol is end-of-block.
 const SKIP_EOB: u16 = 0x400;
 /// A [`Huffman::skip`] entry whose first symbol does not fit the lookahead: no bits and an
@@ -84,11 +87,11 @@ pub(super) struct Huffman {
     /// magnitude bits both fit in the lookahead (see [`LEN_MASK`], [`EOB`], [`RUN_SHIFT`],
     /// [`SIZE_SHIFT`]); 0 when the code is longer.
     fast: [i32; LOOK_SIZE],
-    /// AC tables only, indexed by the next [`SKIP_LOOK`] bits: the run of whole symbols (code and
-    /// magnitude bits; up to three, the last possibly end-of-block) that fits in them, for
-    /// skipping coefficients: bits 0..4 their bits, 4..10 the zigzag positions they advance,
-    /// bit 10 ([`SKIP_EOB`]) whether the last is end-of-block; [`SKIP_NONE`] when the first
-    /// does not fit.
+    /// AC tables only, indexed by the next [`SKIP_LOOK`] bits: the run of whole symbols (code
+    /// and magnitude bits; up to [`SKIP_SYMBOLS`], the last possibly end-of-block) that fits in
+    /// them, for skipping coefficients: bits 0..4 their bits, 4..10 the zigzag positions they
+    /// advance (below 63), bit 10 ([`SKIP_EOB`]) whether the last is end-of-block;
+    /// [`SKIP_NONE`] when the first does not fit.
     skip: [u16; SKIP_SIZE],
     /// Largest code of each length (−1: none), for codes longer than [`LOOK`] bits.
     maxcode: [i32; 18],
@@ -177,18 +180,22 @@ impl Huffman {
     fn build_skip(&mut self) {
         for i in 0..SKIP_SIZE {
             let (mut bits, mut adv, mut e) = (0u32, 0u32, SKIP_NONE);
-            for _ in 0..3 {
+            for _ in 0..SKIP_SYMBOLS {
                 let f = self.fast[((i << bits) & (SKIP_SIZE - 1)) >> (SKIP_LOOK - LOOK)];
                 let len = (f & LEN_MASK) as u32 + ((f >> SIZE_SHIFT) & 15) as u32;
                 if f == 0 || bits + len > SKIP_LOOK {
                     break;
                 }
-                bits += len;
                 if f & EOB != 0 {
-                    e = (bits | adv << 4) as u16 | SKIP_EOB;
+                    e = ((bits + len) | adv << 4) as u16 | SKIP_EOB;
                     break;
                 }
-                adv += ((f >> RUN_SHIFT) & 15) as u32 + 1;
+                let a = adv + ((f >> RUN_SHIFT) & 15) as u32 + 1;
+                if a >= 63 {
+                    // Does not fit the entry's 6 bits (63 is SKIP_NONE's).
+                    break;
+                }
+                (bits, adv) = (bits + len, a);
                 e = (bits | adv << 4) as u16;
             }
             self.skip[i] = e;
