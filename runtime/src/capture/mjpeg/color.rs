@@ -14,8 +14,25 @@ pub(super) struct PlaneGeom {
     pub fy: usize,
 }
 
-/// Output row `y` of a component, `width` pixels, into `dst` (upsampled when the component is
-/// subsampled). `tmp` holds at least `g.cols` values.
+/// Output row `y` of a component that is not subsampled (`width` pixels of its plane), or
+/// `None` for a subsampled one (see [`component_row`]).
+pub(super) fn plane_row<'a>(
+    plane: &'a [u8],
+    g: &PlaneGeom,
+    y: usize,
+    width: usize,
+) -> Option<&'a [u8]> {
+    if g.fx == 1 && g.fy == 1 {
+        let r = y.min(g.rows - 1) * g.stride;
+        Some(&plane[r..r + width])
+    } else {
+        None
+    }
+}
+
+/// Output row `y` of a subsampled component, `width` pixels, into `dst`, upsampled (nothing
+/// for one at full resolution: [`plane_row`] reads its rows in place). `tmp` holds at least
+/// `g.cols` values.
 pub(super) fn component_row(
     plane: &[u8],
     g: &PlaneGeom,
@@ -27,8 +44,7 @@ pub(super) fn component_row(
     let dst = &mut dst[..width];
     let cols = g.cols;
     if g.fx == 1 && g.fy == 1 {
-        let r = y.min(g.rows - 1) * g.stride;
-        dst.copy_from_slice(&plane[r..r + width]);
+        // Read in place: see [`plane_row`].
         return;
     }
     // Vertical: 4 × the value (3 × nearer + farther when subsampled vertically).

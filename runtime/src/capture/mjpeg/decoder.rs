@@ -631,21 +631,24 @@ impl MjpegDecoder {
         let (w, h) = self.scale.output_size(self.width, self.height);
         frame.reshape(w, h, PixelFormat::Rgb);
         let (w, h) = (w as usize, h as usize);
+        let n = self.ncomp;
+        let (planes, geom) = (&self.planes[..n], &self.geom[..n]);
         for (y, out) in frame.data.chunks_exact_mut(w * 3).enumerate().take(h) {
-            for c in 0..self.ncomp {
-                color::component_row(
-                    &self.planes[c],
-                    &self.geom[c],
-                    y,
-                    w,
-                    &mut self.tmp,
-                    &mut self.rows[c],
-                );
+            for c in 0..n {
+                color::component_row(&planes[c], &geom[c], y, w, &mut self.tmp, &mut self.rows[c]);
             }
-            if self.ncomp == 1 {
-                color::grey_row(&self.rows[0], out);
+            // A full-resolution component's row is read from its plane, not copied.
+            let row = |c: usize| -> &[u8] {
+                let g = &geom[c];
+                match color::plane_row(&planes[c], g, y, w) {
+                    Some(r) => r,
+                    None => &self.rows[c][..w],
+                }
+            };
+            if n == 1 {
+                color::grey_row(row(0), out);
             } else {
-                color::ycbcr_row(&self.rows[0], &self.rows[1], &self.rows[2], out);
+                color::ycbcr_row(row(0), row(1), row(2), out);
             }
         }
     }
