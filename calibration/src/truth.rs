@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// The file name looked for next to the frames.
-pub const LABELS_CSV: &str = "labels.csv";
+/// The file name looked for next to the frames (the file source skips it quietly).
+pub use edgefuse_runtime::capture::file::LABELS_CSV;
 
 /// The largest `labels.csv` read (a million labelled frames fit well within it).
 pub const MAX_LABELS_CSV_BYTES: u64 = 64 << 20;

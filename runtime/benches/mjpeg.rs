@@ -14,7 +14,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use edgefuse_models::manifest::{ChannelOrder, Preprocess, ResizePolicy};
+mod common;
+use common::clip_spec;
+
 use edgefuse_runtime::capture::mjpeg::{MjpegDecoder, Scale};
 use edgefuse_runtime::capture::synthetic::render;
 use edgefuse_runtime::frame::{Frame, PixelFormat};
@@ -127,17 +129,6 @@ fn bench(c: &mut Criterion) {
             );
         }
         Err(e) => eprintln!("{path}: {e}: the camera-frame case is skipped"),
-    }
-}
-
-/// CLIP's preprocessing at `size`×`size`.
-fn clip_spec(size: u32) -> Preprocess {
-    Preprocess {
-        image_size: [size, size],
-        resize: ResizePolicy::ShortestSideCenterCrop,
-        mean: [0.48145466, 0.4578275, 0.40821073],
-        std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
-        channel_order: ChannelOrder::Rgb,
     }
 }
 

@@ -9,21 +9,13 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use edgefuse_models::manifest::{ChannelOrder, Preprocess, ResizePolicy};
+mod common;
+use common::clip_spec;
+
 use edgefuse_runtime::capture::synthetic::render;
 use edgefuse_runtime::frame::{Frame, PixelFormat};
 use edgefuse_runtime::plan::{available_threads, Pool};
 use edgefuse_runtime::preprocess::{Preprocessor, Simd};
-
-fn spec(size: u32) -> Preprocess {
-    Preprocess {
-        image_size: [size, size],
-        resize: ResizePolicy::ShortestSideCenterCrop,
-        mean: [0.48145466, 0.4578275, 0.40821073],
-        std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
-        channel_order: ChannelOrder::Rgb,
-    }
-}
 
 /// Sum of the bytes under the centre square crop (rows of the crop's columns): one read of what
 /// preprocessing must read at least.
@@ -55,7 +47,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function("read", |b| {
             b.iter(|| read_crop(std::hint::black_box(&frame)))
         });
-        let mut p = Preprocessor::new(&spec(size));
+        let mut p = Preprocessor::new(&clip_spec(size));
         let mut out = vec![0.0f32; p.output_len()];
         for simd in [Simd::Baseline, Simd::Avx2, Simd::Avx512] {
             if p.set_simd(simd) {

@@ -14,6 +14,10 @@ use crate::frame::{Frame, PixelFormat};
 /// Decoded pixels kept in memory at most; beyond this, images are decoded while replaying.
 pub const PRELOAD_BUDGET: usize = 512 << 20;
 
+/// The ground truth of a folder of labelled frames (`file,label` lines, read by
+/// `edgefuse_calibration::truth`): expected in a folder, never taken for a stray file.
+pub const LABELS_CSV: &str = "labels.csv";
+
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "pgm", "ppm", "pnm"];
 
 struct Decoded {
@@ -164,7 +168,7 @@ impl FileSource {
             entries.sort();
             // A folder of labelled frames carries its ground truth in `labels.csv` (`eval`,
             // `fit`, `run --truth`): expected there, so not reported as a stray file.
-            entries.retain(|p| p.file_name().is_none_or(|n| n != "labels.csv"));
+            entries.retain(|p| p.file_name().is_none_or(|n| n != LABELS_CSV));
             let (images, others): (Vec<_>, Vec<_>) = entries.into_iter().partition(|p| is_image(p));
             for o in &others {
                 log::warn!("{}: not a PNG/JPEG/PGM/PPM image, skipped", o.display());
@@ -425,7 +429,7 @@ mod tests {
         image::RgbImage::new(8, 8)
             .save(dir.path().join("a.png"))
             .unwrap();
-        std::fs::write(dir.path().join("labels.csv"), "file,label\na.png,zero\n").unwrap();
+        std::fs::write(dir.path().join(LABELS_CSV), "file,label\na.png,zero\n").unwrap();
         let uri = Uri::parse(&format!("file://{}", dir.path().display())).unwrap();
         let src = FileSource::open(&uri).unwrap();
         assert_eq!(src.stats.skipped_non_images, 0);

@@ -147,9 +147,7 @@ impl Pool {
     /// for them costs more than they would save).
     pub fn run_sized(&self, work: usize, tasks: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         if work < MIN_PARALLEL_WORK {
-            for t in 0..tasks {
-                job(t, 0);
-            }
+            run_here(tasks, job);
         } else {
             self.run(tasks, job);
         }
@@ -163,10 +161,7 @@ impl Pool {
     /// task panicked.
     pub fn run(&self, tasks: usize, job: &(dyn Fn(usize, usize) + Sync)) {
         if self.workers.is_empty() || tasks <= 1 {
-            for t in 0..tasks {
-                job(t, 0);
-            }
-            return;
+            return run_here(tasks, job);
         }
         assert!(tasks < 1 << 32, "{tasks} tasks in one job");
         let s = &*self.shared;
@@ -214,6 +209,13 @@ impl Pool {
         if s.panicked.swap(false, Ordering::Relaxed) {
             panic!("a CPU executor task panicked in a worker thread");
         }
+    }
+}
+
+/// Every task of a job on the calling thread (worker 0), in order.
+fn run_here(tasks: usize, job: &(dyn Fn(usize, usize) + Sync)) {
+    for t in 0..tasks {
+        job(t, 0);
     }
 }
 

@@ -86,8 +86,8 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Multiply-adds of the vertical pass over a frame (most of the work), for
-    /// [`crate::plan::Pool::run_sized`].
+    /// Multiply-adds of the vertical pass over a frame (most of the work): a frame is split into
+    /// bands on the pool only from [`crate::plan::MIN_PARALLEL_WORK`] on.
     pub fn work(&self) -> usize {
         let ((a0, a1), (c0, c1)) = self.spans();
         (a1 - a0 + c1 - c0) * self.out_h * self.yt.max_len

@@ -130,53 +130,55 @@ impl Ctx<'_> {
         let live = live.map(|l| Shared(l.as_ptr() as *mut f32));
         let pack = Shared(scratch.pack.as_mut_ptr());
         let (fk, pack_len) = (self.fk, scratch.pack_len);
-        self.pool
-            .run_sized(b0 * b1 * m * n * k, b0 * b1 * panels, &|task, worker| {
-                let (batch, p) = (task / panels, task % panels);
-                let (i0, i1) = (batch / b1, batch % b1);
-                let cols = (n - p * nr).min(nr);
-                // SAFETY: every pointer below stays inside its operand (offsets from the step's
-                // own geometry, which the lowering derived from the buffers' shapes); each task
-                // writes its own batch × panel of `y` and its own worker's scratch, so no two tasks
-                // write the same element, and the operands are only read.
-                unsafe {
-                    let panel: &[f32] = match (b, live) {
-                        (Rhs::Packed(data), _) => &data[task * k * nr..(task + 1) * k * nr],
-                        (Rhs::Live(_), Some(src)) => {
-                            let dst = std::slice::from_raw_parts_mut(
-                                pack.get().add(worker * pack_len),
-                                k * nr,
-                            );
-                            let src = src.get().add(i0 * sb[0] + i1 * sb[1]);
-                            pack_panel(
-                                Src {
-                                    ptr: src,
-                                    sk: sb[2],
-                                    sn: sb[3],
-                                },
-                                k,
-                                p * nr,
-                                cols,
-                                nr,
-                                dst,
-                            );
-                            dst
-                        }
-                        (Rhs::Live(_), None) => unreachable!("a live right-hand side has a view"),
-                    };
-                    let lhs = Lhs {
-                        ptr: ap.get().add(i0 * sa[0] + i1 * sa[1]),
-                        rs: sa[2],
-                        ks: sa[3],
-                    };
-                    let out = Out {
-                        ptr: yp.get().add(i0 * sc[0] + i1 * sc[1] + p * nr * sc[3]),
-                        rs: sc[2],
-                        cs: sc[3],
-                    };
-                    panel_product(fk, lhs, m, k, panel, out, cols);
-                }
-            });
+        // Work in multiply-adds: small products stay on this thread.
+        let work = b0 * b1 * m * n * k;
+        let tasks = b0 * b1 * panels;
+        self.pool.run_sized(work, tasks, &|task, worker| {
+            let (batch, p) = (task / panels, task % panels);
+            let (i0, i1) = (batch / b1, batch % b1);
+            let cols = (n - p * nr).min(nr);
+            // SAFETY: every pointer below stays inside its operand (offsets from the step's
+            // own geometry, which the lowering derived from the buffers' shapes); each task
+            // writes its own batch × panel of `y` and its own worker's scratch, so no two tasks
+            // write the same element, and the operands are only read.
+            unsafe {
+                let panel: &[f32] = match (b, live) {
+                    (Rhs::Packed(data), _) => &data[task * k * nr..(task + 1) * k * nr],
+                    (Rhs::Live(_), Some(src)) => {
+                        let dst = std::slice::from_raw_parts_mut(
+                            pack.get().add(worker * pack_len),
+                            k * nr,
+                        );
+                        let src = src.get().add(i0 * sb[0] + i1 * sb[1]);
+                        pack_panel(
+                            Src {
+                                ptr: src,
+                                sk: sb[2],
+                                sn: sb[3],
+                            },
+                            k,
+                            p * nr,
+                            cols,
+                            nr,
+                            dst,
+                        );
+                        dst
+                    }
+                    (Rhs::Live(_), None) => unreachable!("a live right-hand side has a view"),
+                };
+                let lhs = Lhs {
+                    ptr: ap.get().add(i0 * sa[0] + i1 * sa[1]),
+                    rs: sa[2],
+                    ks: sa[3],
+                };
+                let out = Out {
+                    ptr: yp.get().add(i0 * sc[0] + i1 * sc[1] + p * nr * sc[3]),
+                    rs: sc[2],
+                    cs: sc[3],
+                };
+                panel_product(fk, lhs, m, k, panel, out, cols);
+            }
+        });
     }
 
     fn conv(&self, x: &[f32], w: &[f32], y: &mut [f32], s: &Conv2d, scratch: &mut Scratch) {
@@ -240,27 +242,24 @@ impl Ctx<'_> {
         let (yp, acc) = (Shared(y.as_mut_ptr()), Shared(scratch.acc.as_mut_ptr()));
         let acc_len = scratch.acc_len;
         let n = w.n;
-        self.pool
-            .run_sized(m * w.n * w.k, w.panels(), &|p, worker| {
-                // SAFETY: each worker has its own accumulator region (`acc_len ≥ m·n`, sized at
-                // build); each task writes the output columns of its own panel only.
-                unsafe {
-                    let acc =
-                        std::slice::from_raw_parts_mut(acc.get().add(worker * acc_len), m * n);
-                    int8::gemm_panels(kernel, qa, m, w, acc, p..p + 1);
-                    let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
-                    let scales = &w.scales[c0..c1];
-                    for i in 0..m {
-                        // This task's columns of row i: disjoint from every other task's.
-                        let y = std::slice::from_raw_parts_mut(yp.get().add(i * n + c0), c1 - c0);
-                        for ((o, a), sc) in
-                            y.iter_mut().zip(&acc[i * n + c0..i * n + c1]).zip(scales)
-                        {
-                            *o = *a as f32 * (s * sc);
-                        }
+        let work = m * w.n * w.k;
+        self.pool.run_sized(work, w.panels(), &|p, worker| {
+            // SAFETY: each worker has its own accumulator region (`acc_len ≥ m·n`, sized at
+            // build); each task writes the output columns of its own panel only.
+            unsafe {
+                let acc = std::slice::from_raw_parts_mut(acc.get().add(worker * acc_len), m * n);
+                int8::gemm_panels(kernel, qa, m, w, acc, p..p + 1);
+                let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+                let scales = &w.scales[c0..c1];
+                for i in 0..m {
+                    // This task's columns of row i: disjoint from every other task's.
+                    let y = std::slice::from_raw_parts_mut(yp.get().add(i * n + c0), c1 - c0);
+                    for ((o, a), sc) in y.iter_mut().zip(&acc[i * n + c0..i * n + c1]).zip(scales) {
+                        *o = *a as f32 * (s * sc);
                     }
                 }
-            });
+            }
+        });
     }
 }
 
