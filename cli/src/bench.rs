@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// CPU engine (as `run --cpu-engine`): plan, tract or auto [default: auto].
     #[arg(long, value_name = "ENGINE")]
     cpu_engine: Option<EngineChoice>,
+    /// Run the bundle's re-ranker (as `run --rerank`) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    rerank: Option<bool>,
     /// Also draw the measured frames as an SVG chart: each stage's latency distribution and
     /// the timeline over the run.
     #[arg(long, value_name = "FILE.svg")]
@@ -85,6 +88,8 @@ struct Allocations {
 struct Report {
     source: String,
     device: String,
+    /// The re-ranker in the fusion stage (`itm.onnx, top 3, plan`), if one ran.
+    rerank: Option<String>,
     gpu_fallbacks: u32,
     frames: u64,
     stages: Stages,
@@ -120,6 +125,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             engine: a.cpu_engine.unwrap_or_default(),
             threads: a.threads.map_or(0, |t| t.0 as usize),
         },
+        rerank: a.rerank.unwrap_or(false),
         ..Default::default()
     };
     let mut pipeline = Pipeline::new(&bundle, cfg).context("cannot build the pipeline")?;
@@ -159,6 +165,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let report = Report {
         source: uri,
         device,
+        rerank: pipeline.reranker().map(|r| {
+            format!(
+                "{}, top {}, {}",
+                bundle
+                    .manifest()
+                    .rerank
+                    .as_ref()
+                    .map_or("", |m| m.model.file.as_str()),
+                r.candidates(),
+                r.engine()
+            )
+        }),
         gpu_fallbacks: pipeline.fallbacks(),
         frames: s.frames,
         stages: Stages(

@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use edgefuse_runtime::fusion::{argmax, FusionHead};
+use edgefuse_runtime::rerank::Reranker;
 
 use crate::fit::{read_labelled, Selection};
 use crate::output::Out;
@@ -72,6 +73,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let mut method_right = vec![0usize; methods.len()];
     let mut heads_time = Duration::ZERO;
     let mut method_time = vec![Duration::ZERO; methods.len()];
+    // The re-ranker after each method (one thread, like the rest of the table).
+    let mut rerank = if frames.has_qformer {
+        let pool = edgefuse_runtime::plan::Pool::new(1).context("cannot start the CPU pool")?;
+        Reranker::new(&bundle, Some(std::sync::Arc::new(pool)))
+            .context("cannot load the re-ranker")?
+    } else {
+        None
+    };
+    let mut rerank_right = vec![0usize; methods.len()];
+    let mut rerank_time = vec![Duration::ZERO; methods.len()];
     for i in 0..n {
         let (e, q) = frames.frame(i);
         let t = Instant::now();
@@ -86,6 +97,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             head.combine(*m);
             method_time[k] += t.elapsed();
             method_right[k] += usize::from(argmax(head.probabilities()) == y);
+            if let (Some(r), Some(q)) = (rerank.as_mut(), q) {
+                let t = Instant::now();
+                r.run(&mut head, q).context("the re-ranker failed")?;
+                rerank_time[k] += t.elapsed();
+                rerank_right[k] += usize::from(argmax(head.probabilities()) == y);
+            }
         }
     }
     let per = |d: Duration| d / n as u32;
@@ -115,6 +132,18 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             total: models + heads_per + per(method_time[k]),
             chosen: *m == head.method(),
         });
+    }
+    if let Some(r) = &rerank {
+        for (k, m) in methods.iter().enumerate() {
+            rows.push(Row {
+                kind: "rerank",
+                name: format!("{} + itm top-{}", m.name(), r.candidates()),
+                right: rerank_right[k],
+                own: per(rerank_time[k]),
+                total: models + heads_per + per(method_time[k]) + per(rerank_time[k]),
+                chosen: false,
+            });
+        }
     }
 
     let mut o = Out::lock();
@@ -153,13 +182,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     )?;
     writeln!(
         o,
-        "{:<7} {:<24} {:>8}  {:>10}  {:>10}",
+        "{:<7} {:<32} {:>8}  {:>10}  {:>10}",
         "kind", "name", "top-1", "own µs", "total µs"
     )?;
     for r in &rows {
         writeln!(
             o,
-            "{:<7} {:<24} {:>7.2}%  {:>10.2}  {:>10.1}{}",
+            "{:<7} {:<32} {:>7.2}%  {:>10.2}  {:>10.1}{}",
             r.kind,
             r.name,
             100.0 * r.right as f64 / n as f64,
@@ -174,7 +203,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     writeln!(
         o,
-        "own: a head row is every head together, a fusion row its combination alone; total: the models the row needs + heads + combination"
+        "own: a head row is every head together, a fusion row its combination alone, a rerank row the re-ranker alone (its model on the shortlist: what `run --rerank` adds); total: the models the row needs + heads + combination (+ re-ranker)"
     )?;
     Ok(o.finish()?)
 }

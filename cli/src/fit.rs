@@ -141,8 +141,12 @@ pub(crate) fn read_labelled(bundle: &Bundle, uri: &str, sel: &Selection) -> Resu
         .into());
     }
     let mut source = capture::open(uri)?;
-    let mut pipeline =
-        Pipeline::new(bundle, PipelineConfig::default()).context("cannot build the pipeline")?;
+    // Only the models' outputs are kept: the re-ranker runs where they are used (eval).
+    let cfg = PipelineConfig {
+        rerank: false,
+        ..Default::default()
+    };
+    let mut pipeline = Pipeline::new(bundle, cfg).context("cannot build the pipeline")?;
     let mut frame = Frame::with_capacity(source.max_frame_bytes());
     let mut seen = vec![0u64; names.len()];
     let mut out = Labelled {

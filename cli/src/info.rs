@@ -54,6 +54,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
         None => writeln!(out, "q-former    none")?,
     }
     writeln!(out, "fusion      {:?}", m.fusion.method)?;
+    if let Some(r) = &m.rerank {
+        writeln!(
+            out,
+            "rerank      {} (image-text matching: re-scores the best {} labels, weight {})",
+            r.model.file, r.top_k, r.weight
+        )?;
+    }
     writeln!(
         out,
         "labels      {}: {}",

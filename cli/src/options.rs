@@ -78,6 +78,9 @@ pub struct RunOptions {
     /// Labels reported per frame (1..=16).
     #[arg(long, value_name = "N")]
     pub top_k: Option<Ranged<1, 16>>,
+    /// Re-score the fused best labels with the bundle's image-text-matching re-ranker, when it has one ([rerank]; see docs/FUSION.md for what it costs and gains) [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub rerank: Option<bool>,
     /// Minimum probability for a label to win a frame.
     #[arg(long, value_name = "X")]
     pub threshold: Option<Unit>,
@@ -209,6 +212,7 @@ impl RunOptions {
             roi: self.roi.or(file.roi),
             trigger: self.trigger.or(file.trigger),
             top_k: self.top_k.or(file.top_k),
+            rerank: self.rerank.or(file.rerank),
             threshold: self.threshold.or(file.threshold),
             label_thresholds,
             fire_wins: self.fire_wins.or(file.fire_wins),
@@ -349,6 +353,7 @@ impl RunOptions {
             device: self.device.unwrap_or_default(),
             cpu: self.cpu(),
             roi: self.roi,
+            rerank: self.rerank.unwrap_or(false),
             ..Default::default()
         };
         if let Some(k) = self.top_k {

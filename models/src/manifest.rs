@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Manifest format understood by this version of edgefuse.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Most labels a `[rerank]` section may re-score per frame.
+pub const MAX_RERANK_K: usize = 16;
+
 /// The whole `bundle.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +44,9 @@ pub struct Manifest {
     /// Fusion parameters fitted by `edgefuse fit` on labelled frames (absent: zero-shot only).
     #[serde(default)]
     pub fusion_fitted: Option<FusionFitted>,
+    /// Optional image-text-matching re-ranker of the fused shortlist (needs the Q-Former).
+    #[serde(default)]
+    pub rerank: Option<Rerank>,
     /// Accuracy figures recorded when the bundle was built (name → fraction in 0..=1).
     #[serde(default)]
     pub accuracy: std::collections::BTreeMap<String, f64>,
@@ -174,6 +180,30 @@ pub struct QFormer {
     pub output: String,
     /// Number of learned queries.
     pub queries: usize,
+}
+
+/// The `[rerank]` section: an image-text-matching (ITM) model, BLIP-2 style, that re-scores the
+/// best `top_k` labels of the fusion. Each candidate label is one row of its input
+/// `[candidates, 2 + queries, embedding_dim]`: the label's text embedding, the pooled image
+/// embedding, then the Q-Former's query outputs, each L2-normalised; it outputs one match logit
+/// per row (`[candidates]`). A candidate's final score is its fused log-probability plus
+/// `weight` times its match logit. It runs when asked (`edgefuse run --rerank`); `edgefuse
+/// eval` always measures it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rerank {
+    /// ONNX file and checksum.
+    #[serde(flatten)]
+    pub model: FileRef,
+    /// Name of the input (`[candidates, 2 + queries, embedding_dim]`, f32; the first axis may be
+    /// dynamic or must equal `top_k`).
+    pub input: String,
+    /// Name of the output (`[candidates]` match logits).
+    pub output: String,
+    /// Labels re-scored per frame (the shortlist), 2..=16; fewer when the bundle has fewer labels.
+    pub top_k: usize,
+    /// Weight of the match logit against the fused log-probability, > 0.
+    pub weight: f32,
 }
 
 /// The text tower section.

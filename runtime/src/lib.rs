@@ -4,7 +4,7 @@
 //!
 //! Modules in the order of the data path: [`capture`] (frame sources by URI, [`frame`]) →
 //! [`ring`] → [`trigger`] → [`preprocess`] → the models behind one backend seam ([`engine`] on
-//! the CPU with tract, [`gpu`] with CUDA) → [`fusion`] → [`decision`] → [`actuate`] (GPIO
+//! the CPU with tract, [`gpu`] with CUDA) → [`fusion`] (and the [`rerank`]er) → [`decision`] → [`actuate`] (GPIO
 //! actuators, status LED, GPIO triggers). [`pipeline`] wires them with per-stage timing;
 //! [`alloc`] counts heap allocations per stage scope, [`stats`] keeps latency histograms,
 //! [`cpu`] checks the CPU features a binary was built for, [`duration`] is the one duration
@@ -27,6 +27,7 @@ pub mod gpu;
 pub mod pipeline;
 pub mod plan;
 pub mod preprocess;
+pub mod rerank;
 pub mod ring;
 pub mod stats;
 pub mod trigger;

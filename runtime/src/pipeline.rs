@@ -22,6 +22,7 @@ use crate::frame::Frame;
 use crate::fusion::{FusionHead, HeadTop1, TopK};
 use crate::gpu::{self, DeviceChoice, GpuError};
 use crate::preprocess::{Coord, Roi};
+use crate::rerank::Reranker;
 use crate::ring::{FrameRing, Next};
 use crate::stats::Histogram;
 use crate::trigger::Trigger;
@@ -131,6 +132,10 @@ pub struct PipelineConfig {
     pub cpu: CpuConfig,
     /// The region of each frame the models see (`None`: the whole frame).
     pub roi: Option<Roi>,
+    /// Run the bundle's image-text-matching re-ranker when it has one (`[rerank]`). Off by
+    /// default: on the default bundle it costs about 45 % of the models' time per frame for
+    /// no measurable gain (`docs/FUSION.md`).
+    pub rerank: bool,
 }
 
 impl Default for PipelineConfig {
@@ -142,6 +147,7 @@ impl Default for PipelineConfig {
             device: DeviceChoice::Cpu,
             cpu: CpuConfig::default(),
             roi: None,
+            rerank: false,
         }
     }
 }
@@ -221,6 +227,7 @@ pub struct Pipeline {
     embedding: Vec<f32>,
     queries: Vec<f32>,
     head: FusionHead,
+    rerank: Option<Reranker>,
     decision: Decision,
     top: TopK,
     events: Events,
@@ -257,6 +264,12 @@ impl Pipeline {
         let (embedding_dim, queries_len) = (engine.embedding_dim(), engine.queries_len());
         let has_qformer = engine.has_qformer();
         let head = FusionHead::from_bundle(bundle, has_qformer);
+        // The re-ranker reads the Q-Former's outputs; it runs on the CPU plan's pool.
+        let rerank = if cfg.rerank && has_qformer {
+            Reranker::new(bundle, cpu.engine().pool())?
+        } else {
+            None
+        };
         let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
         let decision = Decision::new(cfg.decision.clone(), labels.len());
         let (primary, fallback): (Box<dyn Backend>, Option<Box<dyn Backend>>) = match device {
@@ -272,6 +285,7 @@ impl Pipeline {
             fallback,
             has_qformer,
             head,
+            rerank,
             decision,
             top: TopK::new(),
             events: Events::new(),
@@ -325,7 +339,12 @@ impl Pipeline {
         &self.queries
     }
 
-    /// Fused probabilities of the last classified frame.
+    /// The re-ranker, when the bundle has one and it runs.
+    pub fn reranker(&self) -> Option<&Reranker> {
+        self.rerank.as_ref()
+    }
+
+    /// Fused (and re-ranked) probabilities of the last classified frame.
     pub fn probabilities(&self) -> &[f32] {
         self.head.probabilities()
     }
@@ -386,6 +405,10 @@ impl Pipeline {
         let heads = self
             .head
             .run(&self.embedding, queries, self.cfg.top_k, &mut self.top);
+        if let (Some(r), Some(q)) = (self.rerank.as_mut(), queries) {
+            r.run(&mut self.head, q)?;
+            self.head.top(self.cfg.top_k, &mut self.top);
+        }
         let t4 = Instant::now();
         self.decision.update(
             frame.seq,

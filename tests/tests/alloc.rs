@@ -63,8 +63,15 @@ fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec, engine: EngineChoic
         // Three threads, so the pool's workers run (and are counted) even on a 2-core machine.
         cpu: CpuConfig { engine, threads: 3 },
         roi,
+        // The default bundle's image-text-matching re-ranker runs on every frame.
+        rerank: true,
     };
     let mut pipeline = Pipeline::new(bundle, cfg).expect("pipeline");
+    assert_eq!(
+        pipeline.reranker().is_some(),
+        bundle.rerank_candidates().is_some(),
+        "the bundle's re-ranker is part of what is counted"
+    );
     let mut source = capture::open(&open_uri).expect("source");
     let mut trigger = Trigger::new(&trigger, None).expect("trigger");
     let stop = AtomicBool::new(false);

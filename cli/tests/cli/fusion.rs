@@ -10,7 +10,8 @@ fn samples() -> String {
 }
 
 /// Fit on the first `per` frames of each label with `--method auto`, then eval on `per` others;
-/// every head and method shows up, the fitted bundle runs.
+/// every head and method shows up (and the re-ranker after each), the fitted bundle runs with
+/// the re-ranker.
 fn fit_and_eval(model: &str, out: &Path, per: &str) -> String {
     let o = out.to_str().unwrap();
     let r = Run::new(&[
@@ -57,12 +58,15 @@ fn fit_and_eval(model: &str, out: &Path, per: &str) -> String {
         "fusion  stacking",
         "fusion  gated",
         "fusion  concat",
+        // The bundle's image-text-matching re-ranker after each method (int8 bundles carry it).
+        "rerank  weighted_logits + itm top-3",
+        "rerank  concat + itm top-3",
         "* the bundle's method",
         &format!("skipping the first {per} of each label"),
     ] {
         assert!(t.contains(needle), "{needle}\n{}", r.context());
     }
-    let r = Run::new(&["run", "--model", o, "--frames", "3", "--json"]);
+    let r = Run::new(&["run", "--model", o, "--frames", "3", "--json", "--rerank"]);
     r.code(0);
     assert_eq!(r.stdout().lines().count(), 3, "{}", r.context());
     t

@@ -173,6 +173,66 @@ impl Bundle {
         Ok(Some(g))
     }
 
+    /// Labels the re-ranker scores per frame: `[rerank] top_k`, at most the bundle's labels;
+    /// `None` without a re-ranker or with fewer than two labels (nothing to re-rank).
+    pub fn rerank_candidates(&self) -> Option<usize> {
+        let k = self
+            .manifest
+            .rerank
+            .as_ref()?
+            .top_k
+            .min(self.manifest.labels.len());
+        (k >= 2).then_some(k)
+    }
+
+    /// The re-ranker's input shape `[candidates, 2 + queries, embedding_dim]` (see
+    /// [`crate::manifest::Rerank`]); `None` when it does not run.
+    pub fn rerank_input_shape(&self) -> Option<[usize; 3]> {
+        let k = self.rerank_candidates()?;
+        let q = self.manifest.qformer.as_ref()?.queries;
+        Some([k, 2 + q, self.manifest.encoder.embedding_dim])
+    }
+
+    /// Load the image-text-matching re-ranker (always float) for
+    /// [`Bundle::rerank_input_shape`] and check its output `[candidates]`. `None` when the
+    /// bundle has none (or too few labels for it to run).
+    pub fn load_rerank(&self) -> Result<Option<LoadedModel>, BundleError> {
+        self.rerank_graph()?
+            .map(|g| prepare(g, Mode::Float, None))
+            .transpose()
+    }
+
+    /// The re-ranker as a decluttered typed graph (see [`Bundle::load_encoder_graph`]).
+    pub fn load_rerank_graph(&self) -> Result<Option<LoadedGraph>, BundleError> {
+        Ok(self.rerank_graph()?.map(|g| g.graph))
+    }
+
+    fn rerank_graph(&self) -> Result<Option<Graph>, BundleError> {
+        let (Some(r), Some(shape)) = (&self.manifest.rerank, self.rerank_input_shape()) else {
+            return Ok(None);
+        };
+        let g = load_graph(
+            self.dir.join(&r.model.file),
+            "rerank",
+            &r.input,
+            InputSpec::F32(&shape),
+            std::slice::from_ref(&r.output),
+            Mode::Float,
+        )?;
+        let out = &g.graph.output_shapes[0];
+        if out.as_slice() != [shape[0]] {
+            return Err(BundleError::Shape {
+                path: g.graph.path.clone(),
+                field: "rerank.output".into(),
+                message: format!(
+                    "output `{}` has shape {out:?} for input {shape:?}, expected [{}]: one match logit per candidate label",
+                    r.output, shape[0]
+                ),
+            });
+        }
+        Ok(Some(g))
+    }
+
     /// Load the text tower (`[1, context_length]` i64 tokens → `[1, embedding_dim]`).
     pub fn load_text_encoder(&self) -> Result<LoadedModel, BundleError> {
         let Some(t) = &self.manifest.text_encoder else {

@@ -81,6 +81,9 @@ impl Bundle {
         if let Some(t) = &m.text_encoder {
             verify_file(&dir, &t.model, "text_encoder.file", MAX_MODEL_BYTES)?;
         }
+        if let Some(r) = &m.rerank {
+            verify_file(&dir, &r.model, "rerank.file", MAX_MODEL_BYTES)?;
+        }
         let raw = verify_file(
             &dir,
             &m.text_embeddings.data,

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::manifest::{Manifest, FORMAT_VERSION};
+use crate::manifest::{Manifest, FORMAT_VERSION, MAX_RERANK_K};
 use crate::BundleError;
 
 /// Most labels a bundle may have: the runtime's top-k, head results, decision and thresholds
@@ -106,6 +106,29 @@ pub(super) fn validate_fields(
         }
         (None, None) => {}
     }
+    if let Some(r) = &m.rerank {
+        if m.qformer.is_none() {
+            return Err(err(
+                "rerank",
+                "the re-ranker reads the Q-Former's query outputs and the bundle has no [qformer] section; remove [rerank]".into(),
+            ));
+        }
+        if !(2..=MAX_RERANK_K).contains(&r.top_k) {
+            return Err(err(
+                "rerank.top_k",
+                format!(
+                    "{} must be 2..={MAX_RERANK_K} (the labels re-scored per frame)",
+                    r.top_k
+                ),
+            ));
+        }
+        if !(r.weight.is_finite() && r.weight > 0.0) {
+            return Err(err(
+                "rerank.weight",
+                format!("{} must be a finite number > 0", r.weight),
+            ));
+        }
+    }
     if let Some(t) = &m.text_encoder {
         if t.tokenizer != "clip-bpe" {
             return Err(err(
@@ -141,6 +164,9 @@ fn check_paths(m: &Manifest, err: &dyn Fn(&str, String) -> BundleError) -> Resul
     }
     if let Some(f) = &m.fusion_fitted {
         files.push(("fusion_fitted.file", &f.params.file));
+    }
+    if let Some(r) = &m.rerank {
+        files.push(("rerank.file", &r.model.file));
     }
     for (field, file) in files {
         if !is_inside_bundle(file) {
@@ -388,6 +414,52 @@ mod tests {
         for good in ["emb.bin", "./emb.bin", "sub/emb.bin"] {
             assert!(is_inside_bundle(good), "{good}");
         }
+    }
+
+    #[test]
+    fn rerank_fields_are_checked_naming_the_field() {
+        let mut m = default_manifest();
+        let r = crate::manifest::Rerank {
+            model: crate::manifest::FileRef {
+                file: "itm.onnx".into(),
+                sha256: "0".repeat(64),
+            },
+            input: "pairs".into(),
+            output: "match".into(),
+            top_k: 3,
+            weight: 1.0,
+        };
+        m.rerank = Some(r.clone());
+        assert_eq!(check(&m), Ok(()));
+        for (top_k, weight, field) in [
+            (1, 1.0, "rerank.top_k"),
+            (MAX_RERANK_K + 1, 1.0, "rerank.top_k"),
+            (3, 0.0, "rerank.weight"),
+            (3, -1.0, "rerank.weight"),
+            (3, f32::NAN, "rerank.weight"),
+            (3, f32::INFINITY, "rerank.weight"),
+        ] {
+            m.rerank = Some(crate::manifest::Rerank {
+                top_k,
+                weight,
+                ..r.clone()
+            });
+            let e = check(&m).unwrap_err();
+            assert!(e.contains(field), "{top_k} {weight}: {e}");
+        }
+        m.rerank = Some(crate::manifest::Rerank {
+            model: crate::manifest::FileRef {
+                file: "../itm.onnx".into(),
+                sha256: "0".repeat(64),
+            },
+            ..r.clone()
+        });
+        assert!(check(&m).unwrap_err().contains("rerank.file"));
+        m.rerank = Some(r);
+        m.qformer = None;
+        m.fusion.qformer = None;
+        let e = check(&m).unwrap_err();
+        assert!(e.contains("rerank") && e.contains("no [qformer]"), "{e}");
     }
 
     #[test]

@@ -301,6 +301,7 @@ impl StagedLabels {
         v.extend(m.text_encoder.as_ref().map(|t| t.model.file.clone()));
         v.extend(m.quantization.as_ref().map(|q| q.table.file.clone()));
         v.extend(m.fusion_fitted.as_ref().map(|f| f.params.file.clone()));
+        v.extend(m.rerank.as_ref().map(|r| r.model.file.clone()));
         v
     }
 }

@@ -209,6 +209,43 @@ impl FusionHead {
         &self.pooled
     }
 
+    /// Row `i` of the L2-normalised label embeddings.
+    pub fn label_row(&self, i: usize) -> &[f32] {
+        &self.labels[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Re-rank the last frame's fused probabilities with a re-ranker's match logits (see
+    /// [`crate::rerank`]): each `shortlist` label's probability is multiplied by
+    /// `exp(weight * match)`, then the shortlist is scaled back to the total it had, so labels
+    /// outside it keep their probabilities. Non-finite match logits leave the probabilities
+    /// alone (logged). Returns whether they changed.
+    pub fn apply_matches(&mut self, shortlist: &TopK, matches: &[f32], weight: f32) -> bool {
+        let mut scaled = [0.0f32; MAX_TOP_K];
+        let top = matches.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let (mut mass, mut sum) = (0.0f32, 0.0f32);
+        for ((&(l, _), &m), s) in shortlist.iter().zip(matches).zip(&mut scaled) {
+            let p = self.probs[usize::from(l)];
+            mass += p;
+            *s = p * (weight * (m - top)).exp();
+            sum += *s;
+        }
+        if !(top.is_finite() && sum > 0.0 && sum.is_finite()) {
+            log::warn!("re-ranker gave match logits {matches:?}; keeping the fused probabilities");
+            return false;
+        }
+        let f = mass / sum;
+        for (&(l, _), s) in shortlist.iter().zip(&scaled) {
+            self.probs[usize::from(l)] = s * f;
+        }
+        true
+    }
+
+    /// The best `k` labels of the last frame's probabilities (after [`FusionHead::combine`] or
+    /// a re-ranking) into `top`.
+    pub fn top(&self, k: usize, top: &mut TopK) {
+        top_k(&self.probs, k, top);
+    }
+
     /// Score one frame with the bundle's method: `embedding` is `[dim]`, `queries` is
     /// `[queries, dim]` when the bundle has a Q-Former. Writes the best `k` labels into `top`.
     pub fn run(

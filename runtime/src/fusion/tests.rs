@@ -145,3 +145,33 @@ fn fitted_methods_run_on_the_heads_outputs() {
     assert_eq!(h.method(), FusionMethod::WeightedLogits);
     assert!(!h.clone().combine(FusionMethod::Gated));
 }
+
+#[test]
+fn matches_rescale_the_shortlist_and_keep_the_rest() {
+    // Three labels on the CLIP head alone: logits 6, 8, 10 (see clip_head_matches_naive_softmax).
+    let labels = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
+    let mut h = FusionHead::new(&labels, 2, &fusion(FusionMethod::WeightedLogits), false);
+    let mut t = TopK::new();
+    h.run(&[3.0, 4.0], None, 3, &mut t);
+    let before = h.probabilities().to_vec();
+    let mut short = TopK::new();
+    top_k(&before, 2, &mut short); // labels 2 then 1
+    let (m, w) = ([0.0f32, 3.0], 1.5f32);
+    assert!(h.apply_matches(&short, &m, w));
+    let p = h.probabilities();
+    // Reference: p_i * exp(w m_i), renormalised to the shortlist's mass.
+    let (a, b) = (before[2] * (w * m[0]).exp(), before[1] * (w * m[1]).exp());
+    let mass = before[1] + before[2];
+    assert!((p[2] - a / (a + b) * mass).abs() < 1e-6, "{p:?}");
+    assert!((p[1] - b / (a + b) * mass).abs() < 1e-6, "{p:?}");
+    assert_eq!(p[0], before[0], "outside the shortlist: unchanged");
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    h.top(3, &mut t);
+    assert_eq!(t[0].0, 1, "the match moved label 1 ahead: {p:?}");
+
+    // Non-finite match logits change nothing.
+    let kept = h.probabilities().to_vec();
+    assert!(!h.apply_matches(&short, &[f32::NAN, 1.0], w));
+    assert!(!h.apply_matches(&short, &[f32::INFINITY, 1.0], w));
+    assert_eq!(h.probabilities(), &kept[..]);
+}

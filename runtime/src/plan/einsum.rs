@@ -48,9 +48,9 @@ pub(super) fn einsum_matmul(
             _ => return None,
         }
     }
-    let (Some(m), Some(n), Some(k)) = (merge(m), merge(n), merge(k)) else {
-        return None;
-    };
+    let k = merge(k)?;
+    let m = rows_or_batch(m, &mut batch)?;
+    let n = rows_or_batch(n, &mut batch)?;
     let batch = match batch.len() {
         0 => vec![(1, 0, 0, 0), (1, 0, 0, 0)],
         1 => vec![(1, 0, 0, 0), batch[0]],
@@ -72,9 +72,36 @@ pub(super) fn einsum_matmul(
     })
 }
 
+/// The row (or column) axis of a product: the role's axes merged, or, when they do not merge
+/// (e.g. `[candidates, tokens]` rows stored in another order in the output than in the input:
+/// a batched model's linear layer after tract folded a transpose into it), the largest axis
+/// alone with the others merged into one more batch axis (absent from the other operand: stride
+/// 0 there).
+fn rows_or_batch(axes: Vec<Axis>, batch: &mut Vec<Axis>) -> Option<Axis> {
+    if let Some(r) = merge(axes.clone()) {
+        return Some(r);
+    }
+    let mut order: Vec<usize> = (0..axes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(axes[i].0));
+    for keep in order {
+        let rest: Vec<Axis> = (0..axes.len())
+            .filter(|&i| i != keep)
+            .map(|i| axes[i])
+            .collect();
+        if let Some(b) = merge(rest) {
+            batch.push(b);
+            return Some(axes[keep]);
+        }
+    }
+    None
+}
+
+/// One axis of a product: (size, stride in A, in B, in C), 0 where absent.
+type Axis = (usize, usize, usize, usize);
+
 /// Merge the axes of one role into a single (size, strides) when they are contiguous in every
 /// operand that has them; an empty role is a size-1 axis.
-fn merge(mut axes: Vec<(usize, usize, usize, usize)>) -> Option<(usize, usize, usize, usize)> {
+fn merge(mut axes: Vec<Axis>) -> Option<Axis> {
     if axes.is_empty() {
         return Some((1, 0, 0, 0));
     }
