@@ -76,8 +76,14 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     // The re-ranker after each method (one thread, like the rest of the table).
     let mut rerank = if frames.has_qformer {
         let pool = edgefuse_runtime::plan::Pool::new(1).context("cannot start the CPU pool")?;
-        Reranker::new(&bundle, Some(std::sync::Arc::new(pool)))
-            .context("cannot load the re-ranker")?
+        // An optional extra: a re-ranker that does not load leaves its rows out, not the table.
+        match Reranker::new(&bundle, Some(std::sync::Arc::new(pool))) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("{e}; the table has no re-ranker rows");
+                None
+            }
+        }
     } else {
         None
     };

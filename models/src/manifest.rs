@@ -195,8 +195,8 @@ pub struct Rerank {
     /// ONNX file and checksum.
     #[serde(flatten)]
     pub model: FileRef,
-    /// Name of the input (`[candidates, 2 + queries, embedding_dim]`, f32; the first axis may be
-    /// dynamic or must equal `top_k`).
+    /// Name of the input (`[candidates, 2 + queries, embedding_dim]`, f32, candidates =
+    /// min(`top_k`, labels): export the first axis as dynamic, or it must equal that count).
     pub input: String,
     /// Name of the output (`[candidates]` match logits).
     pub output: String,

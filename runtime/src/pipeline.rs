@@ -270,6 +270,18 @@ impl Pipeline {
         } else {
             None
         };
+        if cfg.rerank && rerank.is_none() {
+            log::warn!(
+                "re-ranking was asked for, but {}; classifying without it",
+                if bundle.manifest().rerank.is_none() {
+                    "the bundle has no [rerank] model"
+                } else if !has_qformer {
+                    "the re-ranker reads the Q-Former's outputs and no Q-Former runs"
+                } else {
+                    "the bundle has fewer than two labels"
+                }
+            );
+        }
         let labels: Vec<String> = bundle.label_names().map(str::to_string).collect();
         let decision = Decision::new(cfg.decision.clone(), labels.len());
         let (primary, fallback): (Box<dyn Backend>, Option<Box<dyn Backend>>) = match device {
@@ -406,8 +418,18 @@ impl Pipeline {
             .head
             .run(&self.embedding, queries, self.cfg.top_k, &mut self.top);
         if let (Some(r), Some(q)) = (self.rerank.as_mut(), queries) {
-            r.run(&mut self.head, q)?;
-            self.head.top(self.cfg.top_k, &mut self.top);
+            match r.run(&mut self.head, q) {
+                Ok(()) => self.head.top(self.cfg.top_k, &mut self.top),
+                // An opt-in refinement: its failure costs the refinement, not the run.
+                Err(e) => {
+                    log::error!(
+                        "{e}; the re-ranker is off for the rest of the run (fused results from frame {})",
+                        frame.seq
+                    );
+                    // It failed before touching the probabilities: `top` is the fusion's.
+                    self.rerank = None;
+                }
+            }
         }
         let t4 = Instant::now();
         self.decision.update(

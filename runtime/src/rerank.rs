@@ -43,6 +43,8 @@ pub struct Reranker {
     input: Vec<f32>,
     matches: Vec<f32>,
     shortlist: TopK,
+    /// Frames whose match logits were unusable (non-finite): the fused result was kept.
+    unusable: u64,
 }
 
 impl std::fmt::Debug for Reranker {
@@ -109,6 +111,7 @@ impl Reranker {
             input: vec![0.0; k * slots * dim],
             matches: vec![0.0; k],
             shortlist: TopK::new(),
+            unusable: 0,
         }))
     }
 
@@ -200,7 +203,20 @@ impl Reranker {
             }
         }
         let n = self.shortlist.len();
-        head.apply_matches(&self.shortlist, &self.matches[..n], self.weight);
+        if !head.apply_matches(&self.shortlist, &self.matches[..n], self.weight) {
+            if self.unusable == 0 {
+                log::warn!(
+                    "rerank: the model gave unusable match logits {:?}; keeping the fused probabilities for such frames (warned once)",
+                    &self.matches[..n]
+                );
+            }
+            self.unusable += 1;
+        }
         Ok(())
+    }
+
+    /// Frames so far whose match logits were unusable (the fused result was kept).
+    pub fn unusable_frames(&self) -> u64 {
+        self.unusable
     }
 }

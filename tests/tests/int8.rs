@@ -12,10 +12,10 @@ use edgefuse_tests::{default_bundle, ground_truth, samples};
 #[test]
 fn int8_default_bundle_agrees_with_float_and_keeps_accuracy() {
     // All 300 samples natively. Under emulation (scripts/test-aarch64), where qemu runs the model
-    // ~50× slower, 20 frames check that the aarch64 int8 kernels give the same embeddings; the
+    // ~50× slower, 10 frames check that the aarch64 int8 kernels give the same embeddings; the
     // accuracy figures are the native run's.
     let emulated = std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some();
-    let frames: usize = if emulated { 20 } else { 300 };
+    let frames: usize = if emulated { 10 } else { 300 };
     let float = Bundle::open(default_bundle()).unwrap();
     let uri = format!("file://{}", samples("mnist").display());
     let mut src = capture::open(&uri).unwrap();

@@ -14,6 +14,15 @@ use edgefuse_runtime::plan::Pool;
 use edgefuse_runtime::rerank::Reranker;
 use edgefuse_tests::{copy_bundle, default_bundle, edit_manifest, samples};
 
+/// Frames to compare: qemu (`EDGEFUSE_TEST_EMULATED`) runs the models ~50× slower.
+fn frames(native: usize) -> usize {
+    if std::env::var_os("EDGEFUSE_TEST_EMULATED").is_some() {
+        4
+    } else {
+        native
+    }
+}
+
 /// Embeddings and queries of the first `n` bundled MNIST samples, through the pipeline.
 fn outputs(bundle: &Bundle, n: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
     let cfg = PipelineConfig {
@@ -44,7 +53,7 @@ fn the_default_bundle_has_a_reranker_and_the_plan_matches_tract() {
         .as_ref()
         .expect("the default bundle ships itm.onnx");
     assert_eq!(bundle.rerank_candidates(), Some(r.top_k));
-    let frames = outputs(&bundle, 24);
+    let frames = outputs(&bundle, frames(24));
     let mut tract = Reranker::new(&bundle, None).unwrap().unwrap();
     assert_eq!(tract.engine(), "tract");
     let mut plans: Vec<Reranker> = [1, 3]
@@ -95,11 +104,9 @@ fn the_default_bundle_has_a_reranker_and_the_plan_matches_tract() {
 
 #[test]
 fn the_pipeline_reranks_when_asked() {
+    assert!(!PipelineConfig::default().rerank, "opt-in");
     let bundle = Bundle::open(default_bundle()).unwrap();
-    let frames = outputs(&bundle, 8);
-    let off = Pipeline::new(&bundle, PipelineConfig::default()).unwrap();
-    assert!(off.reranker().is_none(), "opt-in");
-    let on = Pipeline::new(
+    let mut p = Pipeline::new(
         &bundle,
         PipelineConfig {
             rerank: true,
@@ -107,21 +114,21 @@ fn the_pipeline_reranks_when_asked() {
         },
     )
     .unwrap();
-    assert!(on.reranker().is_some());
-    // The pipeline's probabilities equal the fusion followed by the re-ranker.
-    let mut p = on;
+    assert!(p.reranker().is_some());
+    // The pipeline's probabilities equal the fusion of its own embeddings followed by the
+    // re-ranker.
     let uri = format!("file://{}", samples("mnist").display());
     let mut src = capture::open(&uri).unwrap();
     let mut frame = Frame::with_capacity(src.max_frame_bytes());
     let mut head = FusionHead::from_bundle(&bundle, true);
     let pool = Arc::new(Pool::new(1).unwrap());
     let mut r = Reranker::new(&bundle, Some(pool)).unwrap().unwrap();
-    for (e, q) in &frames {
+    for _ in 0..frames(8) {
         assert!(src.next_frame(&mut frame).unwrap());
         p.process(&frame).unwrap().unwrap();
         let mut t = TopK::new();
-        head.run(e, Some(q), 3, &mut t);
-        r.run(&mut head, q).unwrap();
+        head.run(p.embedding(), Some(p.queries()), 3, &mut t);
+        r.run(&mut head, p.queries()).unwrap();
         for (a, b) in p.probabilities().iter().zip(head.probabilities()) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }

@@ -348,12 +348,17 @@ fn load_graph(
     if let Ok(declared) = model.input_fact(ix) {
         if let Some(dims) = declared.shape.as_concrete_finite().ok().flatten() {
             if dims.as_slice() != shape {
+                let hint = if section == "rerank" {
+                    "the re-ranker is fed [min(rerank.top_k, labels), 2 + qformer.queries, encoder.embedding_dim]: \
+                     export its first axis as dynamic"
+                } else {
+                    "check preprocess.image_size / the encoder's token shape"
+                };
                 return Err(BundleError::Shape {
                     path: path.clone(),
                     field: format!("{section}.input"),
                     message: format!(
-                        "input `{input}` is declared {:?} in the ONNX file but the manifest feeds {shape:?} \
-                         (check preprocess.image_size / the encoder's token shape)",
+                        "input `{input}` is declared {:?} in the ONNX file but the manifest feeds {shape:?} ({hint})",
                         dims.as_slice()
                     ),
                 });

@@ -217,22 +217,32 @@ impl FusionHead {
     /// Re-rank the last frame's fused probabilities with a re-ranker's match logits (see
     /// [`crate::rerank`]): each `shortlist` label's probability is multiplied by
     /// `exp(weight * match)`, then the shortlist is scaled back to the total it had, so labels
-    /// outside it keep their probabilities. Non-finite match logits leave the probabilities
-    /// alone (logged). Returns whether they changed.
+    /// outside it keep their probabilities. Computed in log space (`ln p + weight * match`,
+    /// shifted by its maximum), so no match logit can overflow the scaling. Non-finite match
+    /// logits, or a shortlist without probability, leave the probabilities alone and return
+    /// false; otherwise returns true.
     pub fn apply_matches(&mut self, shortlist: &TopK, matches: &[f32], weight: f32) -> bool {
-        let mut scaled = [0.0f32; MAX_TOP_K];
-        let top = matches.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let (mut mass, mut sum) = (0.0f32, 0.0f32);
-        for ((&(l, _), &m), s) in shortlist.iter().zip(matches).zip(&mut scaled) {
+        let mut scaled = [f32::NEG_INFINITY; MAX_TOP_K];
+        let (mut mass, mut top) = (0.0f32, f32::NEG_INFINITY);
+        for ((&(l, _), &m), z) in shortlist.iter().zip(matches).zip(&mut scaled) {
+            if !m.is_finite() {
+                return false;
+            }
             let p = self.probs[usize::from(l)];
             mass += p;
-            *s = p * (weight * (m - top)).exp();
-            sum += *s;
+            // ln 0 = -inf: a label without probability stays at 0.
+            *z = p.ln() + weight * m;
+            top = top.max(*z);
         }
-        if !(top.is_finite() && sum > 0.0 && sum.is_finite()) {
-            log::warn!("re-ranker gave match logits {matches:?}; keeping the fused probabilities");
+        if !(top.is_finite() && mass > 0.0 && mass.is_finite()) {
             return false;
         }
+        let mut sum = 0.0f32;
+        for z in &mut scaled[..shortlist.len().min(matches.len())] {
+            *z = (*z - top).exp();
+            sum += *z;
+        }
+        // sum >= 1 (the maximum contributes exp(0)), so the scale is at most `mass`.
         let f = mass / sum;
         for (&(l, _), s) in shortlist.iter().zip(&scaled) {
             self.probs[usize::from(l)] = s * f;

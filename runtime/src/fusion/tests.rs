@@ -174,4 +174,25 @@ fn matches_rescale_the_shortlist_and_keep_the_rest() {
     assert!(!h.apply_matches(&short, &[f32::NAN, 1.0], w));
     assert!(!h.apply_matches(&short, &[f32::INFINITY, 1.0], w));
     assert_eq!(h.probabilities(), &kept[..]);
+
+    // A candidate without probability (max or voting fusion give exact zeros) whose match is
+    // far ahead of the others: the others' weights underflow, nothing overflows or turns NaN.
+    let mut v = FusionHead::new(&labels, 2, &fusion(FusionMethod::Voting), false);
+    v.run(&[3.0, 4.0], None, 3, &mut t);
+    let mut short = TopK::new();
+    for (l, p) in [(2u16, 0.7f32), (1, 0.3), (0, 0.0)] {
+        short.push((l, p)).unwrap();
+    }
+    v.probs.copy_from_slice(&[0.0, 0.3, 0.7]);
+    assert!(v.apply_matches(&short, &[-45.0, -45.0, 45.0], 1.0));
+    let p = v.probabilities();
+    assert!(p.iter().all(|x| x.is_finite()), "{p:?}");
+    assert_eq!(p[0], 0.0, "a label without probability stays at 0");
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{p:?}");
+    // Every candidate without probability: nothing to rescale.
+    v.probs.copy_from_slice(&[0.0, 0.0, 1.0]);
+    let mut zero = TopK::new();
+    zero.push((0, 0.0)).unwrap();
+    zero.push((1, 0.0)).unwrap();
+    assert!(!v.apply_matches(&zero, &[1.0, 2.0], 1.0));
 }

@@ -36,8 +36,10 @@ fn transpose_scalar(v: &[f32], stride: usize, from: usize, n: usize, t: &mut [f3
     }
 }
 
-/// Plain arrays: the portable implementation.
+/// Plain arrays: the portable implementation (on AArch64 only the tests use it: frames run on
+/// NEON there).
 #[derive(Clone, Copy)]
+#[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
 pub(super) struct Portable([f32; R]);
 
 impl Lanes for Portable {
