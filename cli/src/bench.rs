@@ -165,18 +165,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let report = Report {
         source: uri,
         device,
-        rerank: pipeline.reranker().map(|r| {
-            format!(
-                "{}, top {}, {}",
-                bundle
-                    .manifest()
-                    .rerank
-                    .as_ref()
-                    .map_or("", |m| m.model.file.as_str()),
-                r.candidates(),
-                r.engine()
-            )
-        }),
+        rerank: pipeline.reranker().map(|r| r.describe()),
         gpu_fallbacks: pipeline.fallbacks(),
         frames: s.frames,
         stages: Stages(

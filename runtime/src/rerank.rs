@@ -21,8 +21,11 @@ use edgefuse_models::Bundle;
 
 use crate::alloc::{scope, Scope};
 use crate::engine::EngineError;
-use crate::fusion::{top_k, FusionHead, TopK};
+use crate::fusion::{normalise_into, top_k, FusionHead, TopK, MAX_TOP_K};
 use crate::plan::{self, CpuPlan, Pool};
+
+// The shortlist is a `TopK`: every `[rerank] top_k` the manifest accepts must fit in it.
+const _: () = assert!(edgefuse_models::manifest::MAX_RERANK_K <= MAX_TOP_K);
 
 enum Exec {
     Plan(CpuPlan),
@@ -34,6 +37,8 @@ enum Exec {
 
 /// A bundle's re-ranker, its input sized once.
 pub struct Reranker {
+    /// The model's file in the bundle.
+    file: String,
     exec: Exec,
     k: usize,
     dim: usize,
@@ -72,21 +77,17 @@ impl Reranker {
             return Ok(None);
         };
         let [k, slots, dim] = shape;
-        let exec = match pool {
-            Some(pool) => match Self::plan(bundle, pool) {
-                Ok(p) => Some(Exec::Plan(p)),
-                Err(EngineError::Plan { reason, .. }) => {
-                    log::warn!(
-                        "rerank: the CPU plan cannot run it ({reason}); running it in tract"
-                    );
-                    None
-                }
-                Err(e) => return Err(e),
-            },
+        let planned = match pool.map(|pool| Self::plan(bundle, pool)) {
+            Some(Ok(p)) => Some(p),
+            Some(Err(EngineError::Plan { reason, .. })) => {
+                log::warn!("rerank: the CPU plan cannot run it ({reason}); running it in tract");
+                None
+            }
+            Some(Err(e)) => return Err(e),
             None => None,
         };
-        let exec = match exec {
-            Some(e) => e,
+        let exec = match planned {
+            Some(p) => Exec::Plan(p),
             None => {
                 let m = bundle
                     .load_rerank()?
@@ -103,6 +104,7 @@ impl Reranker {
             r.weight
         );
         Ok(Some(Self {
+            file: r.model.file.clone(),
             exec,
             k,
             dim,
@@ -140,6 +142,11 @@ impl Reranker {
         }
     }
 
+    /// `itm.onnx, top 3, plan`: the model file, the candidates, the engine.
+    pub fn describe(&self) -> String {
+        format!("{}, top {}, {}", self.file, self.k, self.engine())
+    }
+
     /// Match logits of the last [`Reranker::run`], in the order of [`Reranker::shortlist`].
     pub fn matches(&self) -> &[f32] {
         &self.matches
@@ -165,16 +172,19 @@ impl Reranker {
             )));
         }
         top_k(head.probabilities(), self.k, &mut self.shortlist);
-        let image = &head.pooled()[..dim];
+        // The visual part of a row (normalised image embedding, then the queries, each
+        // normalised) is the same for every candidate: built once in the first row, copied.
+        let (first, others) = self.input.split_at_mut(self.row);
+        let (img, qs) = first[dim..].split_at_mut(dim);
+        img.copy_from_slice(&head.pooled()[..dim]);
+        for (o, q) in qs.chunks_exact_mut(dim).zip(queries.chunks_exact(dim)) {
+            normalise_into(q, o);
+        }
+        for row in others.chunks_exact_mut(self.row) {
+            row[dim..].copy_from_slice(&first[dim..]);
+        }
         for (row, &(label, _)) in self.input.chunks_exact_mut(self.row).zip(&self.shortlist) {
-            let (text, rest) = row.split_at_mut(dim);
-            text.copy_from_slice(head.label_row(usize::from(label)));
-            let (img, qs) = rest.split_at_mut(dim);
-            img.copy_from_slice(image);
-            for (o, q) in qs.chunks_exact_mut(dim).zip(queries.chunks_exact(dim)) {
-                let inv = 1.0 / q.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                o.iter_mut().zip(q).for_each(|(o, v)| *o = v * inv);
-            }
+            row[..dim].copy_from_slice(head.label_row(usize::from(label)));
         }
         {
             let _s = scope(Scope::Engine);

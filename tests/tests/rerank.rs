@@ -64,6 +64,10 @@ fn the_default_bundle_has_a_reranker_and_the_plan_matches_tract() {
         })
         .collect();
     assert!(plans.iter().all(|p| p.engine() == "plan"));
+    assert_eq!(
+        plans[0].describe(),
+        format!("{}, top {}, plan", r.model.file, r.top_k)
+    );
     let mut head = FusionHead::from_bundle(&bundle, true);
     let mut worst = 0f32;
     let mut changed = 0;

@@ -274,12 +274,8 @@ impl FusionHead {
     /// Run the heads on one frame without fusing (see [`FusionHead::combine`]).
     pub fn heads_only(&mut self, embedding: &[f32], queries: Option<&[f32]>) -> HeadTop1 {
         let (n, dim) = (self.n, self.dim);
-        let inv = 1.0 / norm(embedding).max(1e-12);
         let (image, rest) = self.pooled.split_at_mut(dim);
-        image
-            .iter_mut()
-            .zip(embedding)
-            .for_each(|(o, v)| *o = v * inv);
+        normalise_into(embedding, image);
         for (l, row) in self.logits[..n]
             .iter_mut()
             .zip(self.labels.chunks_exact(dim))
@@ -299,11 +295,7 @@ impl FusionHead {
                     out.fill(f32::NEG_INFINITY);
                     rest.fill(0.0);
                     for query in q.chunks_exact(dim) {
-                        let qi = 1.0 / norm(query).max(1e-12);
-                        self.query_norm
-                            .iter_mut()
-                            .zip(query)
-                            .for_each(|(o, v)| *o = v * qi);
+                        normalise_into(query, &mut self.query_norm);
                         rest.iter_mut()
                             .zip(&self.query_norm)
                             .for_each(|(o, v)| *o += v);
@@ -389,6 +381,13 @@ impl FusionHead {
 #[inline]
 fn norm(a: &[f32]) -> f32 {
     combine::dot(a, a).sqrt()
+}
+
+/// `out = v / |v|` (a zero vector stays zero): how every head and the re-ranker normalise.
+#[inline]
+pub(crate) fn normalise_into(v: &[f32], out: &mut [f32]) {
+    let inv = 1.0 / norm(v).max(1e-12);
+    out.iter_mut().zip(v).for_each(|(o, x)| *o = x * inv);
 }
 
 /// The best `k` (at most [`MAX_TOP_K`]) entries of `probs`, best first; ties keep label order.
