@@ -1,9 +1,12 @@
 //! f32 micro-kernels of the CPU plan on CLIP ViT-B/32's linear-layer shapes (50 tokens, width
-//! 768), weights packed once as the plan does; throughput in multiply-adds per second, one thread.
+//! 768), weights packed once as the plan does, the activations packed per call (as the plan
+//! does per step); throughput in multiply-adds per second, one thread.
 //! `cargo bench -p edgefuse-runtime --bench float_gemm`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use edgefuse_runtime::plan::float_gemm::{pack_panel, panel_product, Lhs, Out, Rhs};
+use edgefuse_runtime::plan::float_gemm::{
+    pack_lhs, pack_panel, packed_lhs_len, panel_product, Lhs, Out, Rhs,
+};
 use edgefuse_runtime::plan::FloatKernel;
 
 fn bench(c: &mut Criterion) {
@@ -48,37 +51,53 @@ fn bench(c: &mut Criterion) {
                 };
             }
             let mut y = vec![0f32; m * n];
-            g.bench_with_input(
-                BenchmarkId::new(format!("{kernel:?}"), name),
-                &(),
-                |b, _| {
-                    b.iter(|| {
-                        for p in 0..panels {
-                            let cols = (n - p * nr).min(nr);
-                            // SAFETY: x is [m, k]; y is [m, n]; the panel holds k·nr values.
+            // Hot: the same weights every call (in the caches). Cold: a different copy each call,
+            // 512 MiB in all, more than any last-level cache, as a model's layers stream theirs.
+            let copies = (512 << 20) / (packed.len() * 4);
+            let cold: Vec<Vec<f32>> = (0..copies).map(|_| packed.clone()).collect();
+            for (case, sets) in [("", std::slice::from_ref(&packed)), ("-cold", &cold[..])] {
+                let mut next = 0;
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{kernel:?}"), format!("{name}{case}")),
+                    &(),
+                    |b, _| {
+                        let mut lhs = vec![0f32; packed_lhs_len(kernel, m, k)];
+                        b.iter(|| {
+                            let packed = &sets[next % sets.len()];
+                            next += 1;
+                            // SAFETY: x is [m, k]; lhs holds packed_lhs_len values.
                             unsafe {
-                                panel_product(
-                                    kernel,
-                                    Lhs {
-                                        ptr: x.as_ptr(),
-                                        rs: k,
-                                        ks: 1,
-                                    },
-                                    m,
-                                    k,
-                                    &packed[p * k * nr..(p + 1) * k * nr],
-                                    Out {
-                                        ptr: y.as_mut_ptr().add(p * nr),
-                                        rs: n,
-                                        cs: 1,
-                                    },
-                                    cols,
-                                )
+                                let src = Lhs {
+                                    ptr: x.as_ptr(),
+                                    rs: k,
+                                    ks: 1,
+                                };
+                                pack_lhs(kernel, src, m, k, &mut lhs);
                             }
-                        }
-                    })
-                },
-            );
+                            for p in 0..panels {
+                                let cols = (n - p * nr).min(nr);
+                                // SAFETY: x is [m, k]; y is [m, n]; the panel holds k·nr values.
+                                unsafe {
+                                    panel_product(
+                                        kernel,
+                                        &lhs,
+                                        m,
+                                        k,
+                                        &packed[p * k * nr..(p + 1) * k * nr],
+                                        Out {
+                                            ptr: y.as_mut_ptr().add(p * nr),
+                                            rs: n,
+                                            cs: 1,
+                                        },
+                                        cols,
+                                        packed.as_ptr().wrapping_add((p + 1) * k * nr),
+                                    )
+                                }
+                            }
+                        })
+                    },
+                );
+            }
         }
     }
     g.finish();

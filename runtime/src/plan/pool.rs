@@ -146,11 +146,17 @@ impl Pool {
     /// [`MIN_PARALLEL_WORK`] the caller runs every task itself (waking the workers and waiting
     /// for them costs more than they would save).
     pub fn run_sized(&self, work: usize, tasks: usize, job: &(dyn Fn(usize, usize) + Sync)) {
-        if work < MIN_PARALLEL_WORK {
+        if self.runs_here(work) {
             run_here(tasks, job);
         } else {
             self.run(tasks, job);
         }
+    }
+
+    /// Whether [`Pool::run_sized`] runs a job of `work` on the calling thread alone (tasks in
+    /// order).
+    pub fn runs_here(&self, work: usize) -> bool {
+        self.workers.is_empty() || work < MIN_PARALLEL_WORK
     }
 
     /// Run `job(task, worker)` for every task in `0..tasks` across the pool; returns when all

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use edgefuse_models::quant::gemm::Kernel;
 
-use super::gemm::{pack_panel, FloatKernel, Rhs as Src};
+use super::gemm::{pack_panel, packed_lhs_len, FloatKernel, Rhs as Src};
 use super::ops::{BinGeo, PermGeo};
 use super::{op_locs, unsupported, CpuPlan, Loc, Op, Rhs, Scratch, ALIGN};
 use crate::plan::ir::{MatMul, Plan, Step};
@@ -176,7 +176,7 @@ impl CpuPlan {
         };
         let mut ops = Vec::with_capacity(plan.steps.len());
         let (mut pack_len, mut acc_len, mut qa_len) = (0usize, 0usize, 0usize);
-        let mut patches_len = 0usize;
+        let (mut patches_len, mut lhs_len) = (0usize, 0usize);
         for step in &plan.steps {
             ops.push(match step {
                 Step::Binary {
@@ -245,6 +245,8 @@ impl CpuPlan {
                 },
                 Step::MatMul { a, b, out, shape } => {
                     let k = shape.k as usize;
+                    let batches = (shape.batch[0] * shape.batch[1]) as usize;
+                    lhs_len = lhs_len.max(batches * packed_lhs_len(fk, shape.m as usize, k));
                     let rhs = match &plan.buffers[*b].init {
                         Some(data) => Rhs::Packed(pack_rhs(data, shape, fk.nr())?),
                         None => {
@@ -273,6 +275,7 @@ impl CpuPlan {
                         let k = (c * shape.kernel[0] * shape.kernel[1]) as usize;
                         let [o, oh, ow] = shape.output.map(|d| d as usize);
                         patches_len = patches_len.max(oh * ow * k);
+                        lhs_len = lhs_len.max(packed_lhs_len(fk, oh * ow, k));
                         let Loc::Const { idx, .. } = w else {
                             return Err(unsupported("convolution weights computed per frame"));
                         };
@@ -366,6 +369,7 @@ impl CpuPlan {
                 pack_len,
                 qa: vec![128; qa_len],
                 patches: vec![0.0; patches_len],
+                lhs: vec![0.0; lhs_len],
                 acc: vec![0; acc_len * threads],
                 acc_len,
             },

@@ -137,57 +137,132 @@ pub unsafe fn pack_panel(src: Rhs, k: usize, j0: usize, cols: usize, nr: usize, 
     }
 }
 
-/// `C[0..m, 0..cols] = A[0..m, 0..k] · panel` for one packed panel.
+/// Contraction depth of one pass over a panel: a `KC × nr` slice of the panel (32 KiB for
+/// AVX-512) stays in the L1 cache while every row block of `A` runs over it; the next pass
+/// continues the sums from `C`. Splitting the contraction keeps the order of the terms (k
+/// ascending, one rounding per term), so the result is the same as one pass.
+const KC: usize = 256;
+
+/// The row blocks of an `m`-row left operand: balanced sizes, each at most `mr` rows (50 rows
+/// with `mr` = 12 are five blocks of 10, not four of 12 and one of 2). `(first row, rows)`.
+pub fn row_blocks(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = m.div_ceil(mr).max(1);
+    let (base, extra) = (m / blocks, m % blocks);
+    (0..blocks).scan(0, move |r0, b| {
+        let rows = base + usize::from(b < extra);
+        let at = *r0;
+        *r0 += rows;
+        Some((at, rows))
+    })
+}
+
+/// Floats [`pack_lhs`] writes for an `m × k` left operand.
+pub fn packed_lhs_len(kernel: FloatKernel, m: usize, k: usize) -> usize {
+    m.div_ceil(kernel.mr()).max(1) * k * kernel.mr()
+}
+
+/// Pack the left operand for `kernel`: row block `b` ([`row_blocks`]) at `b·k·mr`, its element
+/// `(r, kk)` at `kk·mr + r`, so the micro-kernel reads one contiguous stream (a strided `A`
+/// would need a pointer per row, and rows 4 KiB apart share one L1 set).
 ///
 /// # Safety
-/// The CPU must run `kernel`; `a` must address `m × k` readable elements, `out` `m × cols`
-/// writable ones not read by anyone else meanwhile; `panel` holds `k·kernel.nr()` values and
-/// `cols ≤ nr`.
+/// `a` must address `m × k` readable elements; `dst` holds [`packed_lhs_len`] floats.
+pub unsafe fn pack_lhs(kernel: FloatKernel, a: Lhs, m: usize, k: usize, dst: &mut [f32]) {
+    let mr = kernel.mr();
+    debug_assert!(dst.len() >= packed_lhs_len(kernel, m, k));
+    for (b, (r0, rows)) in row_blocks(m, mr).enumerate() {
+        let block = &mut dst[b * k * mr..(b + 1) * k * mr];
+        for r in 0..rows {
+            let src = a.ptr.add((r0 + r) * a.rs);
+            if a.ks == 1 {
+                let row = std::slice::from_raw_parts(src, k);
+                for (d, v) in block[r..].iter_mut().step_by(mr).zip(row) {
+                    *d = *v;
+                }
+            } else {
+                for kk in 0..k {
+                    block[kk * mr + r] = *src.add(kk * a.ks);
+                }
+            }
+        }
+    }
+}
+
+/// `C[0..m, 0..cols] = A[0..m, 0..k] · panel` for one packed panel, `A` packed by
+/// [`pack_lhs`].
+///
+/// Weights come from memory (a model's layers do not stay in the caches): while the first row
+/// block runs over one pass's slice of the panel, the next slice is prefetched, and during the
+/// last pass the memory at `then` (the panel this thread takes next; null for none). A
+/// prefetch never faults, so `then` may be any address.
+///
+/// # Safety
+/// The CPU must run `kernel`; `a` holds [`packed_lhs_len`]`(kernel, m, k)` floats, `out` must
+/// address `m × cols` writable elements not read by anyone else meanwhile; `panel` holds
+/// `k·kernel.nr()` values and `cols ≤ nr`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn panel_product(
     kernel: FloatKernel,
-    a: Lhs,
+    a: &[f32],
     m: usize,
     k: usize,
     panel: &[f32],
     out: Out,
     cols: usize,
+    then: *const f32,
 ) {
-    debug_assert!(panel.len() >= k * kernel.nr() && cols <= kernel.nr());
-    let mr = kernel.mr();
-    let blocks = m.div_ceil(mr).max(1);
-    let (base, extra) = (m / blocks, m % blocks);
-    let mut r0 = 0;
-    for b in 0..blocks {
-        let rows = base + usize::from(b < extra);
-        if rows == 0 {
-            continue;
+    let (mr, nr) = (kernel.mr(), kernel.nr());
+    debug_assert!(panel.len() >= k * nr && cols <= nr);
+    debug_assert!(a.len() >= packed_lhs_len(kernel, m, k));
+    // At least one pass, so that k = 0 stores zeros.
+    let passes = k.div_ceil(KC).max(1);
+    for pass in 0..passes {
+        let k0 = pass * KC;
+        let kc = (k - k0).min(KC);
+        let next = if pass + 1 < passes {
+            panel.as_ptr().wrapping_add((k0 + KC) * nr)
+        } else {
+            then
+        };
+        for (b, (r0, rows)) in row_blocks(m, mr).enumerate() {
+            if rows == 0 {
+                continue;
+            }
+            let t = Tile {
+                a: a.as_ptr().add(b * k * mr + k0 * mr),
+                k: kc,
+                b: panel.as_ptr().add(k0 * nr),
+                o: Out {
+                    ptr: out.ptr.add(r0 * out.rs),
+                    ..out
+                },
+                cols,
+                add: pass > 0,
+                pf: if b == 0 { next } else { std::ptr::null() },
+            };
+            tile(kernel, rows, t);
         }
-        let a = Lhs {
-            ptr: a.ptr.add(r0 * a.rs),
-            ..a
-        };
-        let o = Out {
-            ptr: out.ptr.add(r0 * out.rs),
-            ..out
-        };
-        tile(kernel, a, rows, k, panel.as_ptr(), o, cols);
-        r0 += rows;
     }
 }
 
-unsafe fn tile(
-    kernel: FloatKernel,
-    a: Lhs,
-    rows: usize,
+/// One register tile's work: `rows × cols` of `o` (continuing its sums when `add`) over `k`
+/// terms of packed `a` and panel `b`, prefetching `k·nr` floats at `pf` unless it is null.
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const f32,
     k: usize,
     b: *const f32,
     o: Out,
     cols: usize,
-) {
+    add: bool,
+    pf: *const f32,
+}
+
+unsafe fn tile(kernel: FloatKernel, rows: usize, t: Tile) {
     macro_rules! by_rows {
         ($f:ident: $($r:literal)*) => {
             match rows {
-                $($r => $f::<$r>(a, k, b, o, cols),)*
+                $($r => $f::<$r>(t),)*
                 _ => unreachable!("row blocks are at most the kernel's height"),
             }
         };
@@ -216,12 +291,37 @@ unsafe fn store_row(o: Out, r: usize, vals: &[f32], cols: usize) {
     }
 }
 
-unsafe fn tile_scalar<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, cols: usize) {
+/// Read the first `cols` columns of row `r` into `vals` (zeros beyond): the partial sums a
+/// later contraction pass continues.
+#[inline(always)]
+unsafe fn load_row(o: Out, r: usize, vals: &mut [f32], cols: usize) {
+    let src = o.ptr.add(r * o.rs);
+    for (j, v) in vals.iter_mut().enumerate() {
+        *v = if j < cols { *src.add(j * o.cs) } else { 0.0 };
+    }
+}
+
+unsafe fn tile_scalar<const R: usize>(t: Tile) {
+    let Tile {
+        a,
+        k,
+        b,
+        o,
+        cols,
+        add,
+        ..
+    } = t;
+    let mr = FloatKernel::Scalar.mr();
     let mut acc = [[0f32; 16]; R];
+    if add {
+        for (r, row) in acc.iter_mut().enumerate() {
+            load_row(o, r, row, cols);
+        }
+    }
     for kk in 0..k {
         let bk = std::slice::from_raw_parts(b.add(kk * 16), 16);
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = *a.ptr.add(r * a.rs + kk * a.ks);
+            let av = *a.add(kk * mr + r);
             for (c, bv) in row.iter_mut().zip(bk) {
                 *c += av * *bv;
             }
@@ -234,31 +334,62 @@ unsafe fn tile_scalar<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, c
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, cols: usize) {
+unsafe fn tile_avx512<const R: usize>(t: Tile) {
+    let Tile {
+        a,
+        k,
+        b,
+        o,
+        cols,
+        add,
+        ..
+    } = t;
+    let mr = FloatKernel::Avx512.mr();
+    let m0 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let m1 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        (1u16 << (cols - 16)) - 1
+    } else {
+        0
+    };
     let mut c0 = [_mm512_setzero_ps(); R];
     let mut c1 = [_mm512_setzero_ps(); R];
+    if add {
+        let mut vals = [0f32; 32];
+        for r in 0..R {
+            if o.cs == 1 {
+                let src = o.ptr.add(r * o.rs);
+                c0[r] = _mm512_maskz_loadu_ps(m0, src);
+                c1[r] = _mm512_maskz_loadu_ps(m1, src.add(16));
+            } else {
+                load_row(o, r, &mut vals, cols);
+                c0[r] = _mm512_loadu_ps(vals.as_ptr());
+                c1[r] = _mm512_loadu_ps(vals.as_ptr().add(16));
+            }
+        }
+    }
     for kk in 0..k {
+        if !t.pf.is_null() {
+            // Two cache lines of the next slice per step of this one.
+            let p = t.pf.wrapping_add(kk * 32) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        }
         let b0 = _mm512_loadu_ps(b.add(kk * 32));
         let b1 = _mm512_loadu_ps(b.add(kk * 32 + 16));
+        let ak = a.add(kk * mr);
         for r in 0..R {
-            let av = _mm512_set1_ps(*a.ptr.add(r * a.rs + kk * a.ks));
+            let av = _mm512_set1_ps(*ak.add(r));
             c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
             c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
         }
     }
     if o.cs == 1 {
-        let m0 = if cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << cols) - 1
-        };
-        let m1 = if cols >= 32 {
-            0xffff
-        } else if cols > 16 {
-            (1u16 << (cols - 16)) - 1
-        } else {
-            0
-        };
         for r in 0..R {
             let dst = o.ptr.add(r * o.rs);
             _mm512_mask_storeu_ps(dst, m0, c0[r]);
@@ -276,14 +407,36 @@ unsafe fn tile_avx512<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, c
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, cols: usize) {
+unsafe fn tile_avx2<const R: usize>(t: Tile) {
+    let Tile {
+        a,
+        k,
+        b,
+        o,
+        cols,
+        add,
+        ..
+    } = t;
+    let mr = FloatKernel::Avx2.mr();
     let mut c0 = [_mm256_setzero_ps(); R];
     let mut c1 = [_mm256_setzero_ps(); R];
+    if add {
+        let mut vals = [0f32; 16];
+        for r in 0..R {
+            load_row(o, r, &mut vals, cols);
+            c0[r] = _mm256_loadu_ps(vals.as_ptr());
+            c1[r] = _mm256_loadu_ps(vals.as_ptr().add(8));
+        }
+    }
     for kk in 0..k {
+        if !t.pf.is_null() {
+            _mm_prefetch::<_MM_HINT_T0>(t.pf.wrapping_add(kk * 16) as *const i8);
+        }
         let b0 = _mm256_loadu_ps(b.add(kk * 16));
         let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
+        let ak = a.add(kk * mr);
         for r in 0..R {
-            let av = _mm256_set1_ps(*a.ptr.add(r * a.rs + kk * a.ks));
+            let av = _mm256_set1_ps(*ak.add(r));
             c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
             c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
         }
@@ -304,9 +457,28 @@ unsafe fn tile_avx2<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, col
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn tile_neon<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, cols: usize) {
+unsafe fn tile_neon<const R: usize>(t: Tile) {
+    let Tile {
+        a,
+        k,
+        b,
+        o,
+        cols,
+        add,
+        ..
+    } = t;
     use std::arch::aarch64::*;
+    let mr = FloatKernel::Neon.mr();
     let mut c = [[vdupq_n_f32(0.0); 4]; R];
+    let mut vals = [0f32; 16];
+    if add {
+        for r in 0..R {
+            load_row(o, r, &mut vals, cols);
+            for q in 0..4 {
+                c[r][q] = vld1q_f32(vals.as_ptr().add(q * 4));
+            }
+        }
+    }
     for kk in 0..k {
         let bp = b.add(kk * 16);
         let bv = [
@@ -315,14 +487,14 @@ unsafe fn tile_neon<const R: usize>(a: Lhs, k: usize, b: *const f32, o: Out, col
             vld1q_f32(bp.add(8)),
             vld1q_f32(bp.add(12)),
         ];
+        let ak = a.add(kk * mr);
         for r in 0..R {
-            let av = *a.ptr.add(r * a.rs + kk * a.ks);
+            let av = *ak.add(r);
             for q in 0..4 {
                 c[r][q] = vfmaq_n_f32(c[r][q], bv[q], av);
             }
         }
     }
-    let mut vals = [0f32; 16];
     for r in 0..R {
         for q in 0..4 {
             vst1q_f32(vals.as_mut_ptr().add(q * 4), c[r][q]);
@@ -346,6 +518,9 @@ mod tests {
                 (13, 17, 33),
                 (50, 64, 50),
                 (7, 130, 40),
+                // Deeper than one contraction pass (KC): the later passes continue from C.
+                (5, 257, 33),
+                (13, 530, 45),
             ] {
                 let a: Vec<f32> = (0..m * k)
                     .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0)
@@ -358,6 +533,36 @@ mod tests {
                 let cs = if n % 2 == 1 { 2 } else { 1 };
                 let mut c = vec![f32::NAN; m * n * cs + 3];
                 let mut panel = vec![0f32; k * nr];
+                let mut packed = vec![f32::NAN; packed_lhs_len(kernel, m, k)];
+                // SAFETY: a is [m, k]; packed holds packed_lhs_len values.
+                unsafe {
+                    let lhs = Lhs {
+                        ptr: a.as_ptr(),
+                        rs: k,
+                        ks: 1,
+                    };
+                    pack_lhs(kernel, lhs, m, k, &mut packed);
+                }
+                // The same operand stored transposed (a strided A, as attention reads Kᵀ)
+                // packs to the same bits.
+                let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+                let mut packed_t = vec![f32::NAN; packed.len()];
+                // SAFETY: at is [k, m]: element (i, kk) at i + kk·m.
+                unsafe {
+                    let lhs = Lhs {
+                        ptr: at.as_ptr(),
+                        rs: 1,
+                        ks: m,
+                    };
+                    pack_lhs(kernel, lhs, m, k, &mut packed_t);
+                }
+                assert!(
+                    packed
+                        .iter()
+                        .zip(&packed_t)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{kernel:?} ({m},{k}): strided packing differs"
+                );
                 for p in 0..n.div_ceil(nr) {
                     let cols = (n - p * nr).min(nr);
                     // SAFETY: b is [k, n]; panel holds k·nr; c holds m·n·cs.
@@ -370,11 +575,7 @@ mod tests {
                         pack_panel(src, k, p * nr, cols, nr, &mut panel);
                         panel_product(
                             kernel,
-                            Lhs {
-                                ptr: a.as_ptr(),
-                                rs: k,
-                                ks: 1,
-                            },
+                            &packed,
                             m,
                             k,
                             &panel,
@@ -384,6 +585,7 @@ mod tests {
                                 cs,
                             },
                             cols,
+                            std::ptr::null(),
                         );
                     }
                 }

@@ -179,6 +179,8 @@ struct Scratch {
     qa: Vec<u8>,
     /// Input patches of the current convolution (`[pixels, C·kh·kw]`).
     patches: Vec<f32>,
+    /// The current matrix product's left operand, packed for the micro-kernel (every batch).
+    lhs: Vec<f32>,
     /// Per worker: `acc_len` int8 accumulators.
     acc: Vec<i32>,
     acc_len: usize,

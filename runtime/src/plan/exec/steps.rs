@@ -3,7 +3,7 @@
 
 use edgefuse_models::quant::gemm::{self as int8, Kernel, PackedWeights, PANEL};
 
-use super::gemm::{pack_panel, panel_product, Lhs, Out, Rhs as Src};
+use super::gemm::{pack_lhs, pack_panel, packed_lhs_len, panel_product, Lhs, Out, Rhs as Src};
 use super::{ops, Ctx, Loc, Op, Rhs, Scratch, Shared};
 use crate::plan::ir::{Conv2d, MatMul, UnOp};
 
@@ -126,13 +126,31 @@ impl Ctx<'_> {
         let [b0, b1] = s.batch.map(|d| d as usize);
         let st = |v: [i32; 4]| v.map(|d| d as usize);
         let (sa, sb, sc) = (st(s.sa), st(s.sb), st(s.sc));
-        let (ap, yp) = (Shared(a.as_ptr() as *mut f32), Shared(y.as_mut_ptr()));
+        // Every batch's left operand packed once, before the tasks share it.
+        let plen = packed_lhs_len(self.fk, m, k);
+        let lhs = &mut scratch.lhs[..b0 * b1 * plen];
+        for (batch, dst) in lhs.chunks_exact_mut(plen).enumerate() {
+            let (i0, i1) = (batch / b1, batch % b1);
+            // SAFETY: the batch's rows and columns lie in `a` (offsets from the step's own
+            // geometry, derived from the buffers' shapes by the lowering).
+            unsafe {
+                let src = Lhs {
+                    ptr: a.as_ptr().add(i0 * sa[0] + i1 * sa[1]),
+                    rs: sa[2],
+                    ks: sa[3],
+                };
+                pack_lhs(self.fk, src, m, k, dst);
+            }
+        }
+        let lhs: &[f32] = lhs;
+        let yp = Shared(y.as_mut_ptr());
         let live = live.map(|l| Shared(l.as_ptr() as *mut f32));
         let pack = Shared(scratch.pack.as_mut_ptr());
         let (fk, pack_len) = (self.fk, scratch.pack_len);
         // Work in multiply-adds: small products stay on this thread.
         let work = b0 * b1 * m * n * k;
         let tasks = b0 * b1 * panels;
+        let one = self.pool.runs_here(work);
         self.pool.run_sized(work, tasks, &|task, worker| {
             let (batch, p) = (task / panels, task % panels);
             let (i0, i1) = (batch / b1, batch % b1);
@@ -166,17 +184,18 @@ impl Ctx<'_> {
                     }
                     (Rhs::Live(_), None) => unreachable!("a live right-hand side has a view"),
                 };
-                let lhs = Lhs {
-                    ptr: ap.get().add(i0 * sa[0] + i1 * sa[1]),
-                    rs: sa[2],
-                    ks: sa[3],
-                };
                 let out = Out {
                     ptr: yp.get().add(i0 * sc[0] + i1 * sc[1] + p * nr * sc[3]),
                     rs: sc[2],
                     cs: sc[3],
                 };
-                panel_product(fk, lhs, m, k, panel, out, cols);
+                let a = &lhs[batch * plen..(batch + 1) * plen];
+                // One thread takes the panels in order: the next one follows this one.
+                let then = match b {
+                    Rhs::Packed(_) if one => panel.as_ptr().wrapping_add(k * nr),
+                    _ => std::ptr::null(),
+                };
+                panel_product(fk, a, m, k, panel, out, cols, then);
             }
         });
     }
@@ -193,19 +212,25 @@ impl Ctx<'_> {
             let img = &x[ni * c * h * wd..(ni + 1) * c * h * wd];
             let rows = &mut scratch.patches[..pixels * k];
             patches(img, s, rows);
-            let (ap, yp) = (Shared(rows.as_mut_ptr()), Shared(y.as_mut_ptr()));
+            let lhs = &mut scratch.lhs[..packed_lhs_len(self.fk, pixels, k)];
+            // SAFETY: `rows` is [pixels, k].
+            unsafe {
+                let src = Lhs {
+                    ptr: rows.as_ptr(),
+                    rs: k,
+                    ks: 1,
+                };
+                pack_lhs(self.fk, src, pixels, k, lhs);
+            }
+            let lhs: &[f32] = lhs;
+            let yp = Shared(y.as_mut_ptr());
             let fk = self.fk;
             self.pool.run_sized(pixels * k * o, panels, &|p, _| {
                 let cols = (o - p * nr).min(nr);
-                // SAFETY: `rows` is [pixels, k]; the panel holds k·nr values; each task writes
+                // SAFETY: `lhs` is `rows` packed; the panel holds k·nr values; each task writes
                 // output channels p·nr.. of this image (row i = pixel, column j = channel, so
                 // element (i, j) lands at channel·pixels + pixel: NCHW), no two tasks the same.
                 unsafe {
-                    let lhs = Lhs {
-                        ptr: ap.get(),
-                        rs: k,
-                        ks: 1,
-                    };
                     let out = Out {
                         ptr: yp.get().add(ni * o * pixels + p * nr * pixels),
                         rs: 1,
@@ -219,6 +244,7 @@ impl Ctx<'_> {
                         &w[p * k * nr..(p + 1) * k * nr],
                         out,
                         cols,
+                        std::ptr::null(),
                     );
                 }
             });
