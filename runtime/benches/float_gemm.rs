@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edgefuse_runtime::plan::float_gemm::{
-    pack_lhs, pack_panel, packed_lhs_len, panel_product, Lhs, Out, Rhs,
+    pack_lhs, pack_panel, packed_lhs_len, panel_product, Left, Lhs, Out, Rhs,
 };
 use edgefuse_runtime::plan::FloatKernel;
 
@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
                                 unsafe {
                                     panel_product(
                                         kernel,
-                                        &lhs,
+                                        Left::Packed(&lhs),
                                         m,
                                         k,
                                         &packed[p * k * nr..(p + 1) * k * nr],

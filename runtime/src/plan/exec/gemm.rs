@@ -203,7 +203,7 @@ pub unsafe fn pack_lhs(kernel: FloatKernel, a: Lhs, m: usize, k: usize, dst: &mu
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn panel_product(
     kernel: FloatKernel,
-    a: &[f32],
+    a: Left<'_>,
     m: usize,
     k: usize,
     panel: &[f32],
@@ -213,7 +213,9 @@ pub unsafe fn panel_product(
 ) {
     let (mr, nr) = (kernel.mr(), kernel.nr());
     debug_assert!(panel.len() >= k * nr && cols <= nr);
-    debug_assert!(a.len() >= packed_lhs_len(kernel, m, k));
+    if let Left::Packed(a) = a {
+        debug_assert!(a.len() >= packed_lhs_len(kernel, m, k));
+    }
     // At least one pass, so that k = 0 stores zeros.
     let passes = k.div_ceil(KC).max(1);
     for pass in 0..passes {
@@ -228,8 +230,26 @@ pub unsafe fn panel_product(
             if rows == 0 {
                 continue;
             }
+            let (a, packed) = match a {
+                Left::Packed(d) => (
+                    Lhs {
+                        ptr: d.as_ptr().add(b * k * mr + k0 * mr),
+                        rs: 1,
+                        ks: mr,
+                    },
+                    true,
+                ),
+                Left::Strided(l) => (
+                    Lhs {
+                        ptr: l.ptr.add(r0 * l.rs + k0 * l.ks),
+                        ..l
+                    },
+                    false,
+                ),
+            };
             let t = Tile {
-                a: a.as_ptr().add(b * k * mr + k0 * mr),
+                a,
+                packed,
                 k: kc,
                 b: panel.as_ptr().add(k0 * nr),
                 o: Out {
@@ -245,11 +265,23 @@ pub unsafe fn panel_product(
     }
 }
 
+/// The left operand of [`panel_product`].
+#[derive(Debug, Clone, Copy)]
+pub enum Left<'a> {
+    /// Packed by [`pack_lhs`]: worth it when many panels read it.
+    Packed(&'a [f32]),
+    /// Read in place (a product with one or two panels, where packing would cost as much as
+    /// it saves).
+    Strided(Lhs),
+}
+
 /// One register tile's work: `rows × cols` of `o` (continuing its sums when `add`) over `k`
-/// terms of packed `a` and panel `b`, prefetching `k·nr` floats at `pf` unless it is null.
+/// terms of `a` (a packed block when `packed`: rows 1 apart, terms `mr` apart) and panel `b`,
+/// prefetching `k·nr` floats at `pf` unless it is null.
 #[derive(Clone, Copy)]
 struct Tile {
-    a: *const f32,
+    a: Lhs,
+    packed: bool,
     k: usize,
     b: *const f32,
     o: Out,
@@ -261,8 +293,9 @@ struct Tile {
 unsafe fn tile(kernel: FloatKernel, rows: usize, t: Tile) {
     macro_rules! by_rows {
         ($f:ident: $($r:literal)*) => {
-            match rows {
-                $($r => $f::<$r>(t),)*
+            match (rows, t.packed) {
+                $(($r, true) => $f::<$r, true>(t),
+                ($r, false) => $f::<$r, false>(t),)*
                 _ => unreachable!("row blocks are at most the kernel's height"),
             }
         };
@@ -301,7 +334,7 @@ unsafe fn load_row(o: Out, r: usize, vals: &mut [f32], cols: usize) {
     }
 }
 
-unsafe fn tile_scalar<const R: usize>(t: Tile) {
+unsafe fn tile_scalar<const R: usize, const P: bool>(t: Tile) {
     let Tile {
         a,
         k,
@@ -311,7 +344,12 @@ unsafe fn tile_scalar<const R: usize>(t: Tile) {
         add,
         ..
     } = t;
-    let mr = FloatKernel::Scalar.mr();
+    // Packed: strides known at compile time.
+    let (rs, ks) = if P {
+        (1, FloatKernel::Scalar.mr())
+    } else {
+        (a.rs, a.ks)
+    };
     let mut acc = [[0f32; 16]; R];
     if add {
         for (r, row) in acc.iter_mut().enumerate() {
@@ -321,7 +359,7 @@ unsafe fn tile_scalar<const R: usize>(t: Tile) {
     for kk in 0..k {
         let bk = std::slice::from_raw_parts(b.add(kk * 16), 16);
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = *a.add(kk * mr + r);
+            let av = *a.ptr.add(kk * ks + r * rs);
             for (c, bv) in row.iter_mut().zip(bk) {
                 *c += av * *bv;
             }
@@ -334,7 +372,7 @@ unsafe fn tile_scalar<const R: usize>(t: Tile) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize>(t: Tile) {
+unsafe fn tile_avx512<const R: usize, const P: bool>(t: Tile) {
     let Tile {
         a,
         k,
@@ -344,7 +382,12 @@ unsafe fn tile_avx512<const R: usize>(t: Tile) {
         add,
         ..
     } = t;
-    let mr = FloatKernel::Avx512.mr();
+    // Packed: strides known at compile time.
+    let (rs, ks) = if P {
+        (1, FloatKernel::Avx512.mr())
+    } else {
+        (a.rs, a.ks)
+    };
     let m0 = if cols >= 16 {
         0xffff
     } else {
@@ -382,9 +425,9 @@ unsafe fn tile_avx512<const R: usize>(t: Tile) {
         }
         let b0 = _mm512_loadu_ps(b.add(kk * 32));
         let b1 = _mm512_loadu_ps(b.add(kk * 32 + 16));
-        let ak = a.add(kk * mr);
+        let ak = a.ptr.add(kk * ks);
         for r in 0..R {
-            let av = _mm512_set1_ps(*ak.add(r));
+            let av = _mm512_set1_ps(*ak.add(r * rs));
             c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
             c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
         }
@@ -407,7 +450,7 @@ unsafe fn tile_avx512<const R: usize>(t: Tile) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const R: usize>(t: Tile) {
+unsafe fn tile_avx2<const R: usize, const P: bool>(t: Tile) {
     let Tile {
         a,
         k,
@@ -417,7 +460,12 @@ unsafe fn tile_avx2<const R: usize>(t: Tile) {
         add,
         ..
     } = t;
-    let mr = FloatKernel::Avx2.mr();
+    // Packed: strides known at compile time.
+    let (rs, ks) = if P {
+        (1, FloatKernel::Avx2.mr())
+    } else {
+        (a.rs, a.ks)
+    };
     let mut c0 = [_mm256_setzero_ps(); R];
     let mut c1 = [_mm256_setzero_ps(); R];
     if add {
@@ -434,9 +482,9 @@ unsafe fn tile_avx2<const R: usize>(t: Tile) {
         }
         let b0 = _mm256_loadu_ps(b.add(kk * 16));
         let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
-        let ak = a.add(kk * mr);
+        let ak = a.ptr.add(kk * ks);
         for r in 0..R {
-            let av = _mm256_set1_ps(*ak.add(r));
+            let av = _mm256_set1_ps(*ak.add(r * rs));
             c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
             c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
         }
@@ -457,7 +505,7 @@ unsafe fn tile_avx2<const R: usize>(t: Tile) {
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn tile_neon<const R: usize>(t: Tile) {
+unsafe fn tile_neon<const R: usize, const P: bool>(t: Tile) {
     let Tile {
         a,
         k,
@@ -468,7 +516,12 @@ unsafe fn tile_neon<const R: usize>(t: Tile) {
         ..
     } = t;
     use std::arch::aarch64::*;
-    let mr = FloatKernel::Neon.mr();
+    // Packed: strides known at compile time.
+    let (rs, ks) = if P {
+        (1, FloatKernel::Neon.mr())
+    } else {
+        (a.rs, a.ks)
+    };
     let mut c = [[vdupq_n_f32(0.0); 4]; R];
     let mut vals = [0f32; 16];
     if add {
@@ -487,9 +540,9 @@ unsafe fn tile_neon<const R: usize>(t: Tile) {
             vld1q_f32(bp.add(8)),
             vld1q_f32(bp.add(12)),
         ];
-        let ak = a.add(kk * mr);
+        let ak = a.ptr.add(kk * ks);
         for r in 0..R {
-            let av = *ak.add(r);
+            let av = *ak.add(r * rs);
             for q in 0..4 {
                 c[r][q] = vfmaq_n_f32(c[r][q], bv[q], av);
             }
@@ -563,52 +616,65 @@ mod tests {
                         .all(|(x, y)| x.to_bits() == y.to_bits()),
                     "{kernel:?} ({m},{k}): strided packing differs"
                 );
-                for p in 0..n.div_ceil(nr) {
-                    let cols = (n - p * nr).min(nr);
-                    // SAFETY: b is [k, n]; panel holds k·nr; c holds m·n·cs.
-                    unsafe {
-                        let src = Rhs {
-                            ptr: b.as_ptr(),
-                            sk: n,
-                            sn: 1,
-                        };
-                        pack_panel(src, k, p * nr, cols, nr, &mut panel);
-                        panel_product(
-                            kernel,
-                            &packed,
-                            m,
-                            k,
-                            &panel,
-                            Out {
-                                ptr: c.as_mut_ptr().add(p * nr * cs),
-                                rs: n * cs,
-                                cs,
-                            },
-                            cols,
-                            std::ptr::null(),
-                        );
+                for (way, left) in [
+                    ("packed", Left::Packed(&packed)),
+                    (
+                        "strided",
+                        Left::Strided(Lhs {
+                            ptr: a.as_ptr(),
+                            rs: k,
+                            ks: 1,
+                        }),
+                    ),
+                ] {
+                    c.fill(f32::NAN);
+                    for p in 0..n.div_ceil(nr) {
+                        let cols = (n - p * nr).min(nr);
+                        // SAFETY: b is [k, n]; panel holds k·nr; c holds m·n·cs.
+                        unsafe {
+                            let src = Rhs {
+                                ptr: b.as_ptr(),
+                                sk: n,
+                                sn: 1,
+                            };
+                            pack_panel(src, k, p * nr, cols, nr, &mut panel);
+                            panel_product(
+                                kernel,
+                                left,
+                                m,
+                                k,
+                                &panel,
+                                Out {
+                                    ptr: c.as_mut_ptr().add(p * nr * cs),
+                                    rs: n * cs,
+                                    cs,
+                                },
+                                cols,
+                                std::ptr::null(),
+                            );
+                        }
                     }
-                }
-                for i in 0..m {
-                    for j in 0..n {
-                        let want = (0..k).fold(0f32, |s, kk| {
-                            let (x, y) = (a[i * k + kk], b[kk * n + j]);
-                            if kernel == FloatKernel::Scalar {
-                                s + x * y
-                            } else {
-                                x.mul_add(y, s)
-                            }
-                        });
-                        let got = c[i * n * cs + j * cs];
-                        assert_eq!(got, want, "{kernel:?} ({m},{k},{n}) at ({i},{j})");
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want = (0..k).fold(0f32, |s, kk| {
+                                let (x, y) = (a[i * k + kk], b[kk * n + j]);
+                                if kernel == FloatKernel::Scalar {
+                                    s + x * y
+                                } else {
+                                    x.mul_add(y, s)
+                                }
+                            });
+                            let got = c[i * n * cs + j * cs];
+                            assert_eq!(got, want, "{kernel:?} {way} ({m},{k},{n}) at ({i},{j})");
+                        }
                     }
+                    let written = m * n;
+                    assert_eq!(
+                        c.iter().filter(|v| !v.is_nan()).count(),
+                        written,
+                        "{kernel:?} {way}: writes outside C"
+                    );
                 }
-                let written = m * n;
-                assert_eq!(
-                    c.iter().filter(|v| !v.is_nan()).count(),
-                    written,
-                    "{kernel:?}: writes outside C"
-                );
             }
             checked.push(kernel);
         }

@@ -3,7 +3,13 @@
 
 use edgefuse_models::quant::gemm::{self as int8, Kernel, PackedWeights, PANEL};
 
-use super::gemm::{pack_lhs, pack_panel, packed_lhs_len, panel_product, Lhs, Out, Rhs as Src};
+use super::gemm::{
+    pack_lhs, pack_panel, packed_lhs_len, panel_product, Left, Lhs, Out, Rhs as Src,
+};
+
+/// Fewest column panels for which a product packs its left operand (the copy costs about as
+/// much as one panel's product reading it in place).
+const MIN_PANELS_TO_PACK: usize = 4;
 use super::{ops, Ctx, Loc, Op, Rhs, Scratch, Shared};
 use crate::plan::ir::{Conv2d, MatMul, UnOp};
 
@@ -126,10 +132,17 @@ impl Ctx<'_> {
         let [b0, b1] = s.batch.map(|d| d as usize);
         let st = |v: [i32; 4]| v.map(|d| d as usize);
         let (sa, sb, sc) = (st(s.sa), st(s.sb), st(s.sc));
-        // Every batch's left operand packed once, before the tasks share it.
-        let plen = packed_lhs_len(self.fk, m, k);
+        // Every batch's left operand packed once, before the tasks share it, when enough panels
+        // read it to repay the copy (linear layers: 16 or more; attention's products have
+        // one or two and read it in place).
+        let packed = panels >= MIN_PANELS_TO_PACK;
+        let plen = if packed {
+            packed_lhs_len(self.fk, m, k)
+        } else {
+            0
+        };
         let lhs = &mut scratch.lhs[..b0 * b1 * plen];
-        for (batch, dst) in lhs.chunks_exact_mut(plen).enumerate() {
+        for (batch, dst) in lhs.chunks_exact_mut(plen.max(1)).enumerate() {
             let (i0, i1) = (batch / b1, batch % b1);
             // SAFETY: the batch's rows and columns lie in `a` (offsets from the step's own
             // geometry, derived from the buffers' shapes by the lowering).
@@ -143,7 +156,7 @@ impl Ctx<'_> {
             }
         }
         let lhs: &[f32] = lhs;
-        let yp = Shared(y.as_mut_ptr());
+        let (ap, yp) = (Shared(a.as_ptr() as *mut f32), Shared(y.as_mut_ptr()));
         let live = live.map(|l| Shared(l.as_ptr() as *mut f32));
         let pack = Shared(scratch.pack.as_mut_ptr());
         let (fk, pack_len) = (self.fk, scratch.pack_len);
@@ -189,7 +202,15 @@ impl Ctx<'_> {
                     rs: sc[2],
                     cs: sc[3],
                 };
-                let a = &lhs[batch * plen..(batch + 1) * plen];
+                let a = if packed {
+                    Left::Packed(&lhs[batch * plen..(batch + 1) * plen])
+                } else {
+                    Left::Strided(Lhs {
+                        ptr: ap.get().add(i0 * sa[0] + i1 * sa[1]),
+                        rs: sa[2],
+                        ks: sa[3],
+                    })
+                };
                 // One thread takes the panels in order: the next one follows this one.
                 let then = match b {
                     Rhs::Packed(_) if one => panel.as_ptr().wrapping_add(k * nr),
@@ -238,7 +259,7 @@ impl Ctx<'_> {
                     };
                     panel_product(
                         fk,
-                        lhs,
+                        Left::Packed(lhs),
                         pixels,
                         k,
                         &w[p * k * nr..(p + 1) * k * nr],
