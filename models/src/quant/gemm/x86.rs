@@ -66,12 +66,23 @@ pub(super) unsafe fn gemm_rows(
 ) {
     let kq = w.kp / 4;
     let (first, m) = (rows.start, rows.len());
+    let total = w.panels();
     for p in panels.clone() {
         let b = w.data.as_ptr().add(p * kq * QUAD);
+        // The weights come from memory (a model's layers do not stay in the caches): the next
+        // panel is prefetched while the first row block runs over this one. It is the next
+        // this thread takes when it runs the panels in order; on several threads another core
+        // may take it and find it in this core's cache.
+        let next = if p + 1 < total {
+            b.add(kq * QUAD)
+        } else {
+            std::ptr::null()
+        };
         let corr = w.offset_correction.as_ptr().add(p * PANEL);
         let c0 = p * PANEL;
         let cols = (w.n - c0).min(PANEL);
-        for (r0, rows) in row_blocks(m, 12) {
+        for (blk, (r0, rows)) in row_blocks(m, 12).enumerate() {
+            let pf = if blk == 0 { next } else { std::ptr::null() };
             let r0 = first + r0;
             let ap = a.as_ptr().add(r0 * w.kp);
             let out = Out {
@@ -82,7 +93,7 @@ pub(super) unsafe fn gemm_rows(
             macro_rules! tile {
                 ($($r:literal)*) => {
                     match rows {
-                        $($r => tile_zmm::<$r>(ap, w.kp, b, kq, corr, out),)*
+                        $($r => tile_zmm::<$r>(ap, w.kp, b, kq, corr, out, pf),)*
                         _ => unreachable!("row blocks hold 1..=12 rows"),
                     }
                 };
@@ -101,9 +112,16 @@ unsafe fn tile_zmm<const MR: usize>(
     kq: usize,
     corr: *const i32,
     out: Out,
+    pf: *const i8,
 ) {
     let mut c = [[_mm512_setzero_si512(); 2]; MR];
     for q in 0..kq {
+        if !pf.is_null() {
+            // Two cache lines of the next panel per quad of this one.
+            let p = pf.add(q * QUAD);
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+        }
         let w0 = _mm512_loadu_si512(b.add(q * QUAD) as *const _);
         let w1 = _mm512_loadu_si512(b.add(q * QUAD + 64) as *const _);
         for (r, cr) in c.iter_mut().enumerate() {
