@@ -400,7 +400,7 @@ fn gemm_scalar_cols(a: &[u8], m: usize, w: &PackedWeights, acc: &mut [i32], cols
 
 /// Split `m` rows into blocks of at most `max` rows, as even as possible (50 → 5 × 10, not
 /// 4 × 12 + 2): `(first row, rows)`.
-pub(crate) fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+pub fn row_blocks(m: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
     let blocks = m.div_ceil(max).max(1);
     let (base, extra) = (m / blocks, m % blocks);
     (0..blocks).scan(0, move |start, b| {

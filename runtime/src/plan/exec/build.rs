@@ -364,7 +364,7 @@ impl CpuPlan {
             outputs,
             pool,
             fk,
-            scratch: Scratch {
+            scratch: Box::new(Scratch {
                 pack: vec![0.0; pack_len * threads],
                 pack_len,
                 qa: vec![128; qa_len],
@@ -372,7 +372,7 @@ impl CpuPlan {
                 lhs: vec![0.0; lhs_len],
                 acc: vec![0; acc_len * threads],
                 acc_len,
-            },
+            }),
         };
         me.check_disjoint()?;
         Ok(me)

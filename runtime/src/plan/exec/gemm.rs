@@ -1,16 +1,22 @@
 //! f32 matrix products for the CPU executor: `C[m, n] = A[m, k] · B[k, n]` with `B` packed in
-//! column panels (`[panel][k][nr]`, zero-padded) and `A` read in place through its strides.
+//! column panels (`[panel][k][nr]`, zero-padded) and `A` packed per step into row blocks
+//! ([`pack_lhs`]) when several panels read it, or read in place through its strides.
 //!
 //! A panel is the unit of work (and of threading): constant weights are packed once when the
 //! plan is built; a product of two activations (attention) packs each panel into per-thread
 //! scratch just before using it. The micro-kernels keep a row block × panel of sums in
-//! registers for the whole contraction: AVX-512 12 × 32, AVX2+FMA 6 × 16, NEON 6 × 16, and a
-//! portable 4 × 16. Every kernel sums in the same order (k ascending; one fused multiply-add
-//! per term, the portable kernel a multiply and an add), so the result does not depend on how the
-//! work is split among threads.
+//! registers: AVX-512 12 × 32, AVX2+FMA 6 × 16, NEON 6 × 16, and a portable 4 × 16, over passes
+//! of [`KC`] terms (a panel's slice stays in L1 across the row blocks; the next slice is
+//! prefetched, since a model's weights come from memory). Every kernel sums in the same order
+//! (k ascending; one fused multiply-add per term, the portable kernel a multiply and an add;
+//! a pass continues from the sums the previous one stored), so the result does not depend on
+//! how the work is split among threads.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+// Row blocks balanced as the int8 kernels balance theirs (50 rows of 12 at most: 5 × 10).
+use edgefuse_models::quant::gemm::row_blocks;
 
 /// A float micro-kernel family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,19 +148,6 @@ pub unsafe fn pack_panel(src: Rhs, k: usize, j0: usize, cols: usize, nr: usize, 
 /// continues the sums from `C`. Splitting the contraction keeps the order of the terms (k
 /// ascending, one rounding per term), so the result is the same as one pass.
 const KC: usize = 256;
-
-/// The row blocks of an `m`-row left operand: balanced sizes, each at most `mr` rows (50 rows
-/// with `mr` = 12 are five blocks of 10, not four of 12 and one of 2). `(first row, rows)`.
-pub fn row_blocks(m: usize, mr: usize) -> impl Iterator<Item = (usize, usize)> {
-    let blocks = m.div_ceil(mr).max(1);
-    let (base, extra) = (m / blocks, m % blocks);
-    (0..blocks).scan(0, move |r0, b| {
-        let rows = base + usize::from(b < extra);
-        let at = *r0;
-        *r0 += rows;
-        Some((at, rows))
-    })
-}
 
 /// Floats [`pack_lhs`] writes for an `m × k` left operand.
 pub fn packed_lhs_len(kernel: FloatKernel, m: usize, k: usize) -> usize {

@@ -166,7 +166,8 @@ pub struct CpuPlan {
     outputs: Vec<Loc>,
     pool: Arc<Pool>,
     fk: FloatKernel,
-    scratch: Scratch,
+    // Boxed: the engine enum holding a plan stays small (clippy::large_enum_variant).
+    scratch: Box<Scratch>,
 }
 
 /// Working memory of the kernels, sized at build.
@@ -282,7 +283,7 @@ impl CpuPlan {
             pool: &self.pool,
             fk: self.fk,
         };
-        let scratch = &mut self.scratch;
+        let scratch = &mut *self.scratch;
         for op in &self.ops {
             around(op, &mut || ctx.exec(op, base, scratch));
         }
