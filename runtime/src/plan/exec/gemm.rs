@@ -280,6 +280,8 @@ struct Tile {
     o: Out,
     cols: usize,
     add: bool,
+    // Read by the x86-64 kernels; the NEON and portable ones do not prefetch (yet).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pf: *const f32,
 }
 
