@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--calibrators", nargs="+", default=["MinMax"], choices=["MinMax", "Entropy", "Percentile"])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, os.cpu_count()])
+    ap.add_argument("--keep", help="folder for the quantized models: reused when there, written when not")
     args = ap.parse_args()
 
     m = tomllib.load(open(os.path.join(args.bundle, "bundle.toml"), "rb"))
@@ -134,7 +135,9 @@ def main():
             r.update({"accuracy_f32": right32 / n_lab, "accuracy": right / n_lab, "labelled": n_lab})
         return r
 
-    tmp = tempfile.mkdtemp(prefix="ortq-")
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    tmp = args.keep or tempfile.mkdtemp(prefix="ortq-")
     models = {"encoder": (enc_path, enc_in, xs)}
     if toks:
         q = m["qformer"]
@@ -142,20 +145,32 @@ def main():
     for name, (path, inp, data) in models.items():
         variants = {"ort-f32": path}
         dyn = os.path.join(tmp, f"{name}-dynamic.onnx")
-        quantize_dynamic(path, dyn, weight_type=QuantType.QInt8, per_channel=True)
+        if not os.path.exists(dyn):
+            quantize_dynamic(path, dyn + ".tmp", weight_type=QuantType.QInt8, per_channel=True)
+            os.replace(dyn + ".tmp", dyn)
         variants["ort-int8-dynamic"] = dyn
         for c in args.calibrators:
             out = os.path.join(tmp, f"{name}-static-{c}.onnx")
+            if os.path.exists(out):
+                variants[f"ort-int8-static-{c}"] = out
+                continue
+            if os.path.exists(out + ".failed"):  # a calibrator that failed in an earlier round
+                print(open(out + ".failed").read().strip(), flush=True)
+                continue
             t0 = time.time()
             try:
-                quantize_static(path, out, Reader(inp, data), quant_format=QuantFormat.QDQ, per_channel=True,
+                quantize_static(path, out + ".tmp", Reader(inp, data), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=getattr(CalibrationMethod, c),
                                 extra_options={"ActivationSymmetric": True})
             except Exception as e:  # e.g. an attention mask's -inf defeats a calibrator
-                print(json.dumps({"bundle": args.bundle, "model": name, "variant": f"ort-int8-static-{c}",
-                                  "error": f"{type(e).__name__}: {e}"}), flush=True)
+                line = json.dumps({"bundle": args.bundle, "model": name, "variant": f"ort-int8-static-{c}",
+                                   "error": f"{type(e).__name__}: {e}"})
+                print(line, flush=True)
+                if args.keep:
+                    open(out + ".failed", "w").write(line + "\n")
                 continue
+            os.replace(out + ".tmp", out)
             print(json.dumps({"model": name, "quantize_static": c, "seconds": round(time.time() - t0, 1)}),
                   file=sys.stderr)
             variants[f"ort-int8-static-{c}"] = out
