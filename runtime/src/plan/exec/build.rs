@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use edgefuse_models::quant::gemm::Kernel;
 
-use super::gemm::{pack_panel, packed_lhs_len, FloatKernel, Rhs as Src};
+use super::gemm::{pack_panel, packed_lhs_len, packs_lhs, FloatKernel, Rhs as Src};
 use super::ops::{BinGeo, PermGeo};
 use super::{op_locs, unsupported, CpuPlan, Loc, Op, Rhs, Scratch, ALIGN};
 use crate::plan::ir::{MatMul, Plan, Step};
@@ -245,8 +245,10 @@ impl CpuPlan {
                 },
                 Step::MatMul { a, b, out, shape } => {
                     let k = shape.k as usize;
-                    let batches = (shape.batch[0] * shape.batch[1]) as usize;
-                    lhs_len = lhs_len.max(batches * packed_lhs_len(fk, shape.m as usize, k));
+                    if packs_lhs(fk, shape.n as usize) {
+                        let batches = (shape.batch[0] * shape.batch[1]) as usize;
+                        lhs_len = lhs_len.max(batches * packed_lhs_len(fk, shape.m as usize, k));
+                    }
                     let rhs = match &plan.buffers[*b].init {
                         Some(data) => Rhs::Packed(pack_rhs(data, shape, fk.nr())?),
                         None => {

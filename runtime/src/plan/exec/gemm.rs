@@ -149,6 +149,17 @@ pub unsafe fn pack_panel(src: Rhs, k: usize, j0: usize, cols: usize, nr: usize, 
 /// ascending, one rounding per term), so the result is the same as one pass.
 const KC: usize = 256;
 
+/// Fewest column panels for which a product packs its left operand: the copy costs about as
+/// much as one panel's product reading it in place (attention's products have one or two
+/// panels, linear layers 16 or more).
+const MIN_PANELS_TO_PACK: usize = 4;
+
+/// Whether a product with `n` output columns packs its left operand ([`pack_lhs`]) rather than
+/// reading it in place ([`Left::Strided`]).
+pub fn packs_lhs(kernel: FloatKernel, n: usize) -> bool {
+    n.div_ceil(kernel.nr()) >= MIN_PANELS_TO_PACK
+}
+
 /// Floats [`pack_lhs`] writes for an `m × k` left operand.
 pub fn packed_lhs_len(kernel: FloatKernel, m: usize, k: usize) -> usize {
     m.div_ceil(kernel.mr()).max(1) * k * kernel.mr()
@@ -156,7 +167,7 @@ pub fn packed_lhs_len(kernel: FloatKernel, m: usize, k: usize) -> usize {
 
 /// Pack the left operand for `kernel`: row block `b` ([`row_blocks`]) at `b·k·mr`, its element
 /// `(r, kk)` at `kk·mr + r`, so the micro-kernel reads one contiguous stream (a strided `A`
-/// would need a pointer per row, and rows 4 KiB apart share one L1 set).
+/// needs a pointer per row, and rows a multiple of 4 KiB apart share one L1 set).
 ///
 /// # Safety
 /// `a` must address `m × k` readable elements; `dst` holds [`packed_lhs_len`] floats.
@@ -182,7 +193,7 @@ pub unsafe fn pack_lhs(kernel: FloatKernel, a: Lhs, m: usize, k: usize, dst: &mu
 }
 
 /// `C[0..m, 0..cols] = A[0..m, 0..k] · panel` for one packed panel, `A` packed by
-/// [`pack_lhs`].
+/// [`pack_lhs`] or read in place.
 ///
 /// Weights come from memory (a model's layers do not stay in the caches): while the first row
 /// block runs over one pass's slice of the panel, the next slice is prefetched, and during the
@@ -190,7 +201,8 @@ pub unsafe fn pack_lhs(kernel: FloatKernel, a: Lhs, m: usize, k: usize, dst: &mu
 /// prefetch never faults, so `then` may be any address.
 ///
 /// # Safety
-/// The CPU must run `kernel`; `a` holds [`packed_lhs_len`]`(kernel, m, k)` floats, `out` must
+/// The CPU must run `kernel`; a packed `a` holds [`packed_lhs_len`]`(kernel, m, k)` floats, a
+/// strided one addresses `m × k` readable elements; `out` must
 /// address `m × cols` writable elements not read by anyone else meanwhile; `panel` holds
 /// `k·kernel.nr()` values and `cols ≤ nr`.
 #[allow(clippy::too_many_arguments)]
@@ -261,10 +273,10 @@ pub unsafe fn panel_product(
 /// The left operand of [`panel_product`].
 #[derive(Debug, Clone, Copy)]
 pub enum Left<'a> {
-    /// Packed by [`pack_lhs`]: worth it when many panels read it.
+    /// Packed by [`pack_lhs`]: worth it when many panels read it ([`packs_lhs`]).
     Packed(&'a [f32]),
-    /// Read in place (a product with one or two panels, where packing would cost as much as
-    /// it saves).
+    /// Read in place (a product with few panels, where packing would cost as much as it
+    /// saves).
     Strided(Lhs),
 }
 

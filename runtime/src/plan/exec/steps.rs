@@ -4,12 +4,8 @@
 use edgefuse_models::quant::gemm::{self as int8, Kernel, PackedWeights, PANEL};
 
 use super::gemm::{
-    pack_lhs, pack_panel, packed_lhs_len, panel_product, Left, Lhs, Out, Rhs as Src,
+    pack_lhs, pack_panel, packed_lhs_len, packs_lhs, panel_product, Left, Lhs, Out, Rhs as Src,
 };
-
-/// Fewest column panels for which a product packs its left operand (the copy costs about as
-/// much as one panel's product reading it in place).
-const MIN_PANELS_TO_PACK: usize = 4;
 use super::{ops, Ctx, Loc, Op, Rhs, Scratch, Shared};
 use crate::plan::ir::{Conv2d, MatMul, UnOp};
 
@@ -133,29 +129,26 @@ impl Ctx<'_> {
         let st = |v: [i32; 4]| v.map(|d| d as usize);
         let (sa, sb, sc) = (st(s.sa), st(s.sb), st(s.sc));
         // Every batch's left operand packed once, before the tasks share it, when enough panels
-        // read it to repay the copy (linear layers: 16 or more; attention's products have
-        // one or two and read it in place).
-        let packed = panels >= MIN_PANELS_TO_PACK;
-        let plen = if packed {
-            packed_lhs_len(self.fk, m, k)
-        } else {
-            0
-        };
-        let lhs = &mut scratch.lhs[..b0 * b1 * plen];
-        for (batch, dst) in lhs.chunks_exact_mut(plen.max(1)).enumerate() {
-            let (i0, i1) = (batch / b1, batch % b1);
-            // SAFETY: the batch's rows and columns lie in `a` (offsets from the step's own
-            // geometry, derived from the buffers' shapes by the lowering).
-            unsafe {
-                let src = Lhs {
-                    ptr: a.as_ptr().add(i0 * sa[0] + i1 * sa[1]),
-                    rs: sa[2],
-                    ks: sa[3],
-                };
-                pack_lhs(self.fk, src, m, k, dst);
+        // read it to repay the copy; otherwise the tasks read it in place.
+        let packed = packs_lhs(self.fk, n);
+        let plen = packed_lhs_len(self.fk, m, k);
+        if packed {
+            let lhs = &mut scratch.lhs[..b0 * b1 * plen];
+            for (batch, dst) in lhs.chunks_exact_mut(plen).enumerate() {
+                let (i0, i1) = (batch / b1, batch % b1);
+                // SAFETY: the batch's rows and columns lie in `a` (offsets from the step's own
+                // geometry, derived from the buffers' shapes by the lowering).
+                unsafe {
+                    let src = Lhs {
+                        ptr: a.as_ptr().add(i0 * sa[0] + i1 * sa[1]),
+                        rs: sa[2],
+                        ks: sa[3],
+                    };
+                    pack_lhs(self.fk, src, m, k, dst);
+                }
             }
         }
-        let lhs: &[f32] = lhs;
+        let lhs: &[f32] = &scratch.lhs;
         let (ap, yp) = (Shared(a.as_ptr() as *mut f32), Shared(y.as_mut_ptr()));
         let live = live.map(|l| Shared(l.as_ptr() as *mut f32));
         let pack = Shared(scratch.pack.as_mut_ptr());
