@@ -108,7 +108,7 @@ pub(super) unsafe fn gemm(
     }
     if full < m {
         // The last rows on the VNNI kernel, offset to start at row `full`.
-        super::x86::gemm_rows(a, full..m, w, acc, panels);
+        super::x86::gemm_rows(a, full..m, w, acc, panels, 0);
     }
 }
 

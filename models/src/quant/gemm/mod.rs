@@ -324,6 +324,24 @@ pub fn gemm_panels(
     acc: &mut [i32],
     panels: Range<usize>,
 ) {
+    gemm_panels_ahead(kernel, a, m, w, acc, panels, 1)
+}
+
+/// [`gemm_panels`] for a caller that takes panel `panels.end - 1 + ahead` next (a thread of `T`
+/// taking every `T`-th panel: `ahead = T`; 0 when it takes none): the kernels that prefetch
+/// weights fetch that panel while running the range's last. Only the speed depends on it.
+pub fn gemm_panels_ahead(
+    kernel: Kernel,
+    a: &[u8],
+    m: usize,
+    w: &PackedWeights,
+    acc: &mut [i32],
+    panels: Range<usize>,
+    ahead: usize,
+) {
+    // Only the x86-64 kernels prefetch.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ahead;
     assert!(
         a.len() >= m * w.kp && acc.len() >= m * w.n,
         "gemm buffer sizes"
@@ -365,7 +383,7 @@ pub fn gemm_panels(
             );
             // SAFETY: the CPU has the kernel's features (checked above); buffer sizes and the
             // panel range were asserted above and the weights' width fits the kernel.
-            unsafe { x86::gemm(kernel, a, m, w, acc, panels) }
+            unsafe { x86::gemm(kernel, a, m, w, acc, panels, ahead) }
         }
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon | Kernel::Sdot => {

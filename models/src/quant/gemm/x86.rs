@@ -24,9 +24,10 @@ pub(super) unsafe fn gemm(
     w: &PackedWeights,
     acc: &mut [i32],
     panels: Range<usize>,
+    ahead: usize,
 ) {
     match kernel {
-        Kernel::Avx512Vnni | Kernel::Amx => gemm_avx512vnni(a, m, w, acc, panels),
+        Kernel::Avx512Vnni | Kernel::Amx => gemm_avx512vnni(a, m, w, acc, panels, ahead),
         Kernel::AvxVnni => gemm_avxvnni(a, m, w, acc, panels),
         _ => gemm_avx2(a, m, w, acc, panels),
     }
@@ -40,6 +41,14 @@ struct Out {
     cols: usize,
 }
 
+/// Cache lines to prefetch during one tile: `lines` from `at` (none when 0; a prefetch never
+/// faults, so `at` may be any address).
+#[derive(Clone, Copy)]
+struct Prefetch {
+    at: *const i8,
+    lines: usize,
+}
+
 /// AVX-512 VNNI: up to 12 rows × 32 columns in 24 zmm accumulators; per k-quad two weight
 /// loads, one broadcast per row and two `vpdpbusd` per row (64 MACs each, no saturation).
 unsafe fn gemm_avx512vnni(
@@ -48,8 +57,9 @@ unsafe fn gemm_avx512vnni(
     w: &PackedWeights,
     acc: &mut [i32],
     panels: Range<usize>,
+    ahead: usize,
 ) {
-    gemm_rows(a, 0..m, w, acc, panels)
+    gemm_rows(a, 0..m, w, acc, panels, ahead)
 }
 
 /// The AVX-512 VNNI kernel on rows `rows` of `a` and `acc` only (also AMX's last rows).
@@ -63,26 +73,35 @@ pub(super) unsafe fn gemm_rows(
     w: &PackedWeights,
     acc: &mut [i32],
     panels: Range<usize>,
+    ahead: usize,
 ) {
     let kq = w.kp / 4;
     let (first, m) = (rows.start, rows.len());
     let total = w.panels();
     for p in panels.clone() {
         let b = w.data.as_ptr().add(p * kq * QUAD);
-        // The weights come from memory (a model's layers do not stay in the caches): the next
-        // panel is prefetched while the first row block runs over this one. It is the next
-        // this thread takes when it runs the panels in order; on several threads another core
-        // may take it and find it in this core's cache.
-        let next = if p + 1 < total {
-            b.add(kq * QUAD)
+        // The weights come from memory (a model's layers do not stay in the caches): the panel
+        // this thread takes next is prefetched while it runs over this one: the next in the
+        // range, after the range's last the one `ahead` further (see [`super::gemm_panels_ahead`]).
+        let to = if p + 1 < panels.end { p + 1 } else { p + ahead };
+        let next = if ahead > 0 && to < total {
+            w.data.as_ptr().add(to * kq * QUAD)
         } else {
             std::ptr::null()
         };
         let corr = w.offset_correction.as_ptr().add(p * PANEL);
         let c0 = p * PANEL;
         let cols = (w.n - c0).min(PANEL);
+        // The next panel's cache lines, shared evenly among the row blocks so that the memory
+        // stream runs during the whole panel rather than in a burst under the first block;
+        // into L2, since a panel (up to 96 KiB for K = 3072) does not fit L1 beside this one.
+        let lines = if next.is_null() { 0 } else { kq * QUAD / 64 };
+        let blocks = row_blocks(m, 12).count().max(1);
         for (blk, (r0, rows)) in row_blocks(m, 12).enumerate() {
-            let pf = if blk == 0 { next } else { std::ptr::null() };
+            let pf = Prefetch {
+                at: next.wrapping_add(blk * lines / blocks * 64),
+                lines: (blk + 1) * lines / blocks - blk * lines / blocks,
+            };
             let r0 = first + r0;
             let ap = a.as_ptr().add(r0 * w.kp);
             let out = Out {
@@ -112,15 +131,17 @@ unsafe fn tile_zmm<const MR: usize>(
     kq: usize,
     corr: *const i32,
     out: Out,
-    pf: *const i8,
+    pf: Prefetch,
 ) {
     let mut c = [[_mm512_setzero_si512(); 2]; MR];
+    let (mut at, mut due) = (pf.at, 0usize);
     for q in 0..kq {
-        if !pf.is_null() {
-            // Two cache lines of the next panel per quad of this one.
-            let p = pf.add(q * QUAD);
-            _mm_prefetch::<_MM_HINT_T0>(p);
-            _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+        // `pf.lines` cache lines spread evenly over the `kq` steps.
+        due += pf.lines;
+        while due >= kq {
+            due -= kq;
+            _mm_prefetch::<_MM_HINT_T1>(at);
+            at = at.wrapping_add(64);
         }
         let w0 = _mm512_loadu_si512(b.add(q * QUAD) as *const _);
         let w1 = _mm512_loadu_si512(b.add(q * QUAD + 64) as *const _);

@@ -156,7 +156,11 @@ impl Ctx<'_> {
         // Work in multiply-adds: small products stay on this thread.
         let work = b0 * b1 * m * n * k;
         let tasks = b0 * b1 * panels;
-        let one = self.pool.runs_here(work);
+        let ahead = if self.pool.runs_here(work) {
+            1
+        } else {
+            self.pool.threads()
+        };
         self.pool.run_sized(work, tasks, &|task, worker| {
             let (batch, p) = (task / panels, task % panels);
             let (i0, i1) = (batch / b1, batch % b1);
@@ -204,9 +208,13 @@ impl Ctx<'_> {
                         ks: sa[3],
                     })
                 };
-                // One thread takes the panels in order: the next one follows this one.
+                // The panel this thread most likely takes next: the next one when it runs
+                // alone, else the one a round of claims ahead (a guess: a prefetch never
+                // faults, a wrong one costs only bandwidth).
                 let then = match b {
-                    Rhs::Packed(_) if one => panel.as_ptr().wrapping_add(k * nr),
+                    Rhs::Packed(_) if task + ahead < tasks => {
+                        panel.as_ptr().wrapping_add(ahead * k * nr)
+                    }
                     _ => std::ptr::null(),
                 };
                 panel_product(fk, a, m, k, panel, out, cols, then);
@@ -283,12 +291,18 @@ impl Ctx<'_> {
         let acc_len = scratch.acc_len;
         let n = w.n;
         let work = m * w.n * w.k;
+        // Claims go round the threads: each most likely takes the panel a round ahead next.
+        let ahead = if self.pool.runs_here(work) {
+            1
+        } else {
+            self.pool.threads()
+        };
         self.pool.run_sized(work, w.panels(), &|p, worker| {
             // SAFETY: each worker has its own accumulator region (`acc_len ≥ m·n`, sized at
             // build); each task writes the output columns of its own panel only.
             unsafe {
                 let acc = std::slice::from_raw_parts_mut(acc.get().add(worker * acc_len), m * n);
-                int8::gemm_panels(kernel, qa, m, w, acc, p..p + 1);
+                int8::gemm_panels_ahead(kernel, qa, m, w, acc, p..p + 1, ahead);
                 let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
                 let scales = &w.scales[c0..c1];
                 for i in 0..m {
