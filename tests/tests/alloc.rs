@@ -45,7 +45,13 @@ fn frame_counts() -> (u64, u64) {
     }
 }
 
-fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec, engine: EngineChoice) -> [u64; 4] {
+fn measure(
+    bundle: &Bundle,
+    uri: &str,
+    trigger: TriggerSpec,
+    engine: EngineChoice,
+    trained: bool,
+) -> [u64; 4] {
     let (frames, warmup) = frame_counts();
     // A region of interest rides in the URI (`roi=`), as `run` takes it.
     let (open_uri, roi) = edgefuse_runtime::preprocess::split_uri(uri).expect("roi");
@@ -109,7 +115,11 @@ fn measure(bundle: &Bundle, uri: &str, trigger: TriggerSpec, engine: EngineChoic
         summary.frames, frames,
         "{uri}: every frame after warm-up classified"
     );
-    assert!(events > 0, "{uri}: the decision emitted events");
+    // A bundle with random weights (scripts/bench-cpu's ViT-B/32 export, named by
+    // EDGEFUSE_ALLOC_BUNDLE) may never reach the decision's thresholds; the trained ones must.
+    if trained {
+        assert!(events > 0, "{uri}: the decision emitted events");
+    }
     [
         summary.frames,
         summary.allocations.0,
@@ -281,7 +291,13 @@ fn no_allocation_per_frame_in_the_whole_process() {
         None => println!("EDGEFUSE_ALLOC_BUNDLE not set: the ViT-B/32 bundle (scripts/bench-cpu exports one) is not measured here"),
     }
     for (name, b, uri, trigger) in cases {
-        let [frames, ours, engine, other] = measure(b, &uri, trigger, EngineChoice::Plan);
+        let [frames, ours, engine, other] = measure(
+            b,
+            &uri,
+            trigger,
+            EngineChoice::Plan,
+            name != "EDGEFUSE_ALLOC_BUNDLE",
+        );
         println!(
             "{name} bundle, {uri}: {frames} frames, allocations: pipeline {ours}, engine {engine}, other threads {other}"
         );
@@ -297,6 +313,7 @@ fn no_allocation_per_frame_in_the_whole_process() {
         &mnist,
         TriggerSpec::Continuous,
         EngineChoice::Tract,
+        true,
     );
     println!(
         "tract engine, {mnist}: {frames} frames, pipeline {ours}, engine {engine} ({:.1}/frame)",

@@ -163,7 +163,13 @@ fn named_bundle_plan_reproduces_tract() {
         return;
     };
     let bundle = Bundle::open(&path).unwrap();
-    let tol = if bundle.is_int8() { 1e-2 } else { 1e-4 };
+    // int8: where float sums in another order put an activation on the other side of a
+    // rounding boundary, one step (≈ 0.8 % of that tensor's range) moves the output, and
+    // ViT-B/32's 12 layers and the Q-Former's cross-attention carry it further than the default
+    // bundle's (3e-2 there): on scripts/bench-cpu's export 1.5 % of the range for the
+    // embedding and 3.7 % for one query value (1e-2 was too tight for it). A wrong kernel is
+    // off by the whole range.
+    let tol = if bundle.is_int8() { 6e-2 } else { 1e-4 };
     check(
         &bundle,
         &format!("{}", std::path::Path::new(&path).display()),

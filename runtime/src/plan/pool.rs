@@ -3,19 +3,41 @@
 //! allocated per call (the job is a borrowed closure; `Mutex`/`Condvar` are futexes on Linux), so
 //! the executor can use every core inside a zero-allocation frame.
 //!
-//! Workers spin briefly after a job before sleeping, so the many short jobs of one frame (one per
-//! matrix product) do not each pay a futex wake-up; between frames they sleep.
+//! Workers spin for a while ([`SPIN_TIME`]) after a job before sleeping, so the many short jobs
+//! of one frame (one per matrix product) do not each pay a futex wake-up; between frames they
+//! sleep.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A job: called with (task index, worker index); worker 0 is the caller of [`Pool::run`].
 type Job = dyn Fn(usize, usize) + Sync;
 
-/// Spin iterations before a worker or the caller sleeps.
-const SPIN: u32 = 1 << 11;
+/// How long a worker (or the caller, waiting for the last task) spins before it sleeps. A job
+/// that finds a worker asleep pays its wake-up: on a 2-vCPU VM a worker claimed its first task
+/// 35–46 µs after the job began when it slept after 33 µs of spinning, 1–2 µs when it spun for
+/// half a millisecond, long enough to cover the serial steps between one frame's parallel
+/// jobs. Between frames the workers sleep.
+const SPIN_TIME: Duration = Duration::from_micros(500);
+
+/// Spin until `ready()` (true) or until [`SPIN_TIME`] has passed (false).
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN_TIME {
+            return ready();
+        }
+    }
+}
 
 /// Multiply-adds below which [`Pool::run_sized`] keeps a job on the calling thread: about 20 µs
 /// of one core's work, several times a job's hand-off (a futex wake and cache-line transfers).
@@ -196,11 +218,7 @@ impl Pool {
                 mine = r;
             }
         }
-        let mut spins = 0;
-        while s.finished.load(Ordering::Acquire) < tasks && spins < SPIN {
-            std::hint::spin_loop();
-            spins += 1;
-        }
+        spin_until(|| s.finished.load(Ordering::Acquire) >= tasks);
         {
             let mut st = s.lock();
             while s.finished.load(Ordering::Acquire) < tasks {
@@ -231,11 +249,7 @@ fn worker(s: &Shared, id: usize) {
     let mut seen = 0u32;
     let generation = |s: &Shared| (s.claim.load(Ordering::Acquire) >> 32) as u32;
     loop {
-        let mut spins = 0;
-        while generation(s) == seen && spins < SPIN {
-            std::hint::spin_loop();
-            spins += 1;
-        }
+        spin_until(|| generation(s) != seen);
         let (job, tasks) = {
             let mut st = s.lock();
             while generation(s) == seen && !st.shutdown {

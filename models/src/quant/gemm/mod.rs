@@ -285,6 +285,11 @@ pub fn quantize_activations(
 fn quantize_row(row: &[f32], inv: f32, out: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present; `row` and `out` have the same length (the caller
+            // slices both to `k`), which is all the function reads and writes.
+            return unsafe { x86::quantize_row_avx512(row, inv, out) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present; `row` and `out` have the same length (the caller slices
             // both to `k`), which is all the function reads and writes.
@@ -619,6 +624,28 @@ mod tests {
         assert_eq!(&out[..8], &[128, 129, 127, 255, 129, 128, 128, 128]);
     }
 
+    /// Every x86-64 activation quantizer: its name, whether this CPU runs it, the function.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::type_complexity)]
+    fn x86_quantizers() -> [(
+        &'static str,
+        bool,
+        unsafe fn(&[f32], f32, &mut [u8]) -> usize,
+    ); 2] {
+        [
+            (
+                "AVX2",
+                std::arch::is_x86_feature_detected!("avx2"),
+                x86::quantize_row_avx2,
+            ),
+            (
+                "AVX-512F",
+                std::arch::is_x86_feature_detected!("avx512f"),
+                x86::quantize_row_avx512,
+            ),
+        ]
+    }
+
     #[test]
     fn vector_quantization_matches_the_scalar_definition() {
         // Ties (x.5), values just below ties, clipping on both sides, NaN, infinities, zeros,
@@ -652,7 +679,23 @@ mod tests {
                 let mut got = vec![0u8; len];
                 let cw = quantize_row_scalar(row, inv, &mut want);
                 let cg = quantize_row(row, inv, &mut got);
-                assert_eq!((got, cg), (want, cw), "len {len} inv {inv}");
+                assert_eq!((&got, cg), (&want, cw), "len {len} inv {inv}");
+                #[cfg(target_arch = "x86_64")]
+                for (isa, present, f) in x86_quantizers() {
+                    if !present {
+                        continue;
+                    }
+                    let mut got = vec![0u8; len];
+                    // SAFETY: the CPU has the quantizer's features; equal lengths.
+                    let cg = unsafe { f(row, inv, &mut got) };
+                    assert_eq!((&got, cg), (&want, cw), "{isa}: len {len} inv {inv}");
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        for (isa, present, _) in x86_quantizers() {
+            if !present {
+                println!("{isa} quantizer not checked: this CPU lacks it");
             }
         }
         let mut want = vec![0u8; x.len()];

@@ -84,7 +84,7 @@ pub(super) unsafe fn gemm_rows(
         // this thread takes next is prefetched while it runs over this one: the next in the
         // range, after the range's last the one `ahead` further (see [`super::gemm_panels_ahead`]).
         let to = if p + 1 < panels.end { p + 1 } else { p + ahead };
-        let next = if ahead > 0 && to < total {
+        let next = if to < total && to > p {
             w.data.as_ptr().add(to * kq * QUAD)
         } else {
             std::ptr::null()
@@ -347,4 +347,48 @@ pub(super) unsafe fn quantize_row_avx2(row: &[f32], inv: f32, out: &mut [u8]) ->
         i += 8;
     }
     clipped + super::quantize_row_scalar(&row[n8..], inv, &mut out[n8..])
+}
+
+/// [`super::quantize_row_scalar`] 16 values at a time, bit for bit, as [`quantize_row_avx2`]
+/// with mask registers: the rounding bump, the clip count and NaN → 0 are masks, and the bytes
+/// are narrowed by one `vpmovdb`.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `out` must be as long as `row`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn quantize_row_avx512(row: &[f32], inv: f32, out: &mut [u8]) -> usize {
+    debug_assert_eq!(row.len(), out.len());
+    let n16 = row.len() / 16 * 16;
+    let vinv = _mm512_set1_ps(inv);
+    let half = _mm512_set1_ps(0.5);
+    let one = _mm512_set1_epi32(1f32.to_bits() as i32);
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let hi = _mm512_set1_ps(super::ACT_MAX);
+    let lo = _mm512_set1_ps(-super::ACT_MAX);
+    let offset = _mm512_set1_epi32(128);
+    let mut clipped = 0usize;
+    let mut i = 0;
+    while i < n16 {
+        let v = _mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i)), vinv);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let bump = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(v, t)), half);
+        // ±1 with v's sign, added where the fraction reached one half.
+        let step = _mm512_castsi512_ps(_mm512_or_si512(
+            one,
+            _mm512_and_si512(_mm512_castps_si512(v), sign),
+        ));
+        let r = _mm512_mask_add_ps(t, bump, t, step);
+        let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(r), hi);
+        clipped += over.count_ones() as usize;
+        let r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), r);
+        let r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+        let q = _mm512_add_epi32(_mm512_cvttps_epi32(r), offset);
+        // 16 × i32 in 1..=255 → 16 bytes.
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(i) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q),
+        );
+        i += 16;
+    }
+    clipped + super::quantize_row_scalar(&row[n16..], inv, &mut out[n16..])
 }

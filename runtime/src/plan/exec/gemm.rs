@@ -81,7 +81,7 @@ impl FloatKernel {
     }
 
     /// Most rows per register tile.
-    fn mr(self) -> usize {
+    pub fn mr(self) -> usize {
         match self {
             Self::Avx512 => 12,
             Self::Avx2 | Self::Neon => 6,
@@ -167,7 +167,7 @@ pub fn packs_lhs(kernel: FloatKernel, n: usize) -> bool {
 
 /// Floats [`pack_lhs`] writes for an `m × k` left operand.
 pub fn packed_lhs_len(kernel: FloatKernel, m: usize, k: usize) -> usize {
-    m.div_ceil(kernel.mr()).max(1) * k * kernel.mr()
+    lhs_blocks(kernel, m) * k * kernel.mr()
 }
 
 /// Pack the left operand for `kernel`: row block `b` ([`row_blocks`]) at `b·k·mr`, its element
@@ -179,8 +179,37 @@ pub fn packed_lhs_len(kernel: FloatKernel, m: usize, k: usize) -> usize {
 pub unsafe fn pack_lhs(kernel: FloatKernel, a: Lhs, m: usize, k: usize, dst: &mut [f32]) {
     let mr = kernel.mr();
     debug_assert!(dst.len() >= packed_lhs_len(kernel, m, k));
-    for (b, (r0, rows)) in row_blocks(m, mr).enumerate() {
-        let block = &mut dst[b * k * mr..(b + 1) * k * mr];
+    for (b, block) in dst
+        .chunks_exact_mut(k * mr)
+        .take(lhs_blocks(kernel, m))
+        .enumerate()
+    {
+        pack_lhs_block(kernel, a, m, k, b, block);
+    }
+}
+
+/// Row blocks of a packed `m`-row left operand (at least 1): the units [`pack_lhs_block`]
+/// packs, `k·mr` floats apart.
+pub fn lhs_blocks(kernel: FloatKernel, m: usize) -> usize {
+    m.div_ceil(kernel.mr()).max(1)
+}
+
+/// Row block `b` of [`pack_lhs`] into `block` (`k·mr` floats): threads may pack the blocks in
+/// parallel.
+///
+/// # Safety
+/// As [`pack_lhs`]; `b <` [`lhs_blocks`]`(kernel, m)` and `block` holds `k·mr` floats.
+pub unsafe fn pack_lhs_block(
+    kernel: FloatKernel,
+    a: Lhs,
+    m: usize,
+    k: usize,
+    b: usize,
+    block: &mut [f32],
+) {
+    let mr = kernel.mr();
+    debug_assert!(block.len() >= k * mr);
+    if let Some((r0, rows)) = row_blocks(m, mr).nth(b) {
         for r in 0..rows {
             let src = a.ptr.add((r0 + r) * a.rs);
             if a.ks == 1 {

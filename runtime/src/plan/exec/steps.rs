@@ -1,10 +1,11 @@
 //! Executing one compiled step: the views of its buffers, and the steps that split across the
 //! pool (matrix products, convolutions, int8 layers, large element-wise steps).
 
-use edgefuse_models::quant::gemm::{self as int8, Kernel, PackedWeights, PANEL};
+use edgefuse_models::quant::gemm::{self as int8, row_blocks, Kernel, PackedWeights, PANEL};
 
 use super::gemm::{
-    pack_lhs, pack_panel, packed_lhs_len, packs_lhs, panel_product, Left, Lhs, Out, Rhs as Src,
+    lhs_blocks, pack_lhs_block, pack_panel, packed_lhs_len, packs_lhs, panel_product, Left, Lhs,
+    Out, Rhs as Src,
 };
 use super::{ops, Ctx, Loc, Op, Rhs, Scratch, Shared};
 use crate::plan::ir::{Conv2d, MatMul, UnOp};
@@ -132,20 +133,40 @@ impl Ctx<'_> {
         // read it to repay the copy; otherwise the tasks read it in place.
         let packed = packs_lhs(self.fk, n);
         let plen = packed_lhs_len(self.fk, m, k);
+        // Work in multiply-adds: small products stay on this thread.
+        let work = b0 * b1 * m * n * k;
         if packed {
-            let lhs = &mut scratch.lhs[..b0 * b1 * plen];
-            for (batch, dst) in lhs.chunks_exact_mut(plen).enumerate() {
+            // One task per batch × row block, on the pool when the copy is large enough
+            // (ViT-B/32's 50 × 3072 activations: a serial copy would hold the other threads up).
+            let (fk, mr) = (self.fk, self.fk.mr());
+            let blocks = lhs_blocks(fk, m);
+            let lhs = Shared(scratch.lhs.as_mut_ptr());
+            let ap = Shared(a.as_ptr() as *mut f32);
+            let pack = |task: usize, _: usize| {
+                let (batch, blk) = (task / blocks, task % blocks);
                 let (i0, i1) = (batch / b1, batch % b1);
                 // SAFETY: the batch's rows and columns lie in `a` (offsets from the step's own
-                // geometry, derived from the buffers' shapes by the lowering).
+                // geometry, derived from the buffers' shapes by the lowering); each task
+                // writes its own block of the batch's packed copy, inside the scratch sized
+                // for the plan's largest (`packed_lhs_len` = blocks · k · mr per batch).
                 unsafe {
                     let src = Lhs {
-                        ptr: a.as_ptr().add(i0 * sa[0] + i1 * sa[1]),
+                        ptr: ap.get().add(i0 * sa[0] + i1 * sa[1]),
                         rs: sa[2],
                         ks: sa[3],
                     };
-                    pack_lhs(self.fk, src, m, k, dst);
+                    let dst = std::slice::from_raw_parts_mut(
+                        lhs.get().add(batch * plen + blk * k * mr),
+                        k * mr,
+                    );
+                    pack_lhs_block(fk, src, m, k, blk, dst);
                 }
+            };
+            let tasks = b0 * b1 * blocks;
+            if self.pool.runs_here(work) || b0 * b1 * m * k < MIN_PARALLEL_VALUES {
+                (0..tasks).for_each(|t| pack(t, 0));
+            } else {
+                self.pool.run(tasks, &pack);
             }
         }
         let lhs: &[f32] = &scratch.lhs;
@@ -153,8 +174,6 @@ impl Ctx<'_> {
         let live = live.map(|l| Shared(l.as_ptr() as *mut f32));
         let pack = Shared(scratch.pack.as_mut_ptr());
         let (fk, pack_len) = (self.fk, scratch.pack_len);
-        // Work in multiply-adds: small products stay on this thread.
-        let work = b0 * b1 * m * n * k;
         let tasks = b0 * b1 * panels;
         let ahead = if self.pool.runs_here(work) {
             1
@@ -230,23 +249,39 @@ impl Ctx<'_> {
         let pixels = oh * ow;
         let nr = self.fk.nr();
         let panels = o.div_ceil(nr);
+        let (fk, mr) = (self.fk, self.fk.mr());
+        let blocks = lhs_blocks(fk, pixels);
         for ni in 0..n {
             let img = &x[ni * c * h * wd..(ni + 1) * c * h * wd];
-            let rows = &mut scratch.patches[..pixels * k];
-            patches(img, s, rows);
-            let lhs = &mut scratch.lhs[..packed_lhs_len(self.fk, pixels, k)];
-            // SAFETY: `rows` is [pixels, k].
-            unsafe {
-                let src = Lhs {
-                    ptr: rows.as_ptr(),
-                    rs: k,
-                    ks: 1,
+            // Each task gathers the patches of one row block of pixels and packs them.
+            let rows = Shared(scratch.patches.as_mut_ptr());
+            let lhs = Shared(scratch.lhs.as_mut_ptr());
+            let gather = |blk: usize, _: usize| {
+                let Some((p0, np)) = row_blocks(pixels, mr).nth(blk) else {
+                    return;
                 };
-                pack_lhs(self.fk, src, pixels, k, lhs);
+                // SAFETY: each task writes rows p0..p0+np of the patch matrix (`[pixels, k]`)
+                // and its own block of the packed copy, both in scratch sized at build; the
+                // packing reads only the rows this task wrote.
+                unsafe {
+                    let mine = std::slice::from_raw_parts_mut(rows.get().add(p0 * k), np * k);
+                    patches(img, s, p0, mine);
+                    let src = Lhs {
+                        ptr: rows.get().cast_const(),
+                        rs: k,
+                        ks: 1,
+                    };
+                    let dst = std::slice::from_raw_parts_mut(lhs.get().add(blk * k * mr), k * mr);
+                    pack_lhs_block(fk, src, pixels, k, blk, dst);
+                }
+            };
+            if self.pool.runs_here(pixels * k * o) {
+                (0..blocks).for_each(|b| gather(b, 0));
+            } else {
+                self.pool.run(blocks, &gather);
             }
-            let lhs: &[f32] = lhs;
+            let lhs: &[f32] = &scratch.lhs[..packed_lhs_len(fk, pixels, k)];
             let yp = Shared(y.as_mut_ptr());
-            let fk = self.fk;
             self.pool.run_sized(pixels * k * o, panels, &|p, _| {
                 let cols = (o - p * nr).min(nr);
                 // SAFETY: `lhs` is `rows` packed; the panel holds k·nr values; each task writes
@@ -285,12 +320,28 @@ impl Ctx<'_> {
         scratch: &mut Scratch,
     ) {
         let qa = &mut scratch.qa[..m * w.kp];
-        int8::quantize_activations(x, m, w.k, w.kp, s, qa);
+        let work = m * w.n * w.k;
+        let (k, kp) = (w.k, w.kp);
+        if self.pool.runs_here(work) || m * k < MIN_PARALLEL_VALUES {
+            int8::quantize_activations(x, m, k, kp, s, qa);
+        } else {
+            // The rows in one block per thread: a serial pass would hold the other threads up
+            // for a fifth of the product's time (ViT-B/32's 50 × 3072 activations).
+            let blocks = self.pool.threads().min(m);
+            let qp = Shared(qa.as_mut_ptr());
+            self.pool.run(blocks, &|b, _| {
+                let (r0, r1) = (b * m / blocks, (b + 1) * m / blocks);
+                // SAFETY: each task writes rows r0..r1 of `qa` (m·kp bytes), no two the same.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(qp.get().add(r0 * kp), (r1 - r0) * kp)
+                };
+                int8::quantize_activations(&x[r0 * k..r1 * k], r1 - r0, k, kp, s, dst);
+            });
+        }
         let qa: &[u8] = qa;
         let (yp, acc) = (Shared(y.as_mut_ptr()), Shared(scratch.acc.as_mut_ptr()));
         let acc_len = scratch.acc_len;
         let n = w.n;
-        let work = m * w.n * w.k;
         // Claims go round the threads: each most likely takes the panel a round ahead next.
         let ahead = if self.pool.runs_here(work) {
             1
@@ -317,10 +368,14 @@ impl Ctx<'_> {
     }
 }
 
-/// Gather the input patch of every output pixel as a row of `rows` (`[pixels, C·kh·kw]`, k =
-/// (channel, ky, kx)); taps in the padding are 0. Runs of a patch row that lie inside the image
-/// are copied whole (a ViT patch embedding copies 32-float runs).
-fn patches(img: &[f32], s: &Conv2d, rows: &mut [f32]) {
+/// Values below which a per-value pass (quantizing activations, packing a left operand) stays
+/// on the calling thread: a few microseconds of work, about a job's hand-off.
+const MIN_PARALLEL_VALUES: usize = 1 << 13;
+
+/// Gather the input patch of output pixels `first..` as the rows of `rows` (`[pixels, C·kh·kw]`,
+/// k = (channel, ky, kx)); taps in the padding are 0. Runs of a patch row that lie inside the
+/// image are copied whole (a ViT patch embedding copies 32-float runs).
+fn patches(img: &[f32], s: &Conv2d, first: usize, rows: &mut [f32]) {
     let [_, c, h, wd] = s.input.map(|d| d as usize);
     let [_, oh, ow] = s.output.map(|d| d as usize);
     let [kh, kw] = s.kernel.map(|d| d as usize);
@@ -328,7 +383,9 @@ fn patches(img: &[f32], s: &Conv2d, rows: &mut [f32]) {
     let [dy, dx] = s.dilation.map(|d| d as isize);
     let [py, px] = s.pad.map(|d| d as isize);
     let k = c * kh * kw;
-    for (p, row) in rows.chunks_exact_mut(k).enumerate().take(oh * ow) {
+    let count = (oh * ow).saturating_sub(first);
+    for (p, row) in rows.chunks_exact_mut(k).take(count).enumerate() {
+        let p = first + p;
         let (oy, ox) = ((p / ow) as isize, (p % ow) as isize);
         for ci in 0..c {
             for ky in 0..kh {
