@@ -248,3 +248,108 @@ fn nan_guards_lower_to_one_step() {
     fast.run(&input).unwrap();
     assert_eq!(fast.output(0), &want[..]);
 }
+
+/// The steps that split their serial parts across the pool when they are large (a convolution
+/// gathering and packing its patches per row block, a product packing its left operand per row
+/// block, an int8 layer quantizing its activations per row range) give the bits they give on
+/// one thread, and match the steps' definitions. The default bundle's steps are too small to
+/// split, so this builds a plan whose steps are not: a patch embedding (3 → 128 channels,
+/// 8 × 8 patches of a 64 × 64 image: 64 pixels, 1.6 M multiply-adds), a product reading its
+/// output transposed (64 × 128 · 128 × 512), and an int8 layer (64 × 512 → 256).
+#[test]
+fn split_steps_match_one_thread_and_the_definitions() {
+    use edgefuse_models::quant::gemm::{Kernel, PackedWeights};
+    use edgefuse_runtime::plan::{Buffer, Conv2d, MatMul, Plan};
+    let wave = |n: usize, f: f32| -> Arc<[f32]> {
+        (0..n)
+            .map(|i| ((i as f32 * f).sin() * 0.5))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let (c, hw, o, p, n1, n2) = (3usize, 64usize, 128usize, 8usize, 512usize, 256usize);
+    let pixels = (hw / p) * (hw / p);
+    let buf = |shape: &[usize], init: Option<Arc<[f32]>>| Buffer {
+        shape: shape.to_vec(),
+        init,
+    };
+    let w2: Vec<f32> = wave(n1 * n2, 0.37).to_vec();
+    let buffers = vec![
+        buf(&[1, c, hw, hw], None),
+        buf(&[o, c, p, p], Some(wave(o * c * p * p, 0.013))),
+        buf(&[1, o, hw / p, hw / p], None),
+        buf(&[o, n1], Some(wave(o * n1, 0.071))),
+        buf(&[pixels, n1], None),
+        buf(&[pixels, n2], None),
+    ];
+    let i = |v: usize| v as i32;
+    let steps = vec![
+        Step::Conv {
+            x: 0,
+            w: 1,
+            bias: None,
+            out: 2,
+            shape: Conv2d {
+                input: [1, i(c), i(hw), i(hw)],
+                output: [i(o), i(hw / p), i(hw / p)],
+                kernel: [i(p), i(p)],
+                stride: [i(p), i(p)],
+                dilation: [1, 1],
+                pad: [0, 0],
+                group: 1,
+            },
+        },
+        // The convolution's output [o, pixels] read as [pixels, o]: a strided left operand.
+        Step::MatMul {
+            a: 2,
+            b: 3,
+            out: 4,
+            shape: MatMul {
+                batch: [1, 1],
+                m: i(pixels),
+                n: i(n1),
+                k: i(o),
+                sa: [0, 0, 1, i(pixels)],
+                sb: [0, 0, i(n1), 1],
+                sc: [0, 0, i(n1), 1],
+            },
+        },
+        Step::Int8Linear {
+            x: 4,
+            out: 5,
+            m: pixels,
+            weights: Arc::new(PackedWeights::quantize(&w2, n1, n2, false)),
+            kernel: Kernel::best(),
+            act_scale: 0.05,
+        },
+    ];
+    let plan = Plan {
+        buffers,
+        steps,
+        input: 0,
+        outputs: vec![2, 4, 5],
+        host_nodes: vec![],
+    };
+    let input = wave(c * hw * hw, 0.0173);
+    let want = run_reference(&plan, &input).unwrap();
+    let mut one = CpuPlan::new(&plan, Arc::new(Pool::new(1).unwrap())).unwrap();
+    let mut three = CpuPlan::new(&plan, Arc::new(Pool::new(3).unwrap())).unwrap();
+    one.run(&input).unwrap();
+    three.run(&input).unwrap();
+    for (k, what) in ["convolution", "product", "int8 layer"].iter().enumerate() {
+        assert_eq!(one.output(k), three.output(k), "{what}: 1 vs 3 threads");
+        let (d, m) = max_diff(one.output(k), &want[k]);
+        // Float: sums in another order, 1e-5 of the range. int8: the same integer sums of the
+        // same quantized activations, except where a float input sits on a rounding boundary:
+        // each such activation moves an output by one step (0.05) times a weight (≤ 0.5);
+        // allow a few.
+        let bound = if k == 2 {
+            4.0 * 0.05 * 0.5
+        } else {
+            1e-5 * m.max(1.0)
+        };
+        assert!(
+            d <= bound,
+            "{what}: differs from the definition by {d} (max {m})"
+        );
+    }
+}
