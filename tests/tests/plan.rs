@@ -262,7 +262,7 @@ fn split_steps_match_one_thread_and_the_definitions() {
     use edgefuse_runtime::plan::{Buffer, Conv2d, MatMul, Plan};
     let wave = |n: usize, f: f32| -> Arc<[f32]> {
         (0..n)
-            .map(|i| ((i as f32 * f).sin() * 0.5))
+            .map(|i| (i as f32 * f).sin() * 0.5)
             .collect::<Vec<_>>()
             .into()
     };
