@@ -27,7 +27,7 @@ pub use ir::{
     BinOp, Broadcast, Buffer, Conv2d, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };
 pub use lower::{lower, lower_bundle};
-pub use pool::{available_threads, Pool, MIN_PARALLEL_WORK};
+pub use pool::{available_threads, Pool, MIN_PARALLEL_VALUES, MIN_PARALLEL_WORK};
 pub use reference::{conv_cpu, erf, eval_host, run_reference, unary};
 
 mod pool;

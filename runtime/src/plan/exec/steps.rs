@@ -136,8 +136,7 @@ impl Ctx<'_> {
         // Work in multiply-adds: small products stay on this thread.
         let work = b0 * b1 * m * n * k;
         if packed {
-            // One task per batch × row block, on the pool when the copy is large enough
-            // (ViT-B/32's 50 × 3072 activations: a serial copy would hold the other threads up).
+            // One task per batch × row block.
             let (fk, mr) = (self.fk, self.fk.mr());
             let blocks = lhs_blocks(fk, m);
             let lhs = Shared(scratch.lhs.as_mut_ptr());
@@ -162,12 +161,8 @@ impl Ctx<'_> {
                     pack_lhs_block(fk, src, m, k, blk, dst);
                 }
             };
-            let tasks = b0 * b1 * blocks;
-            if self.pool.runs_here(work) || b0 * b1 * m * k < MIN_PARALLEL_VALUES {
-                (0..tasks).for_each(|t| pack(t, 0));
-            } else {
-                self.pool.run(tasks, &pack);
-            }
+            self.pool
+                .run_prep(work, b0 * b1 * m * k, b0 * b1 * blocks, &pack);
         }
         let lhs: &[f32] = &scratch.lhs;
         let (ap, yp) = (Shared(a.as_ptr() as *mut f32), Shared(y.as_mut_ptr()));
@@ -175,11 +170,7 @@ impl Ctx<'_> {
         let pack = Shared(scratch.pack.as_mut_ptr());
         let (fk, pack_len) = (self.fk, scratch.pack_len);
         let tasks = b0 * b1 * panels;
-        let ahead = if self.pool.runs_here(work) {
-            1
-        } else {
-            self.pool.threads()
-        };
+        let ahead = self.pool.claim_stride(work);
         self.pool.run_sized(work, tasks, &|task, worker| {
             let (batch, p) = (task / panels, task % panels);
             let (i0, i1) = (batch / b1, batch % b1);
@@ -275,11 +266,8 @@ impl Ctx<'_> {
                     pack_lhs_block(fk, src, pixels, k, blk, dst);
                 }
             };
-            if self.pool.runs_here(pixels * k * o) {
-                (0..blocks).for_each(|b| gather(b, 0));
-            } else {
-                self.pool.run(blocks, &gather);
-            }
+            self.pool
+                .run_prep(pixels * k * o, pixels * k, blocks, &gather);
             let lhs: &[f32] = &scratch.lhs[..packed_lhs_len(fk, pixels, k)];
             let yp = Shared(y.as_mut_ptr());
             self.pool.run_sized(pixels * k * o, panels, &|p, _| {
@@ -322,32 +310,21 @@ impl Ctx<'_> {
         let qa = &mut scratch.qa[..m * w.kp];
         let work = m * w.n * w.k;
         let (k, kp) = (w.k, w.kp);
-        if self.pool.runs_here(work) || m * k < MIN_PARALLEL_VALUES {
-            int8::quantize_activations(x, m, k, kp, s, qa);
-        } else {
-            // The rows in one block per thread: a serial pass would hold the other threads up
-            // for a fifth of the product's time (ViT-B/32's 50 × 3072 activations).
-            let blocks = self.pool.threads().min(m);
-            let qp = Shared(qa.as_mut_ptr());
-            self.pool.run(blocks, &|b, _| {
-                let (r0, r1) = (b * m / blocks, (b + 1) * m / blocks);
-                // SAFETY: each task writes rows r0..r1 of `qa` (m·kp bytes), no two the same.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(qp.get().add(r0 * kp), (r1 - r0) * kp)
-                };
-                int8::quantize_activations(&x[r0 * k..r1 * k], r1 - r0, k, kp, s, dst);
-            });
-        }
+        // The rows in one block per thread.
+        let blocks = self.pool.threads().min(m).max(1);
+        let qp = Shared(qa.as_mut_ptr());
+        self.pool.run_prep(work, m * k, blocks, &|b, _| {
+            let (r0, r1) = (b * m / blocks, (b + 1) * m / blocks);
+            // SAFETY: each task writes rows r0..r1 of `qa` (m·kp bytes), no two the same.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(qp.get().add(r0 * kp), (r1 - r0) * kp) };
+            int8::quantize_activations(&x[r0 * k..r1 * k], r1 - r0, k, kp, s, dst);
+        });
         let qa: &[u8] = qa;
         let (yp, acc) = (Shared(y.as_mut_ptr()), Shared(scratch.acc.as_mut_ptr()));
         let acc_len = scratch.acc_len;
         let n = w.n;
-        // Claims go round the threads: each most likely takes the panel a round ahead next.
-        let ahead = if self.pool.runs_here(work) {
-            1
-        } else {
-            self.pool.threads()
-        };
+        let ahead = self.pool.claim_stride(work);
         self.pool.run_sized(work, w.panels(), &|p, worker| {
             // SAFETY: each worker has its own accumulator region (`acc_len ≥ m·n`, sized at
             // build); each task writes the output columns of its own panel only.
@@ -367,10 +344,6 @@ impl Ctx<'_> {
         });
     }
 }
-
-/// Values below which a per-value pass (quantizing activations, packing a left operand) stays
-/// on the calling thread: a few microseconds of work, about a job's hand-off.
-const MIN_PARALLEL_VALUES: usize = 1 << 13;
 
 /// Gather the input patch of output pixels `first..` as the rows of `rows` (`[pixels, C·kh·kw]`,
 /// k = (channel, ky, kx)); taps in the padding are 0. Runs of a patch row that lie inside the
