@@ -320,6 +320,7 @@ fn split_steps_match_one_thread_and_the_definitions() {
             weights: Arc::new(PackedWeights::quantize(&w2, n1, n2, false)),
             kernel: Kernel::best(),
             act_scale: 0.05,
+            epilogue: Default::default(),
         },
     ];
     let plan = Plan {

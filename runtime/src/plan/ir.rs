@@ -267,6 +267,9 @@ pub enum Step {
         kernel: Kernel,
         /// Activation scale.
         act_scale: f32,
+        /// What follows the dequantization inside the step (none as lowered; the CPU plan
+        /// fuses the steps that followed, [`super::fuse_epilogues`]).
+        epilogue: Epilogue,
     },
     /// A node evaluated by tract on the host.
     Host {
@@ -279,6 +282,60 @@ pub enum Step {
         /// Output buffers.
         outputs: Vec<usize>,
     },
+}
+
+impl Step {
+    /// Buffers read and the buffer written (none for a host step).
+    pub fn io(&self) -> (Vec<usize>, Option<usize>) {
+        match self {
+            Step::Binary { a, b, out, .. } | Step::MatMul { a, b, out, .. } => {
+                (vec![*a, *b], Some(*out))
+            }
+            Step::Unary { x, out, .. }
+            | Step::Reduce { x, out, .. }
+            | Step::RmsNorm { x, out, .. }
+            | Step::Softmax { x, out, .. }
+            | Step::Permute { x, out, .. }
+            | Step::Gather { x, out, .. }
+            | Step::ConcatPart { x, out, .. } => (vec![*x], Some(*out)),
+            Step::Int8Linear {
+                x, out, epilogue, ..
+            } => {
+                let mut r = vec![*x];
+                r.extend(epilogue.bias);
+                r.extend(epilogue.residual);
+                (r, Some(*out))
+            }
+            Step::Conv {
+                x, w, bias, out, ..
+            } => {
+                let mut r = vec![*x, *w];
+                r.extend(bias);
+                (r, Some(*out))
+            }
+            Step::Host { inputs, .. } => (inputs.clone(), None),
+        }
+    }
+}
+
+/// What an int8 layer applies to its dequantized `[m, n]` product before writing it, in this
+/// order: `+ bias[j]`, GELU, `+ residual[i][j]`. Each is the same f32 operation as the separate
+/// step it replaces, so a fused plan gives the same bits as the unfused one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Epilogue {
+    /// A constant `[n]` added to every row.
+    pub bias: Option<usize>,
+    /// Exact (erf) GELU after the bias.
+    pub gelu: bool,
+    /// A `[m, n]` buffer added last (a transformer block's skip connection).
+    pub residual: Option<usize>,
+}
+
+impl Epilogue {
+    /// Whether it does anything.
+    pub fn is_empty(&self) -> bool {
+        *self == Epilogue::default()
+    }
 }
 
 /// A buffer of the plan (f32 elements).

@@ -19,7 +19,7 @@ use edgefuse_models::quant::QLinear;
 
 use super::einsum::einsum_matmul;
 use super::ir::{
-    strides, BinOp, Broadcast, Buffer, Conv2d, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
+    strides, BinOp, Broadcast, Buffer, Conv2d, Epilogue, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };
 use super::PlanError;
 
@@ -480,6 +480,7 @@ impl Lowering<'_> {
                 weights: q.weights_arc(),
                 kernel: q.kernel(),
                 act_scale: q.act_scale(),
+                epilogue: Epilogue::default(),
             });
             return Ok(true);
         }

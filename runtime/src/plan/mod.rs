@@ -12,19 +12,22 @@
 //!
 //! Files: `ir` (the plan's types), `lower` (tract's typed model → plan; the graph comes
 //! from `Bundle::load_encoder_graph` / `load_qformer_graph`), `einsum` (einsums as strided
-//! matrix products), `reference` (each step's definition as a plain loop), `exec` ([`CpuPlan`]: the fast CPU
+//! matrix products), `fuse` (int8 layers absorb the bias, GELU and residual add after them),
+//! `reference` (each step's definition as a plain loop), `exec` ([`CpuPlan`]: the fast CPU
 //! executor), `pool` (the fixed worker pool).
 
 mod einsum;
 mod exec;
+mod fuse;
 mod ir;
 mod lower;
 
 mod reference;
 
 pub use exec::{gemm as float_gemm, CpuPlan, FloatKernel};
+pub use fuse::fuse_epilogues;
 pub use ir::{
-    BinOp, Broadcast, Buffer, Conv2d, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
+    BinOp, Broadcast, Buffer, Conv2d, Epilogue, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };
 pub use lower::{lower, lower_bundle};
 pub use pool::{available_threads, Pool, MIN_PARALLEL_VALUES, MIN_PARALLEL_WORK};

@@ -215,6 +215,7 @@ fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), PlanError> {
             m,
             weights: w,
             act_scale,
+            epilogue,
             ..
         } => {
             // The definition: the scalar quantizer and scalar GEMM every int8 kernel matches.
@@ -222,10 +223,23 @@ fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), PlanError> {
             gemm::quantize_activations(&mem[*x], *m, w.k, w.kp, *act_scale, &mut qa);
             let mut acc = vec![0i32; m * w.n];
             gemm::gemm_scalar(&qa, *m, w, &mut acc);
-            let y = &mut mem[*out];
+            let mut y = take(mem, *out);
             for (i, a) in acc.iter().enumerate() {
-                y[i] = *a as f32 * (act_scale * w.scales[i % w.n]);
+                let j = i % w.n;
+                // The epilogue, each operation as the step it replaces computes it.
+                let mut v = *a as f32 * (act_scale * w.scales[j]);
+                if let Some(b) = epilogue.bias {
+                    v += mem[b][j];
+                }
+                if epilogue.gelu {
+                    v = unary(UnOp::Gelu, v);
+                }
+                if let Some(r) = epilogue.residual {
+                    v += mem[r][i];
+                }
+                y[i] = v;
             }
+            mem[*out] = y;
         }
         Step::Host {
             node,

@@ -385,8 +385,15 @@ impl GraphExec {
                 m,
                 weights,
                 act_scale,
+                epilogue,
                 ..
             } => {
+                if !epilogue.is_empty() {
+                    // `fuse_epilogues` is a CPU plan pass; lowered plans never carry one.
+                    return Err(GpuError::Unsupported(
+                        "an int8 layer with a fused epilogue (a CPU plan pass)".into(),
+                    ));
+                }
                 let (x, out, m, act_scale) = (*x, *out, *m, *act_scale);
                 let which = *int8;
                 let StepData::Int8 { w, scales, q, kp } = data else {

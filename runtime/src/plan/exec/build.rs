@@ -9,35 +9,11 @@ use edgefuse_models::quant::gemm::Kernel;
 
 use super::gemm::{pack_panel, packed_lhs_len, packs_lhs, FloatKernel, Rhs as Src};
 use super::ops::{BinGeo, PermGeo};
-use super::{op_locs, unsupported, CpuPlan, Loc, Op, Rhs, Scratch, ALIGN};
+use super::{op_locs, unsupported, CpuPlan, Epilogue, Loc, Op, Rhs, Scratch, ALIGN};
+use crate::plan::fuse_epilogues;
 use crate::plan::ir::{MatMul, Plan, Step};
 use crate::plan::pool::Pool;
 use crate::plan::PlanError;
-
-/// Buffers read and the buffer written by a step (none for a host step).
-fn step_io(step: &Step) -> (Vec<usize>, Option<usize>) {
-    match step {
-        Step::Binary { a, b, out, .. } | Step::MatMul { a, b, out, .. } => {
-            (vec![*a, *b], Some(*out))
-        }
-        Step::Unary { x, out, .. }
-        | Step::Reduce { x, out, .. }
-        | Step::RmsNorm { x, out, .. }
-        | Step::Softmax { x, out, .. }
-        | Step::Permute { x, out, .. }
-        | Step::Gather { x, out, .. }
-        | Step::ConcatPart { x, out, .. }
-        | Step::Int8Linear { x, out, .. } => (vec![*x], Some(*out)),
-        Step::Conv {
-            x, w, bias, out, ..
-        } => {
-            let mut r = vec![*x, *w];
-            r.extend(bias);
-            (r, Some(*out))
-        }
-        Step::Host { inputs, .. } => (inputs.clone(), None),
-    }
-}
 
 /// Where every buffer of `plan` lives: constants stay in their shared data (returned, indexed by
 /// `Loc::Const`); the rest get arena offsets in step order, each freed after the last step that
@@ -47,7 +23,7 @@ fn place(plan: &Plan) -> Placement {
     let nb = plan.buffers.len();
     let mut last = vec![0usize; nb];
     for (s, step) in plan.steps.iter().enumerate() {
-        let (reads, write) = step_io(step);
+        let (reads, write) = step.io();
         for b in reads.into_iter().chain(write) {
             last[b] = s;
         }
@@ -83,7 +59,7 @@ fn place(plan: &Plan) -> Placement {
     put(plan.input, &mut locs, &mut arena);
     let mut frees = Vec::new();
     for (s, step) in plan.steps.iter().enumerate() {
-        let (reads, write) = step_io(step);
+        let (reads, write) = step.io();
         if let Some(w) = write {
             put(w, &mut locs, &mut arena);
         }
@@ -165,6 +141,7 @@ impl CpuPlan {
                 plan.host_nodes.join(", ")
             )));
         }
+        let plan = &fuse_epilogues(plan);
         let fk = FloatKernel::best();
         let Placement {
             locs,
@@ -315,6 +292,7 @@ impl CpuPlan {
                     weights,
                     kernel,
                     act_scale,
+                    epilogue,
                 } => {
                     // The bundle's int8 kernel may not exist here (an AVX2 bundle on a VNNI
                     // machine is fine; an AVX-512 bundle on an AVX2 machine is not).
@@ -336,6 +314,11 @@ impl CpuPlan {
                         w: Arc::clone(weights),
                         kernel,
                         act_scale: *act_scale,
+                        epilogue: Epilogue {
+                            bias: epilogue.bias.map(loc).transpose()?,
+                            gelu: epilogue.gelu,
+                            residual: epilogue.residual.map(loc).transpose()?,
+                        },
                     }
                 }
                 Step::Host { node, .. } => {

@@ -133,7 +133,16 @@ enum Op {
         w: Arc<PackedWeights>,
         kernel: Kernel,
         act_scale: f32,
+        epilogue: Epilogue,
     },
+}
+
+/// An int8 layer's fused epilogue ([`crate::plan::Epilogue`]) with its buffers placed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Epilogue {
+    bias: Option<Loc>,
+    gelu: bool,
+    residual: Option<Loc>,
 }
 
 fn unsupported(why: impl Into<String>) -> PlanError {
@@ -313,7 +322,24 @@ fn op_name(op: &Op) -> String {
             s.n
         ),
         Op::Conv { .. } | Op::ConvGrouped { .. } => "conv".into(),
-        Op::Int8 { m, w, kernel, .. } => format!("int8 {kernel:?} {m}x{}x{}", w.k, w.n),
+        Op::Int8 {
+            m,
+            w,
+            kernel,
+            epilogue: e,
+            ..
+        } => format!(
+            "int8 {kernel:?} {m}x{}x{}{}{}{}",
+            w.k,
+            w.n,
+            if e.bias.is_some() { " +bias" } else { "" },
+            if e.gelu { " gelu" } else { "" },
+            if e.residual.is_some() {
+                " +residual"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
@@ -340,8 +366,10 @@ fn op_locs(op: &Op) -> ([Option<Loc>; 3], Loc) {
         | Op::Softmax { x, out, .. }
         | Op::Permute { x, out, .. }
         | Op::Gather { x, out, .. }
-        | Op::Concat { x, out, .. }
-        | Op::Int8 { x, out, .. } => ([Some(*x), None, None], *out),
+        | Op::Concat { x, out, .. } => ([Some(*x), None, None], *out),
+        Op::Int8 {
+            x, out, epilogue, ..
+        } => ([Some(*x), epilogue.bias, epilogue.residual], *out),
         Op::Conv { x, bias, out, .. } => ([Some(*x), *bias, None], *out),
         Op::ConvGrouped {
             x, w, bias, out, ..

@@ -1,9 +1,10 @@
 //! The plan's element-wise, reduction and data-movement steps over slices, written so the
 //! compiler vectorises them, and compiled three times on x86-64 (AVX-512, AVX2, baseline) with
 //! the widest chosen at run time ([`multiversion!`]); on AArch64 NEON is the baseline. The
-//! transcendental functions are branch-free polynomial approximations (relative error ~2e-7,
-//! far inside the plan's 1e-4 agreement with tract), so they vectorise too. No fused
-//! multiply-add is used outside the matrix kernels, so every version gives the same bits.
+//! transcendental functions are branch-free polynomial approximations without division (erf's
+//! absolute error 1.5e-7, exp's relative error 2e-7: far inside the plan's 1e-4 agreement with
+//! tract), so they vectorise too. Their multiply-adds are fused (`mul_add`, one rounding on
+//! every target), so every version gives the same bits; other arithmetic is not contracted.
 
 use super::super::ir::{BinOp, RedOp, UnOp};
 
@@ -13,13 +14,13 @@ macro_rules! multiversion {
         $(#[$m])*
         pub fn $name($($a: $t),*) {
             #[inline(always)]
-            fn inner($($a: $t),*) $body
+            fn inner<const FUSED: bool>($($a: $t),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn v512($($a: $t),*) { inner($($a),*) }
+                unsafe fn v512($($a: $t),*) { inner::<true>($($a),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v256($($a: $t),*) { inner($($a),*) }
+                unsafe fn v256($($a: $t),*) { inner::<true>($($a),*) }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F.
                     return unsafe { v512($($a),*) };
@@ -31,9 +32,51 @@ macro_rules! multiversion {
                     return unsafe { v256($($a),*) };
                 }
             }
-            inner($($a),*)
+            inner::<BASE_FUSED>($($a),*)
         }
     };
+    // The same for an `unsafe fn` (its contract is the caller's, stated in its docs).
+    ($(#[$m:meta])* pub unsafe fn $name:ident($($a:ident : $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub unsafe fn $name($($a: $t),*) {
+            #[inline(always)]
+            unsafe fn inner<const FUSED: bool>($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v512($($a: $t),*) { inner::<true>($($a),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v256($($a: $t),*) { inner::<true>($($a),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F; the rest is the caller's contract.
+                    return unsafe { v512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
+                    return unsafe { v256($($a),*) };
+                }
+            }
+            // SAFETY: the caller's contract.
+            unsafe { inner::<BASE_FUSED>($($a),*) }
+        }
+    };
+}
+
+/// Whether the baseline version fuses multiply-adds: AArch64 has the instruction; the x86-64
+/// baseline (SSE2) does not, and a software fused multiply-add costs ~100× a plain one there.
+const BASE_FUSED: bool = cfg!(target_arch = "aarch64");
+
+/// `a·b + c`, with one rounding when `FUSED` (the AVX2 and AVX-512 versions and AArch64),
+/// two in the x86-64 baseline.
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// `e^x` (Cephes' polynomial after range reduction by ln 2), `x` clamped to [−87.3, 88.3]: the
@@ -41,50 +84,132 @@ macro_rules! multiversion {
 /// (float adds and integer bit operations only), so the loop vectorises: a float-to-int
 /// conversion (`as i32` saturates) keeps LLVM from vectorising it.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub fn exp<const F: bool>(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low bits
     let x = x.clamp(-87.3, 88.3);
-    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let t = madd::<F>(x, std::f32::consts::LOG2_E, SHIFT);
     let n = t - SHIFT;
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    // x − n·ln 2, with ln 2 split in two so the product's error stays below r's rounding.
+    let r = madd::<F>(n, -0.693_359_4, x);
+    let r = madd::<F>(n, 2.121_944_4e-4, r);
+    let mut p: f32 = 1.987_569_1e-4;
+    for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = madd::<F>(p, r, c);
+    }
+    let y = madd::<F>(p * r, r, r) + 1.0;
     // t's bits are 0x4B40_0000 + n: the exponent field of 2^n is n + 127 (1..=254 here).
     let e = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
     y * f32::from_bits(e)
 }
 
-/// `erf x` (Abramowitz–Stegun 7.1.26, absolute error < 1.5e-7).
+// `erf`'s polynomials, from `scripts/fit-erf.py` (fits to 1.2e-9 and 8.2e-9).
+const ERF_SPLIT: f32 = 1.0;
+const ERF_TOP: f32 = 3.92;
+const ERF_MID: f32 = 2.46;
+// The first is fitted, one ulp below 2/√π (the Taylor coefficient it approximates).
+#[allow(clippy::approx_constant)]
+const ERF_P: [f32; 7] = [
+    1.128_379_1e+00,
+    -3.761_262_6e-01,
+    1.128_36e-01,
+    -2.685_444_8e-02,
+    5.189_540_3e-03,
+    -8.020_880_6e-04,
+    7.889_242e-05,
+];
+const ERF_Q: [f32; 9] = [
+    -7.594_218e+00,
+    -5.277_221_7e+00,
+    -9.425_696e-01,
+    -1.121_168_3e-02,
+    2.251_160_3e-03,
+    -4.392_585_8e-04,
+    8.112_359_5e-05,
+    -1.380_053_3e-05,
+    1.631_965_3e-06,
+];
+
+/// `c[0] + c[1]·v + …` by Horner's rule with fused multiply-adds.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+fn horner<const F: bool, const N: usize>(c: &[f32; N], v: f32) -> f32 {
+    let mut p = c[N - 1];
+    for &ci in c[..N - 1].iter().rev() {
+        p = madd::<F>(p, v, ci);
+    }
+    p
+}
+
+/// `erf x` without division: `x·P(x²)` below 1, `1 − e^{Q(|x|)}` (Q fits ln erfc) up to 3.92,
+/// 1 beyond (erfc 3.92 = 1.2e-8, under half an ulp of 1). Both branches are computed and one
+/// selected, so the loop stays a vector loop. Absolute error 1.5e-7 (`scripts/fit-erf.py`).
+#[inline(always)]
+pub fn erf<const F: bool>(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
-    let y = 1.0 - poly * exp(-a * a);
+    let small = a * horner::<F, 7>(&ERF_P, a * a);
+    let big = 1.0 - exp::<F>(horner::<F, 9>(&ERF_Q, a.min(ERF_TOP) - ERF_MID));
+    let y = if a < ERF_SPLIT { small } else { big };
+    let y = if a < ERF_TOP { y } else { 1.0 };
     y.copysign(x)
 }
 
+/// `y[i] = f(y[i])`, 16 values at a time, the tail padded as in [`map16`].
 #[inline(always)]
-fn unary1(op: UnOp, v: f32) -> f32 {
+fn map16_in_place(y: &mut [f32], f: impl Fn(f32) -> f32) {
+    let mut ys = y.chunks_exact_mut(16);
+    for b in &mut ys {
+        for d in b.iter_mut() {
+            *d = f(*d);
+        }
+    }
+    let yr = ys.into_remainder();
+    if !yr.is_empty() {
+        let mut t = [0f32; 16];
+        t[..yr.len()].copy_from_slice(yr);
+        for v in t.iter_mut() {
+            *v = f(*v);
+        }
+        yr.copy_from_slice(&t[..yr.len()]);
+    }
+}
+
+/// `y[i] = f(x[i])`, 16 values at a time; the tail is padded to 16 lanes, so short or odd runs
+/// (attention's 50-wide softmax rows) run as vectors too instead of one value at a time.
+#[inline(always)]
+fn map16(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &mut y[..n]);
+    let mut xs = x.chunks_exact(16);
+    let mut ys = y.chunks_exact_mut(16);
+    for (a, b) in (&mut xs).zip(&mut ys) {
+        for (d, s) in b.iter_mut().zip(a) {
+            *d = f(*s);
+        }
+    }
+    let (xr, yr) = (xs.remainder(), ys.into_remainder());
+    if !xr.is_empty() {
+        let mut t = [0f32; 16];
+        t[..xr.len()].copy_from_slice(xr);
+        for v in t.iter_mut() {
+            *v = f(*v);
+        }
+        yr.copy_from_slice(&t[..xr.len()]);
+    }
+}
+
+#[inline(always)]
+fn unary1<const F: bool>(op: UnOp, v: f32) -> f32 {
     match op {
-        UnOp::Gelu => 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)),
-        UnOp::Exp => exp(v),
+        UnOp::Gelu => 0.5 * v * (1.0 + erf::<F>(v * std::f32::consts::FRAC_1_SQRT_2)),
+        UnOp::Exp => exp::<F>(v),
         UnOp::Sqrt => v.sqrt(),
         UnOp::Rsqrt => 1.0 / v.sqrt(),
         UnOp::Recip => 1.0 / v,
         UnOp::Tanh => {
-            let e = exp(2.0 * v.clamp(-9.0, 9.0));
+            let e = exp::<F>(2.0 * v.clamp(-9.0, 9.0));
             (e - 1.0) / (e + 1.0)
         }
-        UnOp::Sigmoid => 1.0 / (1.0 + exp(-v)),
-        UnOp::Erf => erf(v),
+        UnOp::Sigmoid => 1.0 / (1.0 + exp::<F>(-v)),
+        UnOp::Erf => erf::<F>(v),
         UnOp::NanToZero => {
             if v.is_nan() {
                 0.0
@@ -102,13 +227,64 @@ multiversion! {
         macro_rules! each {
             ($($o:ident)*) => {
                 match op {
-                    $(UnOp::$o => for (d, s) in y.iter_mut().zip(x) {
-                        *d = unary1(UnOp::$o, *s);
-                    },)*
+                    $(UnOp::$o => map16(x, y, |v| unary1::<FUSED>(UnOp::$o, v)),)*
                 }
             };
         }
         each!(Gelu Exp Sqrt Rsqrt Recip Tanh Sigmoid Erf NanToZero);
+    }
+}
+
+/// One panel of an int8 layer's output: where its rows go and what the epilogue adds.
+pub struct Dequant<'a> {
+    /// Rows.
+    pub rows: usize,
+    /// Columns of the panel (≤ 32).
+    pub cols: usize,
+    /// Distance between rows in `acc`, `y` and `residual`.
+    pub ld: usize,
+    /// The activation scale.
+    pub scale: f32,
+    /// The panel's weight scales (`cols`).
+    pub scales: &'a [f32],
+    /// The panel's bias (`cols`).
+    pub bias: Option<&'a [f32]>,
+    /// GELU after the bias.
+    pub gelu: bool,
+    /// The residual, from the panel's first column (row `i` at `i · ld`).
+    pub residual: Option<&'a [f32]>,
+}
+
+multiversion! {
+    /// `y[i][j] = acc[i][j] · (scale · scales[j])`, `+ bias[j]`, GELU, `+ residual[i][j]` for
+    /// one panel (`d.rows` × `d.cols`), each operation as its own plan step would compute it.
+    ///
+    /// # Safety
+    /// For every row `i < d.rows`, `y.add(i * d.ld)` must be valid for `d.cols` writes that
+    /// nothing else reads or writes meanwhile; `acc` (and `d.residual`) must hold row `i` at
+    /// `i * d.ld .. i * d.ld + d.cols`.
+    pub unsafe fn dequantize(acc: &[i32], y: *mut f32, d: &Dequant) {
+        for i in 0..d.rows {
+            // SAFETY: the caller's contract for row i.
+            let out = unsafe { std::slice::from_raw_parts_mut(y.add(i * d.ld), d.cols) };
+            let row = &acc[i * d.ld..i * d.ld + d.cols];
+            for ((o, a), sc) in out.iter_mut().zip(row).zip(d.scales) {
+                *o = *a as f32 * (d.scale * sc);
+            }
+            if let Some(b) = d.bias {
+                for (o, b) in out.iter_mut().zip(b) {
+                    *o += *b;
+                }
+            }
+            if d.gelu {
+                map16_in_place(out, |v| unary1::<FUSED>(UnOp::Gelu, v));
+            }
+            if let Some(r) = d.residual {
+                for (o, r) in out.iter_mut().zip(&r[i * d.ld..i * d.ld + d.cols]) {
+                    *o += *r;
+                }
+            }
+        }
     }
 }
 
@@ -232,25 +408,27 @@ multiversion! {
     }
 }
 
+/// Combine 16 lanes pairwise (8 + 8, 4 + 4, 2 + 2, 1 + 1): four vector steps, where a left
+/// fold is 15 dependent scalar ones (a 50-wide softmax row spent most of its time there).
+#[inline(always)]
+fn tree16(mut l: [f32; 16], f: impl Fn(f32, f32) -> f32) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for i in 0..w {
+            l[i] = f(l[i], l[i + w]);
+        }
+    }
+    l[0]
+}
+
 /// Sum of a contiguous run in 16 independent lanes (vectorisable), then the lanes.
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut chunks = x.chunks_exact(16);
-    for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += *v;
-        }
-    }
-    let mut s = lanes.iter().sum::<f32>();
-    for v in chunks.remainder() {
-        s += *v;
-    }
-    s
+    fold(x, 0.0, |a, b| a + b)
 }
 
+/// `f` over a contiguous run in 16 independent lanes, then the lanes (a tree), then the tail.
 #[inline(always)]
-fn fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+fn fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32 + Copy) -> f32 {
     let mut lanes = [init; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
@@ -258,7 +436,7 @@ fn fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
             *l = f(*l, *v);
         }
     }
-    let mut s = lanes.iter().fold(init, |a, b| f(a, *b));
+    let mut s = tree16(lanes, f);
     for v in chunks.remainder() {
         s = f(s, *v);
     }
@@ -306,12 +484,19 @@ multiversion! {
     pub fn softmax(x: &[f32], y: &mut [f32], dims: [usize; 3]) {
         let [o, l, n] = dims;
         if n == 1 {
-            for oi in 0..o {
-                let (src, dst) = (&x[oi * l..(oi + 1) * l], &mut y[oi * l..(oi + 1) * l]);
-                let mx = fold(src, f32::NEG_INFINITY, f32::max);
+            // Rows are contiguous. Three passes, so the exponentials run as one long vector
+            // loop over the whole block rather than row by row (attention's rows are 50 wide:
+            // short runs with a tail).
+            let (x, y) = (&x[..o * l], &mut y[..o * l]);
+            for (src, dst) in x.chunks_exact(l).zip(y.chunks_exact_mut(l)) {
+                // A plain compare (one `maxps`): a NaN in the row makes the row NaN either way.
+                let mx = fold(src, f32::NEG_INFINITY, |a, b| if a > b { a } else { b });
                 for (d, v) in dst.iter_mut().zip(src) {
-                    *d = exp(*v - mx);
+                    *d = *v - mx;
                 }
+            }
+            map16_in_place(y, exp::<FUSED>);
+            for dst in y.chunks_exact_mut(l) {
                 let inv = 1.0 / sum(dst);
                 for d in dst.iter_mut() {
                     *d *= inv;
@@ -325,7 +510,7 @@ multiversion! {
                 let mx = (0..l).map(|li| x[at(li)]).fold(f32::NEG_INFINITY, f32::max);
                 let mut s = 0.0;
                 for li in 0..l {
-                    let e = exp(x[at(li)] - mx);
+                    let e = exp::<FUSED>(x[at(li)] - mx);
                     y[at(li)] = e;
                     s += e;
                 }
@@ -354,7 +539,7 @@ multiversion! {
                             *a += *v * *v;
                         }
                     }
-                    let ss = lanes.iter().sum::<f32>()
+                    let ss = tree16(lanes, |a, b| a + b)
                         + chunks.remainder().iter().map(|v| v * v).sum::<f32>();
                     1.0 / (ss / l as f32 + eps).sqrt()
                 } else {
@@ -454,17 +639,50 @@ mod tests {
         let mut worst = [0f32; 3];
         for i in -4000..=4000 {
             let x = i as f32 / 400.0;
-            let e = (exp(x) - x.exp()).abs() / x.exp();
+            let e = (exp::<true>(x) - x.exp()).abs() / x.exp();
             worst[0] = worst[0].max(e);
-            worst[1] = worst[1].max((erf(x) - erf_ref(x as f64) as f32).abs());
+            worst[1] = worst[1].max((erf::<true>(x) - erf_ref(x as f64) as f32).abs());
             let g = unary_ref(UnOp::Gelu, x);
-            worst[2] = worst[2].max((unary1(UnOp::Gelu, x) - g).abs());
+            worst[2] = worst[2].max((unary1::<true>(UnOp::Gelu, x) - g).abs());
         }
         assert!(worst[0] < 5e-7, "exp relative error {}", worst[0]);
         assert!(worst[1] < 6e-7, "erf absolute error {}", worst[1]);
         assert!(worst[2] < 2e-6, "gelu absolute error {}", worst[2]);
-        assert!(exp(100.0).is_finite() && exp(100.0) > 1e38);
-        assert!(exp(-100.0) > 0.0 && exp(-100.0) < 1e-37);
+        assert!(exp::<true>(100.0).is_finite() && exp::<true>(100.0) > 1e38);
+        assert!(exp::<true>(-100.0) > 0.0 && exp::<true>(-100.0) < 1e-37);
+    }
+
+    #[test]
+    fn vector_tails_match_one_value_at_a_time() {
+        // Lengths around the 16-lane blocks: the padded tail must give each value's own result.
+        let x: Vec<f32> = (0..83).map(|i| (i as f32 - 41.0) * 0.173).collect();
+        for len in (1..=40).chain([47, 48, 49, 83]) {
+            for op in [UnOp::Gelu, UnOp::Exp, UnOp::Tanh, UnOp::Erf, UnOp::Sigmoid] {
+                let mut y = vec![f32::NAN; len];
+                unary(op, &x[..len], &mut y);
+                for (i, got) in y.iter().enumerate() {
+                    assert_eq!(
+                        got.to_bits(),
+                        unary1::<true>(op, x[i]).to_bits(),
+                        "{op:?} {len} at {i}"
+                    );
+                }
+            }
+            let mut y = vec![f32::NAN; len];
+            softmax(&x[..len], &mut y, [1, len, 1]);
+            let mx = x[..len].iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
+            let s: f64 = x[..len]
+                .iter()
+                .map(|v| f64::from(exp::<true>(v - mx)))
+                .sum();
+            for (i, got) in y.iter().enumerate() {
+                let want = f64::from(exp::<true>(x[i] - mx)) / s;
+                assert!(
+                    (f64::from(*got) - want).abs() < 1e-6,
+                    "softmax {len} at {i}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -91,7 +91,13 @@ impl Ctx<'_> {
                 w,
                 kernel,
                 act_scale,
-            } => self.int8(v(*x), out_mut(*out), *m, w, *kernel, *act_scale, scratch),
+                epilogue: e,
+            } => {
+                let (bias, residual) = (e.bias.map(v), e.residual.map(v));
+                let e = (bias, e.gelu, residual);
+                let (y, w) = (out_mut(*out), &**w);
+                self.int8(v(*x), y, *m, w, *kernel, *act_scale, e, scratch)
+            }
         }
     }
 
@@ -305,6 +311,7 @@ impl Ctx<'_> {
         w: &PackedWeights,
         kernel: Kernel,
         s: f32,
+        (bias, gelu, residual): (Option<&[f32]>, bool, Option<&[f32]>),
         scratch: &mut Scratch,
     ) {
         let qa = &mut scratch.qa[..m * w.kp];
@@ -332,14 +339,18 @@ impl Ctx<'_> {
                 let acc = std::slice::from_raw_parts_mut(acc.get().add(worker * acc_len), m * n);
                 int8::gemm_panels_ahead(kernel, qa, m, w, acc, p..p + 1, ahead);
                 let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
-                let scales = &w.scales[c0..c1];
-                for i in 0..m {
-                    // This task's columns of row i: disjoint from every other task's.
-                    let y = std::slice::from_raw_parts_mut(yp.get().add(i * n + c0), c1 - c0);
-                    for ((o, a), sc) in y.iter_mut().zip(&acc[i * n + c0..i * n + c1]).zip(scales) {
-                        *o = *a as f32 * (s * sc);
-                    }
-                }
+                let d = ops::Dequant {
+                    rows: m,
+                    cols: c1 - c0,
+                    ld: n,
+                    scale: s,
+                    scales: &w.scales[c0..c1],
+                    bias: bias.map(|b| &b[c0..c1]),
+                    gelu,
+                    residual: residual.map(|r| &r[c0..]),
+                };
+                // This task's columns c0..c1 of every row: disjoint from every other task's.
+                ops::dequantize(&acc[c0..], yp.get().add(c0), &d);
             }
         });
     }
