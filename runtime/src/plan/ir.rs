@@ -267,8 +267,8 @@ pub enum Step {
         kernel: Kernel,
         /// Activation scale.
         act_scale: f32,
-        /// What follows the dequantization inside the step (none as lowered; the CPU plan
-        /// fuses the steps that followed, [`super::fuse_epilogues`]).
+        /// Adds done inside the step (none as lowered; the CPU plan moves the bias and
+        /// residual adds that follow into it, [`super::fuse_epilogues`]).
         epilogue: Epilogue,
     },
     /// A node evaluated by tract on the host.
@@ -318,15 +318,13 @@ impl Step {
     }
 }
 
-/// What an int8 layer applies to its dequantized `[m, n]` product before writing it, in this
-/// order: `+ bias[j]`, GELU, `+ residual[i][j]`. Each is the same f32 operation as the separate
+/// What an int8 layer adds to its dequantized `[m, n]` product before writing it, in this
+/// order: `+ bias[j]`, `+ residual[i][j]`. Each is the same f32 operation as the separate
 /// step it replaces, so a fused plan gives the same bits as the unfused one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Epilogue {
     /// A constant `[n]` added to every row.
     pub bias: Option<usize>,
-    /// Exact (erf) GELU after the bias.
-    pub gelu: bool,
     /// A `[m, n]` buffer added last (a transformer block's skip connection).
     pub residual: Option<usize>,
 }

@@ -12,7 +12,7 @@
 //!
 //! Files: `ir` (the plan's types), `lower` (tract's typed model → plan; the graph comes
 //! from `Bundle::load_encoder_graph` / `load_qformer_graph`), `einsum` (einsums as strided
-//! matrix products), `fuse` (int8 layers absorb the bias, GELU and residual add after them),
+//! matrix products), `fuse` (int8 layers absorb the bias and residual adds after them),
 //! `reference` (each step's definition as a plain loop), `exec` ([`CpuPlan`]: the fast CPU
 //! executor), `pool` (the fixed worker pool).
 

@@ -231,9 +231,6 @@ fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), PlanError> {
                 if let Some(b) = epilogue.bias {
                     v += mem[b][j];
                 }
-                if epilogue.gelu {
-                    v = unary(UnOp::Gelu, v);
-                }
                 if let Some(r) = epilogue.residual {
                     v += mem[r][i];
                 }

@@ -141,7 +141,8 @@ impl CpuPlan {
                 plan.host_nodes.join(", ")
             )));
         }
-        let plan = &fuse_epilogues(plan);
+        let fused = fuse_epilogues(plan);
+        let plan = &fused;
         let fk = FloatKernel::best();
         let Placement {
             locs,
@@ -316,7 +317,6 @@ impl CpuPlan {
                         act_scale: *act_scale,
                         epilogue: Epilogue {
                             bias: epilogue.bias.map(loc).transpose()?,
-                            gelu: epilogue.gelu,
                             residual: epilogue.residual.map(loc).transpose()?,
                         },
                     }

@@ -141,7 +141,6 @@ enum Op {
 #[derive(Debug, Clone, Copy, Default)]
 struct Epilogue {
     bias: Option<Loc>,
-    gelu: bool,
     residual: Option<Loc>,
 }
 
@@ -329,11 +328,10 @@ fn op_name(op: &Op) -> String {
             epilogue: e,
             ..
         } => format!(
-            "int8 {kernel:?} {m}x{}x{}{}{}{}",
+            "int8 {kernel:?} {m}x{}x{}{}{}",
             w.k,
             w.n,
             if e.bias.is_some() { " +bias" } else { "" },
-            if e.gelu { " gelu" } else { "" },
             if e.residual.is_some() {
                 " +residual"
             } else {

@@ -249,14 +249,12 @@ pub struct Dequant<'a> {
     pub scales: &'a [f32],
     /// The panel's bias (`cols`).
     pub bias: Option<&'a [f32]>,
-    /// GELU after the bias.
-    pub gelu: bool,
     /// The residual, from the panel's first column (row `i` at `i · ld`).
     pub residual: Option<&'a [f32]>,
 }
 
 multiversion! {
-    /// `y[i][j] = acc[i][j] · (scale · scales[j])`, `+ bias[j]`, GELU, `+ residual[i][j]` for
+    /// `y[i][j] = acc[i][j] · (scale · scales[j])`, `+ bias[j]`, `+ residual[i][j]` for
     /// one panel (`d.rows` × `d.cols`), each operation as its own plan step would compute it.
     ///
     /// # Safety
@@ -275,9 +273,6 @@ multiversion! {
                 for (o, b) in out.iter_mut().zip(b) {
                     *o += *b;
                 }
-            }
-            if d.gelu {
-                map16_in_place(out, |v| unary1::<FUSED>(UnOp::Gelu, v));
             }
             if let Some(r) = d.residual {
                 for (o, r) in out.iter_mut().zip(&r[i * d.ld..i * d.ld + d.cols]) {
@@ -581,12 +576,30 @@ impl PermGeo {
     }
 }
 
+impl PermGeo {
+    /// Inner runs in the output.
+    pub fn runs(&self) -> usize {
+        self.outer.iter().product()
+    }
+}
+
 /// `y[i] = x[src(i)]` per `g`.
 pub fn permute(x: &[f32], y: &mut [f32], g: &PermGeo) {
-    let total: usize = g.outer.iter().product();
+    permute_runs(x, y, g, 0..g.runs());
+}
+
+/// [`permute`] for output runs `runs` only, written to `y` from its start (`y` holds
+/// `runs.len() · g.len` values): threads may take disjoint ranges.
+pub fn permute_runs(x: &[f32], y: &mut [f32], g: &PermGeo, runs: std::ops::Range<usize>) {
+    // The first run's outer index and input offset.
     let mut idx = [0usize; 5];
-    let mut off = 0usize;
-    for run in 0..total {
+    let (mut off, mut r) = (0usize, runs.start);
+    for ax in (0..5).rev() {
+        idx[ax] = r % g.outer[ax];
+        r /= g.outer[ax];
+        off += idx[ax] * g.src[ax];
+    }
+    for run in 0..runs.len() {
         let dst = &mut y[run * g.len..(run + 1) * g.len];
         if g.inner == 1 {
             dst.copy_from_slice(&x[off..off + g.len]);
@@ -683,6 +696,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn permutes_split_by_runs_match_the_whole() {
+        // [2, 3, 4, 5] → [3, 5, 2, 4] (output dims and the input stride each reads).
+        let g = PermGeo::new(&[1, 1, 3, 5, 2, 4], &[0, 0, 20, 1, 60, 5]);
+        let x: Vec<f32> = (0..120).map(|i| i as f32).collect();
+        let mut whole = vec![0f32; 120];
+        permute(&x, &mut whole, &g);
+        for split in [1, 2, 7, g.runs()] {
+            let mut parts = vec![f32::NAN; 120];
+            let mut at = 0;
+            while at < g.runs() {
+                let end = (at + split).min(g.runs());
+                permute_runs(&x, &mut parts[at * g.len..end * g.len], &g, at..end);
+                at = end;
+            }
+            assert_eq!(parts, whole, "runs of {split}");
+        }
+        // Spot-check the definition: output (a, d, b, c) reads input (b, a, c, d).
+        let (a, d, b, c) = (2, 3, 1, 2);
+        assert_eq!(whole[((a * 5 + d) * 2 + b) * 4 + c], x[((b * 3 + a) * 4 + c) * 5 + d]);
     }
 
     #[test]

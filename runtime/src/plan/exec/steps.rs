@@ -37,8 +37,8 @@ impl Ctx<'_> {
             Op::Unary { op, x, out } => self.unary(*op, v(*x), out_mut(*out)),
             Op::Reduce { op, x, out, dims } => ops::reduce(*op, v(*x), out_mut(*out), *dims),
             Op::RmsNorm { x, out, dims, eps } => ops::rms_norm(v(*x), out_mut(*out), *dims, *eps),
-            Op::Softmax { x, out, dims } => ops::softmax(v(*x), out_mut(*out), *dims),
-            Op::Permute { x, out, geo } => ops::permute(v(*x), out_mut(*out), geo),
+            Op::Softmax { x, out, dims } => self.softmax(v(*x), out_mut(*out), *dims),
+            Op::Permute { x, out, geo } => self.permute(v(*x), out_mut(*out), geo),
             Op::Gather {
                 x,
                 out,
@@ -94,7 +94,7 @@ impl Ctx<'_> {
                 epilogue: e,
             } => {
                 let (bias, residual) = (e.bias.map(v), e.residual.map(v));
-                let e = (bias, e.gelu, residual);
+                let e = (bias, residual);
                 let (y, w) = (out_mut(*out), &**w);
                 self.int8(v(*x), y, *m, w, *kernel, *act_scale, e, scratch)
             }
@@ -117,6 +117,46 @@ impl Ctx<'_> {
             // SAFETY: each task writes its own chunk `a..b` of `y` (in bounds: b ≤ len).
             let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a), b - a) };
             ops::unary(op, &x[a..b], dst);
+        });
+    }
+
+    /// A softmax, split by outer index across the pool when large (attention's: 12 heads ×
+    /// 50 rows of 50 per ViT-B/32 block).
+    fn softmax(&self, x: &[f32], y: &mut [f32], [o, l, n]: [usize; 3]) {
+        const VALUES: usize = 1 << 12;
+        let per = (VALUES / (l * n).max(1)).max(1);
+        let tasks = o.div_ceil(per);
+        if self.pool.threads() == 1 || tasks < 2 {
+            return ops::softmax(x, y, [o, l, n]);
+        }
+        let yp = Shared(y.as_mut_ptr());
+        self.pool.run(tasks, &|t, _| {
+            let (a, b) = (t * per, ((t + 1) * per).min(o));
+            let len = (b - a) * l * n;
+            // SAFETY: each task writes its own outer indices a..b of `y` (in bounds: b ≤ o).
+            let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a * l * n), len) };
+            ops::softmax(&x[a * l * n..b * l * n], dst, [b - a, l, n]);
+        });
+    }
+
+    /// A transposition, split by output runs across the pool when large (the attention
+    /// heads' query/key/value split: 115k values per ViT-B/32 block).
+    fn permute(&self, x: &[f32], y: &mut [f32], g: &ops::PermGeo) {
+        const VALUES: usize = 1 << 14;
+        let runs = g.runs();
+        let per = (VALUES / g.len.max(1)).max(1);
+        let tasks = runs.div_ceil(per);
+        if self.pool.threads() == 1 || tasks < 2 {
+            return ops::permute(x, y, g);
+        }
+        let yp = Shared(y.as_mut_ptr());
+        self.pool.run(tasks, &|t, _| {
+            let (a, b) = (t * per, ((t + 1) * per).min(runs));
+            // SAFETY: each task writes its own runs a..b of `y` (in bounds: b ≤ runs).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(yp.get().add(a * g.len), (b - a) * g.len)
+            };
+            ops::permute_runs(x, dst, g, a..b);
         });
     }
 
@@ -311,7 +351,7 @@ impl Ctx<'_> {
         w: &PackedWeights,
         kernel: Kernel,
         s: f32,
-        (bias, gelu, residual): (Option<&[f32]>, bool, Option<&[f32]>),
+        (bias, residual): (Option<&[f32]>, Option<&[f32]>),
         scratch: &mut Scratch,
     ) {
         let qa = &mut scratch.qa[..m * w.kp];
@@ -346,7 +386,6 @@ impl Ctx<'_> {
                     scale: s,
                     scales: &w.scales[c0..c1],
                     bias: bias.map(|b| &b[c0..c1]),
-                    gelu,
                     residual: residual.map(|r| &r[c0..]),
                 };
                 // This task's columns c0..c1 of every row: disjoint from every other task's.
