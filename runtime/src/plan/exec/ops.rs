@@ -717,7 +717,10 @@ mod tests {
         }
         // Spot-check the definition: output (a, d, b, c) reads input (b, a, c, d).
         let (a, d, b, c) = (2, 3, 1, 2);
-        assert_eq!(whole[((a * 5 + d) * 2 + b) * 4 + c], x[((b * 3 + a) * 4 + c) * 5 + d]);
+        assert_eq!(
+            whole[((a * 5 + d) * 2 + b) * 4 + c],
+            x[((b * 3 + a) * 4 + c) * 5 + d]
+        );
     }
 
     #[test]

@@ -153,9 +153,8 @@ impl Ctx<'_> {
         self.pool.run(tasks, &|t, _| {
             let (a, b) = (t * per, ((t + 1) * per).min(runs));
             // SAFETY: each task writes its own runs a..b of `y` (in bounds: b ≤ runs).
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(yp.get().add(a * g.len), (b - a) * g.len)
-            };
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(yp.get().add(a * g.len), (b - a) * g.len) };
             ops::permute_runs(x, dst, g, a..b);
         });
     }
