@@ -13,7 +13,7 @@
 //!
 //! [`run_reference`]: super::run_reference
 
-use super::ir::{BinOp, Broadcast, Plan, Step, MAX_RANK};
+use super::ir::{BinOp, Broadcast, Plan, RedOp, Step, MAX_RANK};
 
 /// `plan` with every fusable bias and residual add moved into the int8 layer before it.
 pub fn fuse_epilogues(plan: &Plan) -> Plan {
@@ -99,6 +99,118 @@ fn next_stage(plan: &Plan, i: usize) -> Option<(usize, usize, Stage)> {
         }
         _ => None,
     }
+}
+
+/// `plan` with every layer normalization that the lowering spelled as four steps (sum over a
+/// row, times a constant 1/len, subtracted from the row, RMS norm) replaced by one
+/// [`Step::LayerNorm`], which computes the same operations in the same order per row (same
+/// bits) in one pass over the row instead of four over the whole tensor. Only four adjacent
+/// steps whose intermediate results have no other reader are replaced.
+pub fn fuse_layer_norms(plan: &Plan) -> Plan {
+    let mut plan = plan.clone();
+    let mut i = 0;
+    while i + 3 < plan.steps.len() {
+        if let Some(ln) = layer_norm_at(&plan, i) {
+            plan.steps.splice(i..i + 4, [ln]);
+        }
+        i += 1;
+    }
+    plan
+}
+
+/// The layer norm spelled by steps `i..i + 4`, if they spell one.
+fn layer_norm_at(plan: &Plan, i: usize) -> Option<Step> {
+    let [Step::Reduce {
+        op: RedOp::Sum,
+        x,
+        out: sum,
+        dims: [o, l, 1],
+    }, Step::Binary {
+        op: BinOp::Mul,
+        a,
+        b,
+        out: mean,
+        shape: scaled,
+    }, Step::Binary {
+        op: BinOp::Sub,
+        a: sub_a,
+        b: sub_b,
+        out: centred,
+        shape: centring,
+    }, Step::RmsNorm {
+        x: rms_x,
+        out,
+        dims: [o2, l2, 1],
+        eps,
+    }] = &plan.steps[i..i + 4]
+    else {
+        return None;
+    };
+    let (x, sum, mean, centred, out, o, l) = (*x, *sum, *mean, *centred, *out, *o, *l);
+    let scale = if *a == sum { *b } else { *a };
+    let one_value = plan.buffers[scale]
+        .init
+        .as_ref()
+        .is_some_and(|c| c.len() == 1);
+    let chained = (*a == sum || *b == sum) && *sub_a == x && *sub_b == mean && *rms_x == centred;
+    let shapes = (*o2, *l2) == (o, l)
+        && [sum, mean].iter().all(|b| plan.buffers[*b].len() == o)
+        && [x, centred, out]
+            .iter()
+            .all(|b| plan.buffers[*b].len() == o * l);
+    if !(one_value && chained && shapes && scale != sum) {
+        return None;
+    }
+    // The scale reads the sums in order and the one constant; the subtraction reads row r of
+    // x and mean r for output row r.
+    let (sum_s, scale_s) = if *a == sum {
+        (&scaled.sa, &scaled.sb)
+    } else {
+        (&scaled.sb, &scaled.sa)
+    };
+    let reads_in_order =
+        maps(scaled, sum_s, 1, o, |_, j| j) && maps(scaled, scale_s, 1, o, |_, _| 0);
+    let centres_rows = maps(centring, &centring.sa, o, l, |r, j| r * l + j)
+        && maps(centring, &centring.sb, o, l, |r, _| r);
+    // The intermediates are read by these steps only, and are not model outputs.
+    let private = [sum, mean, centred].iter().all(|b| {
+        !plan.outputs.contains(b)
+            && plan
+                .steps
+                .iter()
+                .enumerate()
+                .all(|(s, st)| (i..i + 4).contains(&s) || !touches(st, *b))
+    });
+    (reads_in_order && centres_rows && private).then_some(Step::LayerNorm {
+        x,
+        out,
+        dims: [o, l],
+        scale,
+        eps: *eps,
+    })
+}
+
+/// Whether a binary step's operand with strides `s` reads element `at(r, j)` for output
+/// element `(r, j)` of an `[rows, cols]` output (the step's whole output, in order).
+fn maps(
+    shape: &Broadcast,
+    s: &[i32; MAX_RANK],
+    rows: usize,
+    cols: usize,
+    at: impl Fn(usize, usize) -> usize,
+) -> bool {
+    if shape.dims.iter().map(|d| *d as usize).product::<usize>() != rows * cols {
+        return false;
+    }
+    (0..rows * cols).all(|flat| {
+        let (mut rest, mut off) = (flat, 0usize);
+        for ax in (0..MAX_RANK).rev() {
+            let d = shape.dims[ax] as usize;
+            off += (rest % d) * s[ax] as usize;
+            rest /= d;
+        }
+        off == at(flat / cols, flat % cols)
+    })
 }
 
 /// Whether `step` reads or writes buffer `b`.
@@ -330,5 +442,126 @@ mod tests {
         // ...unless that one's output is a model output: then nothing fuses.
         p.outputs = vec![1, 6];
         assert_eq!(fuse_epilogues(&p).steps.len(), 3);
+    }
+
+    /// x (0, `[rows, len]`) → Σ (1) → · 1/len (2, constant 3) → x − mean (4) → RMS norm (5).
+    fn norm_plan(rows: usize, len: usize, outputs: Vec<usize>) -> Plan {
+        let (r, l) = (rows as i32, len as i32);
+        let bc = |d: [i32; 2], sa: [i32; 2], sb: [i32; 2]| Broadcast {
+            dims: [1, 1, 1, 1, d[0], d[1]],
+            sa: [0, 0, 0, 0, sa[0], sa[1]],
+            sb: [0, 0, 0, 0, sb[0], sb[1]],
+        };
+        Plan {
+            buffers: vec![
+                buf(&[rows, len], None),
+                buf(&[rows], None),
+                buf(&[rows], None),
+                buf(&[1], Some(vec![1.0 / len as f32])),
+                buf(&[rows, len], None),
+                buf(&[rows, len], None),
+            ],
+            steps: vec![
+                Step::Reduce {
+                    op: RedOp::Sum,
+                    x: 0,
+                    out: 1,
+                    dims: [rows, len, 1],
+                },
+                Step::Binary {
+                    op: BinOp::Mul,
+                    a: 3,
+                    b: 1,
+                    out: 2,
+                    shape: bc([1, r], [0, 0], [0, 1]),
+                },
+                Step::Binary {
+                    op: BinOp::Sub,
+                    a: 0,
+                    b: 2,
+                    out: 4,
+                    shape: bc([r, l], [l, 1], [1, 0]),
+                },
+                Step::RmsNorm {
+                    x: 4,
+                    out: 5,
+                    dims: [rows, len, 1],
+                    eps: 1e-5,
+                },
+            ],
+            input: 0,
+            outputs,
+            host_nodes: vec![],
+        }
+    }
+
+    #[test]
+    fn layer_norms_become_one_step_with_the_same_bits() {
+        use crate::plan::{fuse_layer_norms, CpuPlan, Pool};
+        let (rows, len) = (50, 770);
+        let p = norm_plan(rows, len, vec![5]);
+        let f = fuse_layer_norms(&p);
+        assert!(
+            matches!(
+                f.steps[..],
+                [Step::LayerNorm {
+                    x: 0,
+                    out: 5,
+                    dims: [50, 770],
+                    scale: 3,
+                    ..
+                }]
+            ),
+            "{:?}",
+            f.steps
+        );
+        let x: Vec<f32> = wave(rows * len, 0.013)
+            .iter()
+            .map(|v| v * 3.0 + 0.7)
+            .collect();
+        let (want, got) = (
+            run_reference(&p, &x).unwrap(),
+            run_reference(&f, &x).unwrap(),
+        );
+        assert_eq!(bits(&got[0]), bits(&want[0]));
+        // The CPU plan's fused step against its four separate steps (kept apart by making the
+        // mean an output too), on 1 and 3 threads.
+        let apart = norm_plan(rows, len, vec![5, 2]);
+        assert_eq!(fuse_layer_norms(&apart).steps.len(), 4);
+        let run = |p: &Plan, t: usize| {
+            let mut c = CpuPlan::new(p, Arc::new(Pool::new(t).unwrap())).unwrap();
+            c.run(&x).unwrap();
+            bits(c.output(0))
+        };
+        let one = run(&apart, 1);
+        assert_eq!(run(&p, 1), one);
+        assert_eq!(run(&p, 3), one);
+        for (g, w) in run(&p, 3).iter().zip(&want[0]) {
+            assert!((f32::from_bits(*g) - w).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn only_the_exact_layer_norm_pattern_fuses() {
+        use crate::plan::fuse_layer_norms;
+        // mean − x is not x − mean.
+        let mut p = norm_plan(4, 40, vec![5]);
+        if let Step::Binary { a, b, shape, .. } = &mut p.steps[2] {
+            (*a, *b) = (2, 0);
+            (shape.sa, shape.sb) = (shape.sb, shape.sa);
+        }
+        assert_eq!(fuse_layer_norms(&p).steps.len(), 4);
+        // A scale computed per frame is not a constant.
+        let mut p = norm_plan(4, 40, vec![5]);
+        p.buffers[3].init = None;
+        assert_eq!(fuse_layer_norms(&p).steps.len(), 4);
+        // A second reader of the centred values.
+        let mut p = norm_plan(4, 40, vec![5]);
+        p.steps.push(Step::Unary {
+            op: UnOp::Exp,
+            x: 4,
+            out: 1,
+        });
+        assert_eq!(fuse_layer_norms(&p).steps.len(), 5);
     }
 }

@@ -185,6 +185,22 @@ pub enum Step {
         /// ε.
         eps: f32,
     },
+    /// Layer normalization without its affine part, exactly as the four steps it replaces
+    /// compute it along the rows of `[outer, len]`: `mean = Σx · scale`, `d = x − mean`,
+    /// `out = d / √(mean(d²) + eps)`. Built only by the CPU plan's
+    /// [`super::fuse_layer_norms`] from a sum, a scale, a subtraction and an RMS norm.
+    LayerNorm {
+        /// Input.
+        x: usize,
+        /// Output.
+        out: usize,
+        /// Rows and row length.
+        dims: [usize; 2],
+        /// A one-value constant: the scale that turns the sum into the mean (1/len).
+        scale: usize,
+        /// ε.
+        eps: f32,
+    },
     /// Softmax along the middle axis of `[outer, len, inner]`.
     Softmax {
         /// Input.
@@ -298,6 +314,7 @@ impl Step {
             | Step::Permute { x, out, .. }
             | Step::Gather { x, out, .. }
             | Step::ConcatPart { x, out, .. } => (vec![*x], Some(*out)),
+            Step::LayerNorm { x, out, scale, .. } => (vec![*x, *scale], Some(*out)),
             Step::Int8Linear {
                 x, out, epilogue, ..
             } => {

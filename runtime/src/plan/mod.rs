@@ -12,7 +12,8 @@
 //!
 //! Files: `ir` (the plan's types), `lower` (tract's typed model → plan; the graph comes
 //! from `Bundle::load_encoder_graph` / `load_qformer_graph`), `einsum` (einsums as strided
-//! matrix products), `fuse` (int8 layers absorb the bias and residual adds after them),
+//! matrix products), `fuse` (int8 layers absorb the bias and residual adds after them; layer norms
+//! become one step),
 //! `reference` (each step's definition as a plain loop), `exec` ([`CpuPlan`]: the fast CPU
 //! executor), `pool` (the fixed worker pool).
 
@@ -25,7 +26,7 @@ mod lower;
 mod reference;
 
 pub use exec::{gemm as float_gemm, CpuPlan, FloatKernel};
-pub use fuse::fuse_epilogues;
+pub use fuse::{fuse_epilogues, fuse_layer_norms};
 pub use ir::{
     BinOp, Broadcast, Buffer, Conv2d, Epilogue, MatMul, Permute, Plan, RedOp, Step, UnOp, MAX_RANK,
 };

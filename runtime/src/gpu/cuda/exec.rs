@@ -189,7 +189,7 @@ impl GraphExec {
             | Step::Conv { out, .. }
             | Step::Int8Linear { out, .. } => out_len(*out) == 0,
             Step::ConcatPart { dims, .. } => dims.iter().product::<usize>() == 0,
-            Step::Host { .. } => false,
+            Step::Host { .. } | Step::LayerNorm { .. } => false,
         };
         if empty {
             return Ok(());
@@ -259,6 +259,10 @@ impl GraphExec {
                 // SAFETY: matches ef_rms_norm; one block per row.
                 launched(unsafe { l.launch(rows(dims[0] * dims[2])) }, "ef_rms_norm")
             }
+            // `fuse_layer_norms` is a CPU plan pass; lowered plans never carry one.
+            Step::LayerNorm { .. } => Err(GpuError::Unsupported(
+                "a fused layer-norm step (a CPU plan pass)".into(),
+            )),
             &Step::Softmax { x, out, dims } => {
                 let [o, len, inner] = dims.map(|v| v as i32);
                 let (ins, y) = io(bufs, [x, 0, 0], 1, out);

@@ -10,10 +10,10 @@ use edgefuse_models::quant::gemm::Kernel;
 use super::gemm::{pack_panel, packed_lhs_len, packs_lhs, FloatKernel, Rhs as Src};
 use super::ops::{BinGeo, PermGeo};
 use super::{op_locs, unsupported, CpuPlan, Epilogue, Loc, Op, Rhs, Scratch, ALIGN};
-use crate::plan::fuse_epilogues;
 use crate::plan::ir::{MatMul, Plan, Step};
 use crate::plan::pool::Pool;
 use crate::plan::PlanError;
+use crate::plan::{fuse_epilogues, fuse_layer_norms};
 
 /// Where every buffer of `plan` lives: constants stay in their shared data (returned, indexed by
 /// `Loc::Const`); the rest get arena offsets in step order, each freed after the last step that
@@ -142,7 +142,7 @@ impl CpuPlan {
             )));
         }
         let fused = fuse_epilogues(plan);
-        let plan = &fused;
+        let plan = &fuse_layer_norms(&fused);
         let fk = FloatKernel::best();
         let Placement {
             locs,
@@ -185,6 +185,22 @@ impl CpuPlan {
                     x: loc(*x)?,
                     out: loc(*out)?,
                     dims: *dims,
+                    eps: *eps,
+                },
+                Step::LayerNorm {
+                    x,
+                    out,
+                    dims,
+                    scale,
+                    eps,
+                } => Op::LayerNorm {
+                    x: loc(*x)?,
+                    out: loc(*out)?,
+                    dims: *dims,
+                    scale: match plan.buffers[*scale].init.as_deref() {
+                        Some([v]) => *v,
+                        _ => return Err(unsupported("a layer norm's scale is not one constant")),
+                    },
                     eps: *eps,
                 },
                 Step::Softmax { x, out, dims } => Op::Softmax {

@@ -79,6 +79,14 @@ enum Op {
         dims: [usize; 3],
         eps: f32,
     },
+    LayerNorm {
+        x: Loc,
+        out: Loc,
+        /// Rows and row length.
+        dims: [usize; 2],
+        scale: f32,
+        eps: f32,
+    },
     Softmax {
         x: Loc,
         out: Loc,
@@ -304,6 +312,7 @@ fn op_name(op: &Op) -> String {
         Op::Unary { op, .. } => format!("unary {op:?}"),
         Op::Reduce { op, .. } => format!("reduce {op:?}"),
         Op::RmsNorm { .. } => "rms norm".into(),
+        Op::LayerNorm { .. } => "layer norm".into(),
         Op::Softmax { .. } => "softmax".into(),
         Op::Permute { .. } => "permute".into(),
         Op::Gather { .. } => "gather".into(),
@@ -361,6 +370,7 @@ fn op_locs(op: &Op) -> ([Option<Loc>; 3], Loc) {
         Op::Unary { x, out, .. }
         | Op::Reduce { x, out, .. }
         | Op::RmsNorm { x, out, .. }
+        | Op::LayerNorm { x, out, .. }
         | Op::Softmax { x, out, .. }
         | Op::Permute { x, out, .. }
         | Op::Gather { x, out, .. }

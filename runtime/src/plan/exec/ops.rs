@@ -518,6 +518,39 @@ multiversion! {
     }
 }
 
+/// `1 / √(mean(row²) + eps)`: squares summed in 16 lanes, then the lanes, then the tail.
+#[inline(always)]
+fn rms_inv(row: &[f32], eps: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, v) in lanes.iter_mut().zip(c) {
+            *a += *v * *v;
+        }
+    }
+    let ss = tree16(lanes, |a, b| a + b) + chunks.remainder().iter().map(|v| v * v).sum::<f32>();
+    1.0 / (ss / row.len() as f32 + eps).sqrt()
+}
+
+multiversion! {
+    /// Layer normalization of each `len`-long row (no affine part), computed as the four steps
+    /// it replaces compute it (same bits): `mean = Σrow · scale` ([`reduce`], then a product),
+    /// `d = row − mean`, then [`rms_norm`] of `d`. One pass over each row instead of four over
+    /// the tensor.
+    pub fn layer_norm(x: &[f32], y: &mut [f32], len: usize, scale: f32, eps: f32) {
+        for (src, dst) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+            let mean = sum(src) * scale;
+            for (d, v) in dst.iter_mut().zip(src) {
+                *d = *v - mean;
+            }
+            let inv = rms_inv(dst, eps);
+            for d in dst.iter_mut() {
+                *d *= inv;
+            }
+        }
+    }
+}
+
 multiversion! {
     /// `x / √(mean(x²) + eps)` along the middle axis of `[outer, len, inner]`.
     pub fn rms_norm(x: &[f32], y: &mut [f32], dims: [usize; 3], eps: f32) {
@@ -526,17 +559,7 @@ multiversion! {
             for ni in 0..n {
                 let at = |li: usize| (oi * l + li) * n + ni;
                 let inv = if n == 1 {
-                    let row = &x[oi * l..(oi + 1) * l];
-                    let mut lanes = [0f32; 16];
-                    let mut chunks = row.chunks_exact(16);
-                    for c in &mut chunks {
-                        for (a, v) in lanes.iter_mut().zip(c) {
-                            *a += *v * *v;
-                        }
-                    }
-                    let ss = tree16(lanes, |a, b| a + b)
-                        + chunks.remainder().iter().map(|v| v * v).sum::<f32>();
-                    1.0 / (ss / l as f32 + eps).sqrt()
+                    rms_inv(&x[oi * l..(oi + 1) * l], eps)
                 } else {
                     let ss: f32 = (0..l).map(|li| x[at(li)] * x[at(li)]).sum();
                     1.0 / (ss / l as f32 + eps).sqrt()

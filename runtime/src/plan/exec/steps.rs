@@ -37,6 +37,13 @@ impl Ctx<'_> {
             Op::Unary { op, x, out } => self.unary(*op, v(*x), out_mut(*out)),
             Op::Reduce { op, x, out, dims } => ops::reduce(*op, v(*x), out_mut(*out), *dims),
             Op::RmsNorm { x, out, dims, eps } => ops::rms_norm(v(*x), out_mut(*out), *dims, *eps),
+            Op::LayerNorm {
+                x,
+                out,
+                dims,
+                scale,
+                eps,
+            } => self.layer_norm(v(*x), out_mut(*out), *dims, *scale, *eps),
             Op::Softmax { x, out, dims } => self.softmax(v(*x), out_mut(*out), *dims),
             Op::Permute { x, out, geo } => self.permute(v(*x), out_mut(*out), geo),
             Op::Gather {
@@ -117,6 +124,25 @@ impl Ctx<'_> {
             // SAFETY: each task writes its own chunk `a..b` of `y` (in bounds: b ≤ len).
             let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a), b - a) };
             ops::unary(op, &x[a..b], dst);
+        });
+    }
+
+    /// A layer norm, split by rows across the pool when large (a ViT-B/32 block's: 50 rows of
+    /// 768).
+    fn layer_norm(&self, x: &[f32], y: &mut [f32], [rows, len]: [usize; 2], scale: f32, eps: f32) {
+        const VALUES: usize = 1 << 13;
+        let per = (VALUES / len.max(1)).max(1);
+        let tasks = rows.div_ceil(per);
+        if self.pool.threads() == 1 || tasks < 2 {
+            return ops::layer_norm(x, y, len, scale, eps);
+        }
+        let yp = Shared(y.as_mut_ptr());
+        self.pool.run(tasks, &|t, _| {
+            let (a, b) = (t * per, ((t + 1) * per).min(rows));
+            // SAFETY: each task writes its own rows a..b of `y` (in bounds: b ≤ rows).
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(yp.get().add(a * len), (b - a) * len) };
+            ops::layer_norm(&x[a * len..b * len], dst, len, scale, eps);
         });
     }
 
