@@ -1,7 +1,8 @@
 // How many int8 (vpdpbusd) and f32 (vfmadd) AVX-512 instructions one core, and each of two
 // cores at once, issue per second: the ceiling on how much faster an int8 product can be than a
 // float one on this CPU (64 vs 16 multiply-adds per instruction). 16 independent accumulators
-// per thread, registers only (no memory traffic). Used for docs/BENCHMARKS.md (issue 13).
+// per thread, kept in registers (the loops are unrolled; no memory traffic). Used for
+// docs/BENCHMARKS.md (issue 13).
 //
 //   cc -O2 -mavx512f -mavx512bw -mavx512vnni -pthread scripts/vnni-vs-fma.c -o /tmp/vnni-vs-fma
 //   /tmp/vnni-vs-fma            # 6 rounds, alternating; prints G instructions/s per thread
@@ -26,6 +27,7 @@ static void *int8_loop(void *arg) {
     for (int i = 0; i < 16; i++) acc[i] = _mm512_set1_epi32(i);
     __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x02020202);
     for (long i = 0; i < ITERS; i++) {
+#pragma GCC unroll 16
         for (int j = 0; j < 16; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
         __asm__ volatile("" : "+v"(a));
     }
@@ -41,6 +43,7 @@ static void *f32_loop(void *arg) {
     for (int i = 0; i < 16; i++) acc[i] = _mm512_set1_ps((float)i);
     __m512 a = _mm512_set1_ps(1.0001f), b = _mm512_set1_ps(0.9999f);
     for (long i = 0; i < ITERS; i++) {
+#pragma GCC unroll 16
         for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
         __asm__ volatile("" : "+v"(a));
     }
