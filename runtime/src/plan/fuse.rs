@@ -446,12 +446,12 @@ mod tests {
 
     /// x (0, `[rows, len]`) → Σ (1) → · 1/len (2, constant 3) → x − mean (4) → RMS norm (5).
     fn norm_plan(rows: usize, len: usize, outputs: Vec<usize>) -> Plan {
-        let (r, l) = (rows as i32, len as i32);
-        let bc = |d: [i32; 2], sa: [i32; 2], sb: [i32; 2]| Broadcast {
-            dims: [1, 1, 1, 1, d[0], d[1]],
-            sa: [0, 0, 0, 0, sa[0], sa[1]],
-            sb: [0, 0, 0, 0, sb[0], sb[1]],
-        };
+        let mut steps = Step::layer_norm_spelled([0, 3, 1, 2, 4, 5], rows, len, 1e-5).to_vec();
+        // The scale first: an add's and a product's operands may come in either order.
+        if let Step::Binary { a, b, shape, .. } = &mut steps[1] {
+            (*a, *b) = (*b, *a);
+            (shape.sa, shape.sb) = (shape.sb, shape.sa);
+        }
         Plan {
             buffers: vec![
                 buf(&[rows, len], None),
@@ -461,34 +461,7 @@ mod tests {
                 buf(&[rows, len], None),
                 buf(&[rows, len], None),
             ],
-            steps: vec![
-                Step::Reduce {
-                    op: RedOp::Sum,
-                    x: 0,
-                    out: 1,
-                    dims: [rows, len, 1],
-                },
-                Step::Binary {
-                    op: BinOp::Mul,
-                    a: 3,
-                    b: 1,
-                    out: 2,
-                    shape: bc([1, r], [0, 0], [0, 1]),
-                },
-                Step::Binary {
-                    op: BinOp::Sub,
-                    a: 0,
-                    b: 2,
-                    out: 4,
-                    shape: bc([r, l], [l, 1], [1, 0]),
-                },
-                Step::RmsNorm {
-                    x: 4,
-                    out: 5,
-                    dims: [rows, len, 1],
-                    eps: 1e-5,
-                },
-            ],
+            steps,
             input: 0,
             outputs,
             host_nodes: vec![],

@@ -301,6 +301,47 @@ pub enum Step {
 }
 
 impl Step {
+    /// The four steps that spell a layer norm without its affine part, as the lowering emits
+    /// them and [`Step::LayerNorm`] replaces them, over buffers `[x, scale, sum, mean, centred,
+    /// out]`: `sum = Σ row`, `mean = sum · scale`, `centred = x − mean`, `out = RMS norm`.
+    pub fn layer_norm_spelled(b: [usize; 6], rows: usize, len: usize, eps: f32) -> [Step; 4] {
+        let [x, scale, sum, mean, centred, out] = b;
+        let (r, l) = (rows as i32, len as i32);
+        let two_d = |d: [i32; 2], sa: [i32; 2], sb: [i32; 2]| Broadcast {
+            dims: [1, 1, 1, 1, d[0], d[1]],
+            sa: [0, 0, 0, 0, sa[0], sa[1]],
+            sb: [0, 0, 0, 0, sb[0], sb[1]],
+        };
+        [
+            Step::Reduce {
+                op: RedOp::Sum,
+                x,
+                out: sum,
+                dims: [rows, len, 1],
+            },
+            Step::Binary {
+                op: BinOp::Mul,
+                a: sum,
+                b: scale,
+                out: mean,
+                shape: two_d([1, r], [0, 1], [0, 0]),
+            },
+            Step::Binary {
+                op: BinOp::Sub,
+                a: x,
+                b: mean,
+                out: centred,
+                shape: two_d([r, l], [l, 1], [1, 0]),
+            },
+            Step::RmsNorm {
+                x: centred,
+                out,
+                dims: [rows, len, 1],
+                eps,
+            },
+        ]
+    }
+
     /// Buffers read and the buffer written (none for a host step).
     pub fn io(&self) -> (Vec<usize>, Option<usize>) {
         match self {

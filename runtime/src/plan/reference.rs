@@ -3,7 +3,7 @@
 
 use tract_onnx::prelude::*;
 
-use super::ir::{BinOp, Broadcast, Conv2d, Plan, RedOp, Step, UnOp, MAX_RANK};
+use super::ir::{BinOp, Conv2d, Plan, RedOp, Step, UnOp, MAX_RANK};
 use super::PlanError;
 use edgefuse_models::quant::gemm;
 
@@ -104,40 +104,7 @@ fn exec_cpu(step: &Step, mem: &mut [Vec<f32>]) -> Result<(), PlanError> {
                 vec![0.0; o * l],
                 vec![0.0; o * l],
             ];
-            let (oi, li) = (o as i32, l as i32);
-            let row = |d: [i32; 2], sa: [i32; 2], sb: [i32; 2]| Broadcast {
-                dims: [1, 1, 1, 1, d[0], d[1]],
-                sa: [0, 0, 0, 0, sa[0], sa[1]],
-                sb: [0, 0, 0, 0, sb[0], sb[1]],
-            };
-            let steps = [
-                Step::Reduce {
-                    op: RedOp::Sum,
-                    x: 0,
-                    out: 2,
-                    dims: [o, l, 1],
-                },
-                Step::Binary {
-                    op: BinOp::Mul,
-                    a: 2,
-                    b: 1,
-                    out: 3,
-                    shape: row([1, oi], [0, 1], [0, 0]),
-                },
-                Step::Binary {
-                    op: BinOp::Sub,
-                    a: 0,
-                    b: 3,
-                    out: 4,
-                    shape: row([oi, li], [li, 1], [1, 0]),
-                },
-                Step::RmsNorm {
-                    x: 4,
-                    out: 5,
-                    dims: [o, l, 1],
-                    eps: *eps,
-                },
-            ];
+            let steps = Step::layer_norm_spelled([0, 1, 2, 3, 4, 5], o, l, *eps);
             for s in &steps {
                 exec_cpu(s, &mut tmp)?;
             }
