@@ -8,58 +8,46 @@
 
 use super::super::ir::{BinOp, RedOp, UnOp};
 
-/// Define `pub fn $name` that runs its body compiled for the widest vector ISA of this CPU.
+/// Define `pub fn $name` (or `pub unsafe fn $name`, whose contract is the caller's, stated in
+/// its docs) that runs its body compiled for the widest vector ISA of this CPU.
 macro_rules! multiversion {
     ($(#[$m:meta])* pub fn $name:ident($($a:ident : $t:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         pub fn $name($($a: $t),*) {
             #[inline(always)]
             fn inner<const FUSED: bool>($($a: $t),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn v512($($a: $t),*) { inner::<true>($($a),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v256($($a: $t),*) { inner::<true>($($a),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F.
-                    return unsafe { v512($($a),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    return unsafe { v256($($a),*) };
-                }
-            }
+            multiversion!(@wide $($a: $t),*);
             inner::<BASE_FUSED>($($a),*)
         }
     };
-    // The same for an `unsafe fn` (its contract is the caller's, stated in its docs).
     ($(#[$m:meta])* pub unsafe fn $name:ident($($a:ident : $t:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         pub unsafe fn $name($($a: $t),*) {
             #[inline(always)]
             unsafe fn inner<const FUSED: bool>($($a: $t),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn v512($($a: $t),*) { inner::<true>($($a),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn v256($($a: $t),*) { inner::<true>($($a),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F; the rest is the caller's contract.
-                    return unsafe { v512($($a),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA; the rest is the caller's contract.
-                    return unsafe { v256($($a),*) };
-                }
-            }
+            multiversion!(@wide $($a: $t),*);
             // SAFETY: the caller's contract.
             unsafe { inner::<BASE_FUSED>($($a),*) }
+        }
+    };
+    // Return `inner` compiled for AVX-512 or AVX2 + FMA when the CPU has them.
+    (@wide $($a:ident : $t:ty),*) => {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn v512($($a: $t),*) { inner::<true>($($a),*) }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn v256($($a: $t),*) { inner::<true>($($a),*) }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (an unsafe fn's contract is its caller's).
+                return unsafe { v512($($a),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA (an unsafe fn's contract is its caller's).
+                return unsafe { v256($($a),*) };
+            }
         }
     };
 }
@@ -162,14 +150,9 @@ fn map16_in_place(y: &mut [f32], f: impl Fn(f32) -> f32) {
         }
     }
     let yr = ys.into_remainder();
-    if !yr.is_empty() {
-        let mut t = [0f32; 16];
-        t[..yr.len()].copy_from_slice(yr);
-        for v in t.iter_mut() {
-            *v = f(*v);
-        }
-        yr.copy_from_slice(&t[..yr.len()]);
-    }
+    let mut t = [0f32; 16];
+    t[..yr.len()].copy_from_slice(yr);
+    tail16(&t, yr, f);
 }
 
 /// `y[i] = f(x[i])`, 16 values at a time; the tail is padded to 16 lanes, so short or odd runs
@@ -186,14 +169,23 @@ fn map16(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
         }
     }
     let (xr, yr) = (xs.remainder(), ys.into_remainder());
-    if !xr.is_empty() {
-        let mut t = [0f32; 16];
-        t[..xr.len()].copy_from_slice(xr);
-        for v in t.iter_mut() {
-            *v = f(*v);
-        }
-        yr.copy_from_slice(&t[..xr.len()]);
+    let mut t = [0f32; 16];
+    t[..xr.len()].copy_from_slice(xr);
+    tail16(&t, yr, f);
+}
+
+/// A tail of fewer than 16 values, padded to 16 lanes in `t`: `f` of all 16 (one vector), the
+/// first `out.len()` written.
+#[inline(always)]
+fn tail16(t: &[f32; 16], out: &mut [f32], f: impl Fn(f32) -> f32) {
+    if out.is_empty() {
+        return;
     }
+    let mut r = [0f32; 16];
+    for (d, s) in r.iter_mut().zip(t) {
+        *d = f(*s);
+    }
+    out.copy_from_slice(&r[..out.len()]);
 }
 
 #[inline(always)]
@@ -606,13 +598,8 @@ impl PermGeo {
     }
 }
 
-/// `y[i] = x[src(i)]` per `g`.
-pub fn permute(x: &[f32], y: &mut [f32], g: &PermGeo) {
-    permute_runs(x, y, g, 0..g.runs());
-}
-
-/// [`permute`] for output runs `runs` only, written to `y` from its start (`y` holds
-/// `runs.len() · g.len` values): threads may take disjoint ranges.
+/// `y[i] = x[src(i)]` per `g`, for output runs `runs` only (all: `0..g.runs()`), written to `y`
+/// from its start (`y` holds `runs.len() · g.len` values): threads may take disjoint ranges.
 pub fn permute_runs(x: &[f32], y: &mut [f32], g: &PermGeo, runs: std::ops::Range<usize>) {
     // The first run's outer index and input offset.
     let mut idx = [0usize; 5];

@@ -100,88 +100,67 @@ impl Ctx<'_> {
                 act_scale,
                 epilogue: e,
             } => {
-                let (bias, residual) = (e.bias.map(v), e.residual.map(v));
-                let e = (bias, residual);
+                let adds = (e.bias.map(v), e.residual.map(v));
                 let (y, w) = (out_mut(*out), &**w);
-                self.int8(v(*x), y, *m, w, *kernel, *act_scale, e, scratch)
+                self.int8(v(*x), y, *m, w, *kernel, *act_scale, adds, scratch)
             }
         }
     }
 
-    /// An element-wise step; split across the pool when it is large (GELU over an MLP's hidden
-    /// layer: 150k values per ViT-B/32 block).
-    fn unary(&self, op: UnOp, x: &[f32], y: &mut [f32]) {
-        const CHUNK: usize = 1 << 14;
-        let threads = self.pool.threads();
-        if threads == 1 || y.len() < 2 * CHUNK {
-            return ops::unary(op, x, y);
-        }
-        let len = y.len();
-        let tasks = len.div_ceil(CHUNK);
-        let yp = Shared(y.as_mut_ptr());
-        self.pool.run(tasks, &|t, _| {
-            let (a, b) = (t * CHUNK, ((t + 1) * CHUNK).min(len));
-            // SAFETY: each task writes its own chunk `a..b` of `y` (in bounds: b ≤ len).
-            let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a), b - a) };
-            ops::unary(op, &x[a..b], dst);
-        });
-    }
-
-    /// A layer norm, split by rows across the pool when large (a ViT-B/32 block's: 50 rows of
-    /// 768).
-    fn layer_norm(&self, x: &[f32], y: &mut [f32], [rows, len]: [usize; 2], scale: f32, eps: f32) {
-        const VALUES: usize = 1 << 13;
-        let per = (VALUES / len.max(1)).max(1);
-        let tasks = rows.div_ceil(per);
-        if self.pool.threads() == 1 || tasks < 2 {
-            return ops::layer_norm(x, y, len, scale, eps);
+    /// Run `f(r, rows r of y)` over `rows` rows of `row_len` values of `y`: split across the
+    /// pool in ranges of about `values` values when there are at least two such ranges, on the
+    /// calling thread in one piece otherwise. The row-wise steps below share it.
+    fn split_rows(
+        &self,
+        y: &mut [f32],
+        rows: usize,
+        row_len: usize,
+        values: usize,
+        f: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+    ) {
+        debug_assert!(y.len() >= rows * row_len);
+        let per = (values / row_len.max(1)).max(1);
+        if self.pool.threads() == 1 || rows < 2 * per {
+            return f(0..rows, y);
         }
         let yp = Shared(y.as_mut_ptr());
-        self.pool.run(tasks, &|t, _| {
+        self.pool.run(rows.div_ceil(per), &|t, _| {
             let (a, b) = (t * per, ((t + 1) * per).min(rows));
             // SAFETY: each task writes its own rows a..b of `y` (in bounds: b ≤ rows).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(yp.get().add(a * len), (b - a) * len) };
-            ops::layer_norm(&x[a * len..b * len], dst, len, scale, eps);
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(yp.get().add(a * row_len), (b - a) * row_len)
+            };
+            f(a..b, dst);
         });
     }
 
-    /// A softmax, split by outer index across the pool when large (attention's: 12 heads ×
-    /// 50 rows of 50 per ViT-B/32 block).
+    /// An element-wise step, split when large (GELU over an MLP's hidden layer: 150k values
+    /// per ViT-B/32 block).
+    fn unary(&self, op: UnOp, x: &[f32], y: &mut [f32]) {
+        let len = y.len();
+        self.split_rows(y, len, 1, 1 << 14, &|r, dst| ops::unary(op, &x[r], dst));
+    }
+
+    /// A layer norm, split by rows when large (a ViT-B/32 block's: 50 rows of 768).
+    fn layer_norm(&self, x: &[f32], y: &mut [f32], [rows, len]: [usize; 2], scale: f32, eps: f32) {
+        self.split_rows(y, rows, len, 1 << 13, &|r, dst| {
+            ops::layer_norm(&x[r.start * len..r.end * len], dst, len, scale, eps)
+        });
+    }
+
+    /// A softmax, split by outer index when large (attention's: 12 heads × 50 rows of 50 per
+    /// ViT-B/32 block).
     fn softmax(&self, x: &[f32], y: &mut [f32], [o, l, n]: [usize; 3]) {
-        const VALUES: usize = 1 << 12;
-        let per = (VALUES / (l * n).max(1)).max(1);
-        let tasks = o.div_ceil(per);
-        if self.pool.threads() == 1 || tasks < 2 {
-            return ops::softmax(x, y, [o, l, n]);
-        }
-        let yp = Shared(y.as_mut_ptr());
-        self.pool.run(tasks, &|t, _| {
-            let (a, b) = (t * per, ((t + 1) * per).min(o));
-            let len = (b - a) * l * n;
-            // SAFETY: each task writes its own outer indices a..b of `y` (in bounds: b ≤ o).
-            let dst = unsafe { std::slice::from_raw_parts_mut(yp.get().add(a * l * n), len) };
-            ops::softmax(&x[a * l * n..b * l * n], dst, [b - a, l, n]);
+        self.split_rows(y, o, l * n, 1 << 12, &|r, dst| {
+            ops::softmax(&x[r.start * l * n..r.end * l * n], dst, [r.len(), l, n])
         });
     }
 
-    /// A transposition, split by output runs across the pool when large (the attention
-    /// heads' query/key/value split: 115k values per ViT-B/32 block).
+    /// A transposition, split by output runs when large (the attention heads' query/key/value
+    /// split: 115k values per ViT-B/32 block).
     fn permute(&self, x: &[f32], y: &mut [f32], g: &ops::PermGeo) {
-        const VALUES: usize = 1 << 14;
-        let runs = g.runs();
-        let per = (VALUES / g.len.max(1)).max(1);
-        let tasks = runs.div_ceil(per);
-        if self.pool.threads() == 1 || tasks < 2 {
-            return ops::permute(x, y, g);
-        }
-        let yp = Shared(y.as_mut_ptr());
-        self.pool.run(tasks, &|t, _| {
-            let (a, b) = (t * per, ((t + 1) * per).min(runs));
-            // SAFETY: each task writes its own runs a..b of `y` (in bounds: b ≤ runs).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(yp.get().add(a * g.len), (b - a) * g.len) };
-            ops::permute_runs(x, dst, g, a..b);
+        self.split_rows(y, g.runs(), g.len, 1 << 14, &|r, dst| {
+            ops::permute_runs(x, dst, g, r)
         });
     }
 

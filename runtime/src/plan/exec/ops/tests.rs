@@ -61,7 +61,7 @@ fn permutes_split_by_runs_match_the_whole() {
     let g = PermGeo::new(&[1, 1, 3, 5, 2, 4], &[0, 0, 20, 1, 60, 5]);
     let x: Vec<f32> = (0..120).map(|i| i as f32).collect();
     let mut whole = vec![0f32; 120];
-    permute(&x, &mut whole, &g);
+    permute_runs(&x, &mut whole, &g, 0..g.runs());
     for split in [1, 2, 7, g.runs()] {
         let mut parts = vec![f32::NAN; 120];
         let mut at = 0;
@@ -72,12 +72,15 @@ fn permutes_split_by_runs_match_the_whole() {
         }
         assert_eq!(parts, whole, "runs of {split}");
     }
-    // Spot-check the definition: output (a, d, b, c) reads input (b, a, c, d).
-    let (a, d, b, c) = (2, 3, 1, 2);
-    assert_eq!(
-        whole[((a * 5 + d) * 2 + b) * 4 + c],
-        x[((b * 3 + a) * 4 + c) * 5 + d]
-    );
+    // The definition: output (a, d, b, c) reads input (b, a, c, d).
+    for (a, d, b, c) in (0..3).flat_map(|a| {
+        (0..5).flat_map(move |d| (0..2).flat_map(move |b| (0..4).map(move |c| (a, d, b, c))))
+    }) {
+        assert_eq!(
+            whole[((a * 5 + d) * 2 + b) * 4 + c],
+            x[((b * 3 + a) * 4 + c) * 5 + d]
+        );
+    }
 }
 
 #[test]
