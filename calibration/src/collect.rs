@@ -112,11 +112,22 @@ pub struct Calibration {
     pub method: Method,
     /// The method as given (`entropy`, `percentile:99.99`).
     pub method_name: String,
+    /// The largest |value| preprocessing can give (pixels 0..=1 normalised by the bundle's mean
+    /// and std): the range of layers that read the image itself ([`LinearNode::reads_input`]).
+    pub input_range: f32,
 }
 
 struct Tapped {
     model: LoadedModel,
     regular: usize,
+}
+
+/// The largest |(p − mean) / std| over pixels p in 0..=1 and the three channels.
+fn input_range(mean: &[f32; 3], std: &[f32; 3]) -> f32 {
+    mean.iter()
+        .zip(std)
+        .map(|(m, s)| m.abs().max((1.0 - m).abs()) / s.abs())
+        .fold(0.0, f32::max)
 }
 
 fn run_plan(m: &LoadedModel, input: Tensor) -> Result<TVec<TValue>, CalibrateError> {
@@ -219,16 +230,25 @@ pub fn collect(
         frames,
         method,
         method_name: method_name.to_string(),
+        input_range: input_range(&m.preprocess.mean, &m.preprocess.std),
     };
     c.compute()?;
     Ok(c)
 }
 
 impl Calibration {
-    /// Compute each layer's range with the method.
+    /// Compute each layer's range with the method; a layer that reads the image itself gets
+    /// the whole range preprocessing can give (and at least what was seen): every pixel value
+    /// is signal there, and clipping the rare bright ones (the entropy method's choice on
+    /// mostly dark frames) or a range narrowed to the calibration frames' colours would distort
+    /// every frame that has them.
     pub fn compute(&mut self) -> Result<(), CalibrateError> {
         for s in &mut self.layers {
-            s.amax = s.hist.amax(self.method, &s.layer.name)? as f32;
+            s.amax = if s.layer.reads_input {
+                self.input_range.max(s.hist.max() as f32)
+            } else {
+                s.hist.amax(self.method, &s.layer.name)? as f32
+            };
             if s.amax.is_nan() || s.amax <= 0.0 {
                 // An all-zero input: any positive range quantizes it exactly.
                 s.amax = 1.0;
@@ -291,5 +311,61 @@ impl Calibration {
             out.push('\n');
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(name: &str, reads_input: bool, values: &[f32]) -> LayerStats {
+        let mut hist = AbsHistogram::default();
+        hist.add(values);
+        LayerStats {
+            model: "encoder",
+            layer: LinearNode {
+                id: 0,
+                name: name.into(),
+                k: 4,
+                n: 4,
+                transposed: false,
+                input_tensor: name.into(),
+                reads_input,
+            },
+            hist,
+            amax: 0.0,
+        }
+    }
+
+    #[test]
+    fn layers_reading_the_image_get_the_whole_preprocessed_range() {
+        // CLIP's normalisation: the brightest red pixel is (1 − 0.408) / 0.276 ≈ 2.146.
+        let clip = input_range(
+            &[0.48145466, 0.4578275, 0.40821073],
+            &[0.268_629_5, 0.261_302_6, 0.275_777_1],
+        );
+        assert!((clip - 2.1459).abs() < 1e-3, "{clip}");
+        // Mostly dark frames with a few bright pixels: entropy clips the bright ones in an
+        // ordinary layer, never in one that reads the image.
+        let mut values = vec![-1.79f32; 20_000];
+        values.extend((0..20_000).map(|i| -1.79 + (i % 100) as f32 * 1e-3));
+        values.extend([2.1f32; 10]);
+        let mut c = Calibration {
+            layers: vec![
+                layer("patches", true, &values),
+                layer("mlp", false, &values),
+            ],
+            frames: 8,
+            method: Method::Entropy,
+            method_name: "entropy".into(),
+            input_range: clip,
+        };
+        c.compute().unwrap();
+        assert_eq!(c.layers[0].amax, clip);
+        assert!(c.layers[1].amax < 2.0, "entropy keeps {}", c.layers[1].amax);
+        // Values beyond the normalisation's range (another preprocessing upstream) are kept.
+        c.input_range = 1.0;
+        c.compute().unwrap();
+        assert_eq!(c.layers[0].amax, c.layers[0].hist.max() as f32);
     }
 }

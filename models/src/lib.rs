@@ -16,6 +16,7 @@ pub mod files;
 pub mod fitted;
 pub mod manifest;
 pub mod quant;
+pub mod rewrite;
 pub mod store;
 pub mod text;
 

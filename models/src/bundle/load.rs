@@ -380,6 +380,10 @@ fn load_graph(
         .into_typed()
         .and_then(|t| t.into_decluttered())
         .map_err(&shape_err)?;
+    // Patch embeddings become linear layers in every mode, so calibration taps the same layers
+    // that int8 loading quantizes.
+    crate::rewrite::patch_embeddings_as_linear(&mut typed)
+        .map_err(|e| corrupt(format!("cannot rewrite the patch embedding: {e:#}")))?;
     let mut quantized = Vec::new();
     let mut taps = Vec::new();
     match mode {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use gemm::{Kernel, PackedWeights};
@@ -37,6 +38,10 @@ pub struct LinearNode {
     /// Name of the activation tensor the layer reads (the ONNX tensor name where tract kept it;
     /// the key of the TensorRT calibration cache).
     pub input_tensor: String,
+    /// The activation is the model's input, reshaped or transposed but otherwise unchanged (a
+    /// patch embedding over the preprocessed image): its range is the preprocessing's, not a
+    /// statistic to clip.
+    pub reads_input: bool,
 }
 
 /// The linear layers of a decluttered model: `EinSum` nodes in f32 whose second input is a
@@ -92,9 +97,24 @@ pub fn find_linear_nodes(model: &TypedModel) -> TractResult<Vec<LinearNode>> {
             n,
             transposed,
             input_tensor,
+            reads_input: reads_input(model, node.inputs[0]),
         });
     }
     Ok(found)
+}
+
+/// Whether `outlet` is a model input seen only through reshapes and axis moves.
+pub(crate) fn reads_input(model: &TypedModel, mut outlet: OutletId) -> bool {
+    loop {
+        if model.inputs.contains(&outlet) {
+            return true;
+        }
+        let node = model.node(outlet.node);
+        if !node.op_is::<AxisOp>() || node.inputs.len() != 1 {
+            return false;
+        }
+        outlet = node.inputs[0];
+    }
 }
 
 /// Whether an einsum `formula` over concrete dims is a linear layer in memory terms: the
