@@ -86,10 +86,14 @@ pub fn find_linear_nodes(model: &TypedModel) -> TractResult<Vec<LinearNode>> {
             continue;
         };
         let (k, n, transposed) = shape;
+        // A layer over the (reshaped) model input is keyed by the input itself: the tensor
+        // TensorRT's calibration cache knows, with the same values.
+        let source = input_source(model, node.inputs[0]);
+        let tensor = source.unwrap_or(node.inputs[0]);
         let input_tensor = model
-            .outlet_label(node.inputs[0])
+            .outlet_label(tensor)
             .map(str::to_string)
-            .unwrap_or_else(|| model.node(node.inputs[0].node).name.clone());
+            .unwrap_or_else(|| model.node(tensor.node).name.clone());
         found.push(LinearNode {
             id: node.id,
             name: node.name.clone(),
@@ -97,21 +101,22 @@ pub fn find_linear_nodes(model: &TypedModel) -> TractResult<Vec<LinearNode>> {
             n,
             transposed,
             input_tensor,
-            reads_input: reads_input(model, node.inputs[0]),
+            reads_input: source.is_some(),
         });
     }
     Ok(found)
 }
 
-/// Whether `outlet` is a model input seen only through reshapes and axis moves.
-pub(crate) fn reads_input(model: &TypedModel, mut outlet: OutletId) -> bool {
+/// The model input that `outlet` is, seen only through reshapes and axis moves; `None` when it
+/// is computed otherwise.
+pub(crate) fn input_source(model: &TypedModel, mut outlet: OutletId) -> Option<OutletId> {
     loop {
         if model.inputs.contains(&outlet) {
-            return true;
+            return Some(outlet);
         }
         let node = model.node(outlet.node);
         if !node.op_is::<AxisOp>() || node.inputs.len() != 1 {
-            return false;
+            return None;
         }
         outlet = node.inputs[0];
     }
