@@ -382,8 +382,13 @@ fn load_graph(
         .map_err(&shape_err)?;
     // Patch embeddings become linear layers in every mode, so calibration taps the same layers
     // that int8 loading quantizes.
-    crate::rewrite::patch_embeddings_as_linear(&mut typed)
-        .map_err(|e| corrupt(format!("cannot rewrite the patch embedding: {e:#}")))?;
+    crate::rewrite::patch_embeddings_as_linear(&mut typed).map_err(|e| {
+        corrupt(format!(
+            "cannot rewrite its patch embedding (a convolution over the image with stride = \
+                 kernel) as a linear layer: {e:#}; this is an edgefuse bug: report it with this \
+                 model file"
+        ))
+    })?;
     let mut quantized = Vec::new();
     let mut taps = Vec::new();
     match mode {
